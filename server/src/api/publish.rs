@@ -1,0 +1,153 @@
+//! `POST /api/events`: publish one event or a batch.
+//!
+//! A batch is validated whole before any event of it is published, so a bad
+//! event anywhere publishes nothing.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::ServiceCaller;
+use crate::app::AppState;
+use crate::engine::NewEvent;
+use crate::error::ApiError;
+use crate::protocol::{ChannelKind, ChannelName, EventType, IdValue, OrgId, UserId, seed_target};
+
+/// The largest request body accepted, in bytes.
+pub const MAX_BODY_BYTES: usize = 4 << 20;
+
+/// The most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 1000;
+
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// One event as a publisher sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn {
+    #[serde(rename = "type")]
+    kind: String,
+    org_id: Option<IdValue>,
+    user_id: Option<IdValue>,
+    payload: Option<Box<RawValue>>,
+    idempotency_key: Option<String>,
+}
+
+pub async fn publish(
+    State(state): State<AppState>,
+    ServiceCaller(_caller): ServiceCaller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body is over {MAX_BODY_BYTES} bytes")))?;
+    let is_batch = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'[');
+    let raw: Vec<EventIn> = if is_batch {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_json(format!("invalid JSON: {e}")))?
+    } else {
+        vec![
+            serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_json(format!("invalid JSON: {e}")))?,
+        ]
+    };
+    if raw.is_empty() {
+        return Err(ApiError::bad_event("the batch is empty"));
+    }
+    if raw.len() > MAX_BATCH_EVENTS {
+        return Err(ApiError::too_large(format!(
+            "a batch holds at most {MAX_BATCH_EVENTS} events, this one has {}",
+            raw.len()
+        )));
+    }
+    let max_payload = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
+    let events = raw
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| {
+            validate(event, max_payload).map_err(|mut e| {
+                if is_batch {
+                    e.message = format!("event {i}: {}", e.message);
+                }
+                e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let acks = state.engine.publish(events).await?;
+    Ok(if is_batch {
+        Json(acks).into_response()
+    } else {
+        match acks.into_iter().next() {
+            Some(ack) => Json(ack).into_response(),
+            None => return Err(ApiError::unavailable("the engine answered nothing")),
+        }
+    })
+}
+
+fn validate(event: EventIn, max_payload: usize) -> Result<NewEvent, ApiError> {
+    let event_type =
+        EventType::parse(&event.kind).map_err(|e| ApiError::bad_event(e.to_string()))?;
+    let channel = match (event.org_id, event.user_id) {
+        (Some(org), None) => ChannelName::org(
+            &OrgId::new(&org.into_string()).map_err(|e| ApiError::bad_event(e.to_string()))?,
+        ),
+        (None, Some(user)) => ChannelName::user(
+            &UserId::new(&user.into_string()).map_err(|e| ApiError::bad_event(e.to_string()))?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_event(
+                "give exactly one target: org_id (org-wide event) or user_id (user event), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_event(
+                "missing target: give org_id (org-wide event) or user_id (user event)",
+            ));
+        }
+    };
+    match (seed_target(event_type.as_str()), channel.kind()) {
+        (Some(ChannelKind::Org), ChannelKind::User) => {
+            return Err(ApiError::bad_event(format!(
+                "{event_type} goes to every connection of an org: give org_id, not user_id"
+            )));
+        }
+        (Some(ChannelKind::User), ChannelKind::Org) => {
+            return Err(ApiError::bad_event(format!(
+                "{event_type} goes to one user's connections: give user_id, not org_id"
+            )));
+        }
+        _ => {}
+    }
+    let payload = match event.payload {
+        Some(payload) => payload,
+        None => RawValue::from_string("{}".to_owned())
+            .map_err(|e| ApiError::bad_event(e.to_string()))?,
+    };
+    if payload.get().len() > max_payload {
+        return Err(ApiError::too_large(format!(
+            "payload is {} bytes, over the limit of {max_payload}",
+            payload.get().len()
+        )));
+    }
+    if let Some(key) = &event.idempotency_key
+        && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
+    {
+        return Err(ApiError::bad_event(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+        )));
+    }
+    Ok(NewEvent {
+        channel,
+        event_type,
+        payload,
+        idempotency_key: event.idempotency_key,
+    })
+}

@@ -1,0 +1,184 @@
+//! Shared state, the router, and [`run`]: the one entry point used by
+//! `hrrt-server`, `hrrt serve` and the tests.
+
+use std::ops::Deref;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api;
+use crate::auth::{Verifier, unix_now};
+use crate::config::Config;
+use crate::engine::{Engine, MemoryEngine};
+use crate::error::ApiError;
+use crate::hub::Hub;
+use crate::protocol;
+use crate::session;
+
+/// How long shutdown waits for sessions to send their close frames.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("no JWT secret: set --jwt-secret or HRRT_JWT_SECRET, or use --dev")]
+    MissingSecret,
+    #[error("the redis engine (--redis-url) is not available in this build yet")]
+    RedisUnsupported,
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a handler or session needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
+    pub config: Config,
+    pub verifier: Verifier,
+    pub engine: Arc<dyn Engine>,
+    pub hub: Arc<Hub>,
+    /// Cancelled once to shut down; every session and timer watches it.
+    pub shutdown: CancellationToken,
+    /// Tracks every session so shutdown can wait for their close frames.
+    pub tracker: TaskTracker,
+    /// Names this process in connection ids and stats.
+    pub node_id: String,
+    pub next_conn: AtomicU64,
+    pub started: Instant,
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Builds the state and its engine from a config.
+    pub fn new(config: Config) -> Result<Self, ServerError> {
+        let secret = config
+            .jwt_secret
+            .as_deref()
+            .ok_or(ServerError::MissingSecret)?;
+        if config.redis_url.is_some() {
+            return Err(ServerError::RedisUnsupported);
+        }
+        let hub = Arc::new(Hub::new());
+        let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
+        let engine = Arc::new(MemoryEngine::new(
+            history_size,
+            config.history_ttl,
+            hub.clone(),
+        ));
+        Ok(Self(Arc::new(Shared {
+            verifier: Verifier::new(secret),
+            engine,
+            hub,
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            node_id: crate::random_hex(4),
+            next_conn: AtomicU64::new(1),
+            started: Instant::now(),
+            config,
+        })))
+    }
+}
+
+/// The HTTP and WebSocket routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(session::handler))
+        .route("/api/events", post(api::publish::publish))
+        .route("/api/history", get(api::history::history))
+        .route("/healthz", get(api::health::healthz))
+        .route("/readyz", get(api::health::readyz))
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+}
+
+/// Serves on `listener` until `shutdown` resolves, then closes every
+/// connection with 1001 and returns once they are closed (or after a few
+/// seconds).
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let state = AppState::new(config)?;
+    spawn_timers(&state);
+    let token = state.shutdown.clone();
+    let signal = async move {
+        tokio::select! {
+            () = shutdown => token.cancel(),
+            () = token.cancelled() => {}
+        }
+    };
+    // axum's graceful shutdown does not wait for upgraded connections; the
+    // tracker does (every session runs on it).
+    let served = axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(signal)
+        .await;
+    state.shutdown.cancel();
+    state.tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.tracker.len(),
+            "shutdown grace elapsed with sessions left"
+        );
+    }
+    served?;
+    Ok(())
+}
+
+/// The keep-alive and token-expiry timers: one each for the whole node,
+/// not one per connection.
+fn spawn_timers(state: &AppState) {
+    let s = state.clone();
+    state.tracker.spawn(async move {
+        let period = s.config.ping_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = s.shutdown.cancelled() => break,
+                _ = tick.tick() => s.hub.ping_all(&protocol::ping_frame()),
+            }
+        }
+    });
+    let s = state.clone();
+    state.tracker.spawn(async move {
+        let period = s.config.token_check_interval;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = s.shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    let closed = s.hub.close_expired(unix_now());
+                    if closed > 0 {
+                        tracing::info!(closed, "closed connections with expired tokens");
+                    }
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,137 @@
+//! Engines: where events are ordered, stored and fanned out.
+//!
+//! An engine owns sequence numbers, history and the fan-out between server
+//! processes. It never sees a connection: it hands each publication to the
+//! node through one [`Deliver`] handler (the hub), which owns the sockets.
+//! The memory engine is one process; a Redis engine is a second
+//! implementation of the same trait and changes no caller.
+
+pub mod memory;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::protocol::{ChannelName, EventType};
+
+pub use memory::MemoryEngine;
+
+/// One life of the history. Sequence numbers are only comparable within
+/// one epoch; a client resuming with another epoch must refetch state.
+pub type Epoch = Arc<str>;
+
+/// An event to publish, already validated.
+#[derive(Debug)]
+pub struct NewEvent {
+    pub channel: ChannelName,
+    pub event_type: EventType,
+    pub payload: Box<RawValue>,
+    /// A retried publish with the same key within
+    /// [`IDEMPOTENCY_WINDOW`] returns the first answer and publishes nothing.
+    pub idempotency_key: Option<String>,
+}
+
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The answer to one published event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PublishAck {
+    pub channel: ChannelName,
+    pub seq: u64,
+    /// Connections the event was handed to.
+    pub recipients: usize,
+}
+
+/// A published event as every node and every recipient sees it.
+#[derive(Debug)]
+pub struct Publication {
+    pub channel: ChannelName,
+    pub seq: u64,
+    pub event_type: EventType,
+    /// The serialised envelope; serialised once, shared by every recipient.
+    pub frame: Utf8Bytes,
+    /// When this process learnt of the event, for the retention window and
+    /// the delivery-latency measure.
+    pub received: Instant,
+}
+
+/// Retained events of one channel after a position.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    /// Oldest first.
+    pub events: Vec<Arc<Publication>>,
+    /// The seq of the oldest retained event, or `latest + 1` when the
+    /// history is empty. A position `p` can be resumed without loss iff
+    /// `p + 1 >= oldest`.
+    pub oldest: u64,
+    /// The channel's latest seq (0 when nothing was ever published).
+    pub latest: u64,
+}
+
+/// Receives every publication of the channels this node is subscribed to,
+/// in seq order per channel. Implemented by the hub.
+pub trait Deliver: Send + Sync + 'static {
+    /// Hands the publication to the local connections that read its
+    /// channel; returns how many. Must not block.
+    fn deliver(&self, publication: &Arc<Publication>) -> usize;
+}
+
+/// Why an engine call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The backing store cannot be reached; the call may be retried.
+    #[error("engine unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The contract every engine keeps:
+///
+/// - Sequence numbers start at 1 per channel and grow by exactly 1 per
+///   published event; appending to history and handing to [`Deliver`] are
+///   atomic per channel, so there are no gaps and every node sees a
+///   channel's events in seq order.
+/// - History holds at most `history_size` events per channel for at most
+///   `history_ttl`; [`Engine::history`] returns events oldest first.
+/// - Events of one `publish` call are published in the order given.
+#[async_trait]
+pub trait Engine: Send + Sync + 'static {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// The current epoch.
+    fn epoch(&self) -> Epoch;
+
+    /// Publishes events in order and answers one ack per event.
+    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishAck>, EngineError>;
+
+    /// Up to `limit` retained events of `channel` with seq > `since`.
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError>;
+
+    /// The latest seq of each channel, in the order given.
+    async fn latest(&self, channels: &[ChannelName]) -> Result<Vec<u64>, EngineError>;
+
+    /// Whether the engine can serve publishes now.
+    async fn ready(&self) -> bool;
+
+    /// Tells the engine a local connection reads these channels, so that
+    /// their publications from other nodes reach this one. Counted: every
+    /// call is matched by one [`Engine::unsubscribe`]. Called after the
+    /// connection is in the hub and before its history is read, so nothing
+    /// published in between is missed.
+    async fn subscribe(&self, _channels: &[ChannelName]) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    /// The connection that subscribed these channels has gone.
+    fn unsubscribe(&self, _channels: &[ChannelName]) {}
+}

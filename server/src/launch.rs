@@ -1,0 +1,106 @@
+//! What `hrrt-server` and `hrrt serve` run: resolve the secret (or make one
+//! with `--dev`), bind, print the dev banner, serve until SIGINT/SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+
+use crate::app::{ServerError, run};
+use crate::auth::{Claims, Role, mint};
+use crate::config::Config;
+
+/// Sets up `tracing` with `RUST_LOG`-style filtering (default `info`) on
+/// stderr.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the server from its flags until a shutdown signal.
+pub async fn launch(mut config: Config) -> Result<(), ServerError> {
+    if config.dev && config.jwt_secret.is_none() {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
+        config.jwt_secret = Some(secret.iter().map(|b| format!("{b:02x}")).collect());
+    }
+    if config.jwt_secret.is_none() {
+        return Err(ServerError::MissingSecret);
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, engine = if config.redis_url.is_some() { "redis" } else { "memory" }, "listening");
+    if config.dev {
+        print_dev_banner(&config, addr);
+    }
+    run(listener, config, shutdown_signal()).await
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn print_dev_banner(config: &Config, addr: SocketAddr) {
+    let Some(secret) = config.jwt_secret.as_deref() else {
+        return;
+    };
+    let host = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let user = mint(secret, &Claims::new("42", Some("7"), Role::User, 3600)).unwrap_or_default();
+    let service =
+        mint(secret, &Claims::new("backend", None, Role::Service, 3600)).unwrap_or_default();
+    let text = format!(
+        "\n\
+hrrt dev mode: listening on http://{host} (memory engine)\n\
+a new secret is generated at every start; never use --dev in production.\n\
+\n\
+  export HRRT_JWT_SECRET={secret}\n\
+  export HRRT_URL=http://{host}\n\
+  hrrt listen --user 42 --org 7\n\
+  hrrt publish entity.created --org 7 --payload '{{\"id\":1}}'\n\
+\n\
+browser (user 42 of org 7, valid 1h):\n\
+  new WebSocket('ws://{host}/ws?token={user}')\n\
+\n\
+publish with curl (service token, valid 1h):\n\
+  curl -s http://{host}/api/events -H 'Authorization: Bearer {service}' \\\n\
+    -H 'Content-Type: application/json' -d '{{\"type\":\"entity.created\",\"org_id\":\"7\",\"payload\":{{\"id\":1}}}}'\n\
+\n"
+    );
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}

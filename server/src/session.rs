@@ -1,0 +1,477 @@
+//! One WebSocket connection, from handshake to close.
+//!
+//! The handshake authenticates; the session then registers the connection
+//! in the hub *before* reading positions and history, so an event published
+//! meanwhile is either in the snapshot or in the queue. Events from the
+//! queue whose seq the snapshot already covered are dropped: no gap, no
+//! duplicate.
+//!
+//! The session task is the connection's only writer. It owns the socket and
+//! `select!`s over the close signals, the bounded queue the hub feeds, and
+//! the socket's incoming frames. Queued frames are written as one batch with
+//! a single flush.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::app::AppState;
+use crate::auth::{AuthError, Identity, Role};
+use crate::engine::{HistoryPage, Publication};
+use crate::error::ApiError;
+use crate::hub::{CloseReason, Conn, ConnId, Outbound};
+use crate::protocol::{
+    self, ChannelName, ClientFrame, Connected, Resync, ResyncReason, close, error_code,
+};
+
+/// How long a close frame (and the peer's answer) may take before the
+/// socket is dropped regardless; a client that stopped reading cannot
+/// stall shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The most queued frames written before one flush.
+const MAX_BATCH: usize = 64;
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsParams {
+    /// The JWT. *compat* (also accepted as `Authorization: Bearer`)
+    pub token: Option<String>,
+    /// Resume cursor: `org:7@41,user:42@3`.
+    pub since: Option<String>,
+    /// The epoch the cursor belongs to.
+    pub epoch: Option<String>,
+}
+
+/// `GET /ws`: authenticates, upgrades, and runs the session. Failures are
+/// reported after the upgrade as close 1008 so browsers can read the reason.
+pub async fn handler(
+    State(state): State<AppState>,
+    query: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return ApiError::new(
+                rejection.status(),
+                "upgrade_required",
+                format!(
+                    "/ws takes WebSocket handshakes only: {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+        }
+    };
+    let params = query.map(|q| q.0).unwrap_or_default();
+    let token = params
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&headers));
+    let auth = match token {
+        None => Err(AuthError::Missing),
+        Some(token) => state.verifier.verify(token).and_then(|id| match id.role {
+            Role::Service => Err(AuthError::Forbidden),
+            Role::User | Role::Admin => Ok(id),
+        }),
+    };
+    let max = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
+    upgrade
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            tracker.track_future(run(socket, state, auth, params))
+        })
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    auth: Result<Identity, AuthError>,
+    params: WsParams,
+) {
+    if state.shutdown.is_cancelled() {
+        close_socket(&mut socket, &CloseReason::SHUTDOWN).await;
+        return;
+    }
+    let identity = match auth {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::debug!(reason = %e, "refused websocket");
+            close_socket(&mut socket, &policy(e.to_string())).await;
+            return;
+        }
+    };
+    let cursor = match params.since.as_deref().map(protocol::parse_cursor) {
+        None => Vec::new(),
+        Some(Ok(cursor)) => cursor,
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "refused websocket");
+            close_socket(&mut socket, &policy("invalid since".to_owned())).await;
+            return;
+        }
+    };
+    let Some(org) = identity.org.clone() else {
+        close_socket(&mut socket, &policy(AuthError::Forbidden.to_string())).await;
+        return;
+    };
+
+    let channels = vec![ChannelName::org(&org), ChannelName::user(&identity.user)];
+    let queue_len = usize::try_from(state.config.send_queue).unwrap_or(usize::MAX);
+    let (tx, mut rx) = mpsc::channel(queue_len);
+    let id = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    let conn = Arc::new(Conn::new(
+        id,
+        identity.user.clone(),
+        org,
+        channels,
+        identity.exp,
+        tx,
+    ));
+    let _registration = state.hub.register(conn.clone());
+    if let Err(e) = state.engine.subscribe(&conn.channels).await {
+        tracing::warn!(conn = id.0, error = %e, "engine subscribe failed");
+        close_socket(
+            &mut socket,
+            &CloseReason::new(close::INTERNAL, "engine unavailable"),
+        )
+        .await;
+        return;
+    }
+    let _subscription = Subscription {
+        state: &state,
+        channels: &conn.channels,
+    };
+
+    let start = match start_frames(&state, &conn, &cursor, params.epoch.as_deref()).await {
+        Ok(start) => start,
+        Err(e) => {
+            tracing::warn!(conn = id.0, error = %e, "reading positions failed");
+            close_socket(
+                &mut socket,
+                &CloseReason::new(close::INTERNAL, "engine unavailable"),
+            )
+            .await;
+            return;
+        }
+    };
+    tracing::info!(conn = id.0, user = %conn.user, org = %conn.org, resumed = !cursor.is_empty(), "connected");
+    let mut last = start.last;
+    let mut outcome = {
+        let write = write_all(&mut socket, start.frames);
+        match until_closed(&state, &conn, write).await {
+            Step::Done(Ok(())) => None,
+            Step::Done(Err(_)) => Some(Ending::PeerGone),
+            Step::Closed(reason) => Some(Ending::Close(reason)),
+        }
+    };
+
+    while outcome.is_none() {
+        outcome = tokio::select! {
+            biased;
+            reason = conn.closed() => Some(Ending::Close(reason)),
+            () = state.shutdown.cancelled() => Some(Ending::Close(CloseReason::SHUTDOWN)),
+            Some(item) = rx.recv() => {
+                let write = write_batch(&mut socket, item, &mut rx, &conn.channels, &mut last);
+                match until_closed(&state, &conn, write).await {
+                    Step::Done(Ok(())) => None,
+                    Step::Done(Err(_)) => Some(Ending::PeerGone),
+                    Step::Closed(reason) => Some(Ending::Close(reason)),
+                }
+            }
+            incoming = socket.recv() => {
+                on_incoming(&state, &conn, &identity, &mut socket, incoming).await
+            }
+        };
+    }
+    let code = match outcome {
+        Some(Ending::Close(reason)) => {
+            close_socket(&mut socket, &reason).await;
+            Some(reason.code)
+        }
+        _ => None,
+    };
+    tracing::info!(conn = id.0, user = %conn.user, org = %conn.org, code, "disconnected");
+}
+
+/// Removes the engine subscription when the session ends, however it ends.
+struct Subscription<'a> {
+    state: &'a AppState,
+    channels: &'a [ChannelName],
+}
+
+impl Drop for Subscription<'_> {
+    fn drop(&mut self) {
+        self.state.engine.unsubscribe(self.channels);
+    }
+}
+
+enum Ending {
+    /// Send this close frame.
+    Close(CloseReason),
+    /// The peer closed or the socket failed; nothing more to send.
+    PeerGone,
+}
+
+enum Step<T> {
+    Done(T),
+    Closed(CloseReason),
+}
+
+/// Runs a socket write unless the connection is told to close first: a
+/// client that stopped reading blocks the write, and must not block its
+/// own close.
+async fn until_closed<T>(state: &AppState, conn: &Conn, write: impl Future<Output = T>) -> Step<T> {
+    tokio::select! {
+        biased;
+        reason = conn.closed() => Step::Closed(reason),
+        () = state.shutdown.cancelled() => Step::Closed(CloseReason::SHUTDOWN),
+        result = write => Step::Done(result),
+    }
+}
+
+/// What a session sends before any live event.
+struct Start {
+    frames: Vec<Utf8Bytes>,
+    /// Per channel of the connection, the seq the client has after `frames`.
+    last: Vec<u64>,
+}
+
+async fn start_frames(
+    state: &AppState,
+    conn: &Conn,
+    cursor: &[(ChannelName, u64)],
+    epoch: Option<&str>,
+) -> Result<Start, crate::engine::EngineError> {
+    let engine = &state.engine;
+    let current_epoch = engine.epoch();
+    let epoch_changed = epoch.is_some_and(|e| e != &*current_epoch);
+    let limit = usize::try_from(state.config.history_size).unwrap_or(usize::MAX);
+
+    let mut last = engine.latest(&conn.channels).await?;
+    let mut replay = Vec::new();
+    for (channel, since) in cursor {
+        // A cursor for a channel this connection does not read (say, an org
+        // the user has left) is ignored rather than refused, so a stale
+        // cursor cannot lock a client out.
+        let Some(index) = conn.channels.iter().position(|c| c == channel) else {
+            continue;
+        };
+        let since = *since;
+        let page: HistoryPage = engine.history(channel, since, limit).await?;
+        let reason = if epoch_changed {
+            Some(ResyncReason::EpochChanged)
+        } else if since > page.latest {
+            Some(ResyncReason::PositionAhead)
+        } else if since.saturating_add(1) < page.oldest {
+            Some(ResyncReason::HistoryTrimmed)
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            replay.push(protocol::resync_frame(&Resync {
+                channel,
+                requested: since,
+                oldest: page.oldest,
+                reason,
+            }));
+        }
+        if reason == Some(ResyncReason::EpochChanged) || reason == Some(ResyncReason::PositionAhead)
+        {
+            last[index] = page.latest;
+            continue;
+        }
+        replay.extend(page.events.iter().map(|p| p.frame.clone()));
+        // The page holds the whole retained history after `since`, taken
+        // atomically with `latest`.
+        last[index] = page.latest;
+    }
+
+    let positions = conn
+        .channels
+        .iter()
+        .zip(&last)
+        .map(|(c, seq)| (c.to_string(), serde_json::Value::from(*seq)))
+        .collect();
+    let connection_id = format!("{}-{}", state.node_id, conn.id.0);
+    let connected = protocol::connected_frame(&Connected {
+        connection_id: &connection_id,
+        user_id: &conn.user,
+        org_id: &conn.org,
+        expires_at: protocol::unix_to_rfc3339(conn.expires_at()),
+        epoch: &current_epoch,
+        positions,
+    });
+    let mut frames = Vec::with_capacity(replay.len() + 1);
+    frames.push(connected);
+    frames.extend(replay);
+    Ok(Start { frames, last })
+}
+
+async fn write_all(socket: &mut WebSocket, frames: Vec<Utf8Bytes>) -> Result<(), axum::Error> {
+    for frame in frames {
+        socket.feed(Message::Text(frame)).await?;
+    }
+    socket.flush().await
+}
+
+/// Writes `first` and whatever else is already queued, then flushes once.
+async fn write_batch(
+    socket: &mut WebSocket,
+    first: Outbound,
+    rx: &mut mpsc::Receiver<Outbound>,
+    channels: &[ChannelName],
+    last: &mut [u64],
+) -> Result<(), axum::Error> {
+    let mut next = Some(first);
+    let mut written = 0;
+    while let Some(item) = next.take() {
+        match item {
+            Outbound::Event(publication) => {
+                if is_new(&publication, channels, last) {
+                    socket
+                        .feed(Message::Text(publication.frame.clone()))
+                        .await?;
+                }
+            }
+            Outbound::Ping(frame) => {
+                socket.feed(Message::Text(frame)).await?;
+                socket.feed(Message::Ping(Default::default())).await?;
+            }
+        }
+        written += 1;
+        if written < MAX_BATCH {
+            next = rx.try_recv().ok();
+        }
+    }
+    socket.flush().await
+}
+
+/// Whether the client lacks this event; records it as sent.
+fn is_new(publication: &Publication, channels: &[ChannelName], last: &mut [u64]) -> bool {
+    let Some(index) = channels.iter().position(|c| *c == publication.channel) else {
+        return false;
+    };
+    if publication.seq <= last[index] {
+        return false;
+    }
+    last[index] = publication.seq;
+    true
+}
+
+async fn on_incoming(
+    state: &AppState,
+    conn: &Conn,
+    identity: &Identity,
+    socket: &mut WebSocket,
+    incoming: Option<Result<Message, axum::Error>>,
+) -> Option<Ending> {
+    let reply = match incoming {
+        None => return Some(Ending::PeerGone),
+        Some(Err(e)) => {
+            return Some(if is_too_big(&e) {
+                Ending::Close(CloseReason::new(close::TOO_BIG, "message too big"))
+            } else {
+                Ending::PeerGone
+            });
+        }
+        Some(Ok(Message::Pong(_))) => {
+            conn.pong();
+            return None;
+        }
+        // tungstenite answers Pings and Close frames itself on the next read.
+        Some(Ok(Message::Ping(_) | Message::Close(_))) => return None,
+        Some(Ok(Message::Binary(_))) => protocol::error_frame(
+            error_code::BAD_MESSAGE,
+            "binary frames are not supported; send JSON text frames",
+        ),
+        Some(Ok(Message::Text(text))) => match protocol::parse_client_frame(&text) {
+            Ok(ClientFrame::Ping | ClientFrame::Pong) => {
+                conn.pong();
+                return None;
+            }
+            Ok(ClientFrame::AuthRefresh { token }) => match refresh(state, identity, &token) {
+                Ok(exp) => {
+                    conn.set_expires_at(exp);
+                    protocol::refreshed_frame(exp)
+                }
+                Err(e) => return Some(Ending::Close(policy(e.to_string()))),
+            },
+            Err(message) => protocol::error_frame(error_code::BAD_MESSAGE, &message),
+        },
+    };
+    match until_closed(state, conn, socket.send(Message::Text(reply))).await {
+        Step::Done(Ok(())) => None,
+        Step::Done(Err(_)) => Some(Ending::PeerGone),
+        Step::Closed(reason) => Some(Ending::Close(reason)),
+    }
+}
+
+/// Checks a refresh token: valid, and the same identity as the session's.
+fn refresh(state: &AppState, identity: &Identity, token: &str) -> Result<u64, AuthError> {
+    let new = state.verifier.verify(token)?;
+    if new.user != identity.user || new.org != identity.org || new.role != identity.role {
+        return Err(AuthError::Forbidden);
+    }
+    Ok(new.exp)
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn policy(reason: String) -> CloseReason {
+    CloseReason {
+        code: close::POLICY,
+        reason: reason.into(),
+    }
+}
+
+/// Sends a close frame and waits briefly for the peer's answer, so the
+/// frame is not lost to a reset; gives up after [`CLOSE_GRACE`].
+async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code,
+        reason: Utf8Bytes::from(reason.reason.as_ref()),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
