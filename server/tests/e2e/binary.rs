@@ -1,0 +1,126 @@
+//! The `hrrt-server` binary: flags, `--dev`, and signals.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hrrt-server");
+
+fn server_command() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env_remove("HRRT_JWT_SECRET")
+        .env_remove("HRRT_LISTEN")
+        .env_remove("HRRT_REDIS_URL")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn output(args: &[&str]) -> (i32, String) {
+    let out = within(server_command().args(args).output()).await.unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn bad_flags_exit_2_naming_the_flag() {
+    for (args, needle) in [
+        (
+            &["--jwt-secret", "s", "--ping-interval", "soon"][..],
+            "--ping-interval",
+        ),
+        (
+            &["--jwt-secret", "s", "--history-ttl", "0s"][..],
+            "--history-ttl",
+        ),
+        (
+            &["--jwt-secret", "s", "--send-queue", "0"][..],
+            "--send-queue",
+        ),
+        (
+            &["--jwt-secret", "s", "--listen", "nowhere"][..],
+            "--listen",
+        ),
+        (&["--jwt-secret", "s", "--bogus"][..], "--bogus"),
+    ] {
+        let (code, stderr) = output(args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn missing_secret_is_a_one_line_error() {
+    let (code, stderr) = output(&[]).await;
+    assert_eq!(code, 2);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("HRRT_JWT_SECRET"), "{stderr}");
+}
+
+#[tokio::test]
+async fn port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = output(&["--jwt-secret", "s", "--listen", &addr]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+}
+
+/// Starts `hrrt-server --dev` on a free port and reads its banner.
+async fn start_dev() -> (Child, String, String) {
+    let mut child = server_command()
+        .args(["--dev", "--listen", "127.0.0.1:0"])
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut addr, mut ws_url) = (None, None);
+    while addr.is_none() || ws_url.is_none() {
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("banner ended early");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().map(str::to_owned);
+        }
+        if let Some(rest) = line.split("new WebSocket('").nth(1) {
+            ws_url = rest.split('\'').next().map(str::to_owned);
+        }
+    }
+    (child, addr.unwrap(), ws_url.unwrap())
+}
+
+#[tokio::test]
+async fn dev_mode_prints_a_working_token_and_sigterm_closes_1001_and_exits_0() {
+    let (mut child, _addr, ws_url) = start_dev().await;
+    let (ws, _) = within(tokio_tungstenite::connect_async(ws_url))
+        .await
+        .unwrap();
+    let mut client = Client {
+        ws,
+        connected: serde_json::Value::Null,
+    };
+    assert_eq!(client.next_json().await["type"], "connected");
+
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        client.expect_close().await,
+        (1001, "server shutting down".into())
+    );
+    let status = within(child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -1,0 +1,301 @@
+//! A real server on 127.0.0.1:0 and real WebSocket/HTTP clients.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hrrt_server::Config;
+use hrrt_server::auth::{Claims, Role, mint};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret";
+
+/// Fails the test instead of hanging when something never happens.
+pub async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .expect("timed out after 5 s")
+}
+
+pub fn token(user: &str, org: &str, role: Role) -> String {
+    mint(SECRET, &Claims::new(user, Some(org), role, 3600)).unwrap()
+}
+
+pub fn service_token() -> String {
+    mint(SECRET, &Claims::new("backend", None, Role::Service, 3600)).unwrap()
+}
+
+pub struct Server {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), hrrt_server::ServerError>>,
+    http: reqwest::Client,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// Binds before spawning, so the server is reachable as soon as this
+    /// returns; no readiness wait is needed.
+    pub async fn with(configure: impl FnOnce(&mut Config)) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::with_secret(SECRET);
+        config.listen = addr;
+        configure(&mut config);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hrrt_server::run(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            task,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/ws?{query}", self.addr)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects as `user` of `org` and reads the `connected` frame.
+    pub async fn connect(&self, user: &str, org: &str) -> Client {
+        self.connect_query(&format!("token={}", token(user, org, Role::User)))
+            .await
+    }
+
+    pub async fn connect_query(&self, query: &str) -> Client {
+        let mut client = self.open(query).await;
+        let connected = client.next_json().await;
+        assert_eq!(connected["type"], "connected", "{connected}");
+        client.connected = connected;
+        client
+    }
+
+    /// Opens a WebSocket without reading anything.
+    pub async fn open(&self, query: &str) -> Client {
+        let (ws, _) = within(tokio_tungstenite::connect_async(self.ws_url(query)))
+            .await
+            .unwrap();
+        Client {
+            ws,
+            connected: Value::Null,
+        }
+    }
+
+    /// POSTs `body` to /api/events with a service token.
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        self.publish_as(Some(&service_token()), body).await
+    }
+
+    pub async fn publish_as(&self, token: Option<&str>, body: Value) -> (u16, Value) {
+        self.post_raw(token, body.to_string()).await
+    }
+
+    pub async fn post_raw(&self, token: Option<&str>, body: String) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(self.url("/api/events"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = within(req.send()).await.unwrap();
+        let status = res.status().as_u16();
+        (status, within(res.json::<Value>()).await.unwrap())
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = within(req.send()).await.unwrap();
+        let status = res.status().as_u16();
+        (status, within(res.json::<Value>()).await.unwrap())
+    }
+
+    /// Publishes one org event and returns its seq.
+    pub async fn publish_org(&self, org: &str, kind: &str, payload: Value) -> u64 {
+        let (status, body) = self
+            .publish(serde_json::json!({"type": kind, "org_id": org, "payload": payload}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["seq"].as_u64().unwrap()
+    }
+
+    /// Triggers shutdown and waits for `run` to return.
+    pub async fn stop(mut self) -> Result<(), hrrt_server::ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within(&mut self.task).await.unwrap()
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub connected: Value,
+}
+
+/// What a client read next.
+#[derive(Debug)]
+pub enum Frame {
+    Json(Value),
+    Close(u16, String),
+}
+
+impl Client {
+    /// The next text frame or close, skipping WebSocket Ping/Pong.
+    pub async fn next_frame(&mut self) -> Frame {
+        loop {
+            match within(self.ws.next()).await {
+                Some(Ok(Message::Text(text))) => {
+                    return Frame::Json(serde_json::from_str(&text).unwrap());
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    let (code, reason) = frame
+                        .map(|f| (u16::from(f.code), f.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Frame::Close(code, reason);
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    pub async fn next_json(&mut self) -> Value {
+        match self.next_frame().await {
+            Frame::Json(v) => v,
+            Frame::Close(code, reason) => panic!("closed {code} {reason}"),
+        }
+    }
+
+    /// The next frame that is not a JSON keep-alive `ping`.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let v = self.next_json().await;
+            if v["type"] != "ping" {
+                return v;
+            }
+        }
+    }
+
+    /// Reads until the server closes; skips events on the way.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            match self.next_frame().await {
+                Frame::Close(code, reason) => return (code, reason),
+                Frame::Json(_) => continue,
+            }
+        }
+    }
+
+    /// Reads the very next frame and asserts it is a close.
+    pub async fn expect_close_now(&mut self) -> (u16, String) {
+        match self.next_frame().await {
+            Frame::Close(code, reason) => (code, reason),
+            Frame::Json(v) => panic!("expected a close, got {v}"),
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        within(self.ws.send(Message::text(text))).await.unwrap();
+    }
+
+    pub fn position(&self, channel: &str) -> u64 {
+        self.connected["payload"]["positions"][channel]
+            .as_u64()
+            .unwrap()
+    }
+}
+
+/// A bare WebSocket client over TCP that never answers Pings, to play a
+/// peer that has gone silent. It reads raw frames (server frames are not
+/// masked).
+pub struct SilentClient {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl SilentClient {
+    pub async fn connect(addr: SocketAddr, query: &str) -> Self {
+        let mut stream = within(TcpStream::connect(addr)).await.unwrap();
+        let request = format!(
+            "GET /ws?{query} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut client = Self {
+            stream,
+            buf: Vec::new(),
+        };
+        loop {
+            if let Some(end) = client.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&client.buf[..end]).to_string();
+                assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+                client.buf.drain(..end + 4);
+                break;
+            }
+            client.fill().await;
+        }
+        client
+    }
+
+    async fn fill(&mut self) {
+        let mut chunk = [0u8; 4096];
+        let n = within(self.stream.read(&mut chunk)).await.unwrap();
+        assert!(n > 0, "connection ended without a close frame");
+        self.buf.extend_from_slice(&chunk[..n]);
+    }
+
+    /// Reads frames until a close frame; returns its code and the opcodes
+    /// seen before it.
+    pub async fn read_until_close(&mut self) -> (u16, Vec<u8>) {
+        let mut opcodes = Vec::new();
+        loop {
+            while self.buf.len() < 2 {
+                self.fill().await;
+            }
+            let opcode = self.buf[0] & 0x0f;
+            let (len, header) = match self.buf[1] & 0x7f {
+                126 => {
+                    while self.buf.len() < 4 {
+                        self.fill().await;
+                    }
+                    (
+                        usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+                        4,
+                    )
+                }
+                127 => panic!("frame too large for this test client"),
+                n => (usize::from(n), 2),
+            };
+            while self.buf.len() < header + len {
+                self.fill().await;
+            }
+            let payload: Vec<u8> = self.buf.drain(..header + len).skip(header).collect();
+            if opcode == 0x8 {
+                return (u16::from_be_bytes([payload[0], payload[1]]), opcodes);
+            }
+            opcodes.push(opcode);
+        }
+    }
+}

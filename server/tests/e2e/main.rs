@@ -1,0 +1,14 @@
+//! End-to-end tests: a real server on 127.0.0.1:0, real WebSocket and HTTP
+//! clients. Every network wait is bounded by `harness::within`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod auth;
+mod binary;
+mod browser;
+mod client_frames;
+mod delivery;
+mod harness;
+mod keepalive;
+mod publish;
+mod resume;
+mod shutdown;
