@@ -68,6 +68,8 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// `closing` is a child of the server's shutdown token, so a session
+    /// watches one signal, its own, for every reason to close.
     pub fn new(
         id: ConnId,
         user: UserId,
@@ -75,6 +77,7 @@ impl Conn {
         channels: Vec<ChannelName>,
         exp: u64,
         queue: mpsc::Sender<Outbound>,
+        closing: CancellationToken,
     ) -> Self {
         Self {
             id,
@@ -82,7 +85,7 @@ impl Conn {
             org,
             channels,
             queue,
-            closing: CancellationToken::new(),
+            closing,
             close_reason: OnceLock::new(),
             expires_at: AtomicU64::new(exp),
             unanswered_pings: AtomicU32::new(0),
@@ -108,7 +111,7 @@ impl Conn {
         self.closing.cancel();
     }
 
-    /// Resolves once [`Conn::close`] was called.
+    /// Resolves once [`Conn::close`] was called or the server shuts down.
     pub async fn closed(&self) -> CloseReason {
         self.closing.cancelled().await;
         self.close_reason
@@ -287,7 +290,15 @@ mod tests {
         let org = OrgId::new(org).unwrap();
         let channels = vec![ChannelName::org(&org), ChannelName::user(&user)];
         (
-            Arc::new(Conn::new(ConnId(id), user, org, channels, u64::MAX, tx)),
+            Arc::new(Conn::new(
+                ConnId(id),
+                user,
+                org,
+                channels,
+                u64::MAX,
+                tx,
+                CancellationToken::new(),
+            )),
             rx,
         )
     }

@@ -149,6 +149,7 @@ async fn run(
         channels,
         identity.exp,
         tx,
+        state.shutdown.child_token(),
     ));
     let _registration = state.hub.register(conn.clone());
     if let Err(e) = state.engine.subscribe(&conn.channels).await {
@@ -178,31 +179,30 @@ async fn run(
         }
     };
     tracing::info!(conn = id.0, user = %conn.user, org = %conn.org, resumed = !cursor.is_empty(), "connected");
+    // Pinned once: the one close signal of this connection (slow consumer,
+    // expiry, disconnect, shutdown), polled by every select below.
+    let mut closed = std::pin::pin!(conn.closed());
     let mut last = start.last;
-    let mut outcome = {
-        let write = write_all(&mut socket, start.frames);
-        match until_closed(&state, &conn, write).await {
-            Step::Done(Ok(())) => None,
-            Step::Done(Err(_)) => Some(Ending::PeerGone),
-            Step::Closed(reason) => Some(Ending::Close(reason)),
-        }
-    };
+    let write = write_all(&mut socket, start.frames);
+    let mut outcome = written(until_closed(closed.as_mut(), write).await);
 
     while outcome.is_none() {
         outcome = tokio::select! {
             biased;
-            reason = conn.closed() => Some(Ending::Close(reason)),
-            () = state.shutdown.cancelled() => Some(Ending::Close(CloseReason::SHUTDOWN)),
+            reason = closed.as_mut() => Some(Ending::Close(reason)),
             Some(item) = rx.recv() => {
                 let write = write_batch(&mut socket, item, &mut rx, &conn.channels, &mut last);
-                match until_closed(&state, &conn, write).await {
-                    Step::Done(Ok(())) => None,
-                    Step::Done(Err(_)) => Some(Ending::PeerGone),
-                    Step::Closed(reason) => Some(Ending::Close(reason)),
-                }
+                written(until_closed(closed.as_mut(), write).await)
             }
             incoming = socket.recv() => {
-                on_incoming(&state, &conn, &identity, &mut socket, incoming).await
+                match on_incoming(&state, &conn, &identity, incoming) {
+                    Reply::None => None,
+                    Reply::End(ending) => Some(ending),
+                    Reply::Send(frame) => {
+                        let write = socket.send(Message::Text(frame));
+                        written(until_closed(closed.as_mut(), write).await)
+                    }
+                }
             }
         };
     }
@@ -243,13 +243,31 @@ enum Step<T> {
 /// Runs a socket write unless the connection is told to close first: a
 /// client that stopped reading blocks the write, and must not block its
 /// own close.
-async fn until_closed<T>(state: &AppState, conn: &Conn, write: impl Future<Output = T>) -> Step<T> {
+async fn until_closed<T>(
+    closed: std::pin::Pin<&mut impl Future<Output = CloseReason>>,
+    write: impl Future<Output = T>,
+) -> Step<T> {
     tokio::select! {
         biased;
-        reason = conn.closed() => Step::Closed(reason),
-        () = state.shutdown.cancelled() => Step::Closed(CloseReason::SHUTDOWN),
+        reason = closed => Step::Closed(reason),
         result = write => Step::Done(result),
     }
+}
+
+/// What a finished (or interrupted) write means for the session.
+fn written(step: Step<Result<(), axum::Error>>) -> Option<Ending> {
+    match step {
+        Step::Done(Ok(())) => None,
+        Step::Done(Err(_)) => Some(Ending::PeerGone),
+        Step::Closed(reason) => Some(Ending::Close(reason)),
+    }
+}
+
+/// What the session does about a frame from the client.
+enum Reply {
+    None,
+    Send(Utf8Bytes),
+    End(Ending),
 }
 
 /// What a session sends before any live event.
@@ -381,51 +399,43 @@ fn is_new(publication: &Publication, channels: &[ChannelName], last: &mut [u64])
     true
 }
 
-async fn on_incoming(
+fn on_incoming(
     state: &AppState,
     conn: &Conn,
     identity: &Identity,
-    socket: &mut WebSocket,
     incoming: Option<Result<Message, axum::Error>>,
-) -> Option<Ending> {
-    let reply = match incoming {
-        None => return Some(Ending::PeerGone),
-        Some(Err(e)) => {
-            return Some(if is_too_big(&e) {
-                Ending::Close(CloseReason::new(close::TOO_BIG, "message too big"))
-            } else {
-                Ending::PeerGone
-            });
-        }
+) -> Reply {
+    match incoming {
+        None => Reply::End(Ending::PeerGone),
+        Some(Err(e)) => Reply::End(if is_too_big(&e) {
+            Ending::Close(CloseReason::new(close::TOO_BIG, "message too big"))
+        } else {
+            Ending::PeerGone
+        }),
         Some(Ok(Message::Pong(_))) => {
             conn.pong();
-            return None;
+            Reply::None
         }
         // tungstenite answers Pings and Close frames itself on the next read.
-        Some(Ok(Message::Ping(_) | Message::Close(_))) => return None,
-        Some(Ok(Message::Binary(_))) => protocol::error_frame(
+        Some(Ok(Message::Ping(_) | Message::Close(_))) => Reply::None,
+        Some(Ok(Message::Binary(_))) => Reply::Send(protocol::error_frame(
             error_code::BAD_MESSAGE,
             "binary frames are not supported; send JSON text frames",
-        ),
+        )),
         Some(Ok(Message::Text(text))) => match protocol::parse_client_frame(&text) {
             Ok(ClientFrame::Ping | ClientFrame::Pong) => {
                 conn.pong();
-                return None;
+                Reply::None
             }
             Ok(ClientFrame::AuthRefresh { token }) => match refresh(state, identity, &token) {
                 Ok(exp) => {
                     conn.set_expires_at(exp);
-                    protocol::refreshed_frame(exp)
+                    Reply::Send(protocol::refreshed_frame(exp))
                 }
-                Err(e) => return Some(Ending::Close(policy(e.to_string()))),
+                Err(e) => Reply::End(Ending::Close(policy(e.to_string()))),
             },
-            Err(message) => protocol::error_frame(error_code::BAD_MESSAGE, &message),
+            Err(message) => Reply::Send(protocol::error_frame(error_code::BAD_MESSAGE, &message)),
         },
-    };
-    match until_closed(state, conn, socket.send(Message::Text(reply))).await {
-        Step::Done(Ok(())) => None,
-        Step::Done(Err(_)) => Some(Ending::PeerGone),
-        Step::Closed(reason) => Some(Ending::Close(reason)),
     }
 }
 
