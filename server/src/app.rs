@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
 use crate::error::ApiError;
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::protocol;
 use crate::session;
 
@@ -50,6 +51,7 @@ pub struct Shared {
     pub verifier: Verifier,
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
     /// Cancelled once to shut down; every session and timer watches it.
     pub shutdown: CancellationToken,
     /// Tracks every session so shutdown can wait for their close frames.
@@ -78,7 +80,8 @@ impl AppState {
         if config.redis_url.is_some() {
             return Err(ServerError::RedisUnsupported);
         }
-        let hub = Arc::new(Hub::new());
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
         let engine = Arc::new(MemoryEngine::new(
             history_size,
@@ -89,6 +92,7 @@ impl AppState {
             verifier: Verifier::new(secret),
             engine,
             hub,
+            metrics,
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             node_id: crate::random_hex(4),
@@ -105,6 +109,9 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(session::handler))
         .route("/api/events", post(api::publish::publish))
         .route("/api/history", get(api::history::history))
+        .route("/api/stats", get(api::stats::stats))
+        .route("/api/disconnect", post(api::disconnect::disconnect))
+        .route("/metrics", get(api::metrics::metrics))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
         .fallback(|| async { ApiError::not_found() })

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::{Deliver, Publication};
+use crate::metrics::Metrics;
 use crate::protocol::{ChannelName, OrgId, UserId, close};
 
 /// A connection's id, unique within this process.
@@ -48,7 +49,30 @@ impl CloseReason {
     pub const TOKEN_EXPIRED: Self = Self::new(close::POLICY, "token expired");
     pub const PING_TIMEOUT: Self = Self::new(close::GOING_AWAY, "ping timeout");
     pub const SHUTDOWN: Self = Self::new(close::GOING_AWAY, "server shutting down");
+    pub const CONNECTION_LIMIT: Self = Self::new(close::TRY_AGAIN_LATER, "connection limit");
+    pub const ENGINE_UNAVAILABLE: Self = Self::new(close::INTERNAL, "engine unavailable");
 }
+
+/// What a connection reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interest {
+    /// These channels.
+    pub channels: Vec<ChannelName>,
+    /// And every other channel too (an admin watching `orgs=*`).
+    pub all: bool,
+}
+
+/// Connection caps; 0 means no cap.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub max_connections: u64,
+    pub max_per_user: u64,
+}
+
+/// A cap was reached; the connection was not registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection limit")]
+pub struct LimitReached;
 
 /// The hub's handle on one live connection.
 #[derive(Debug)]
@@ -57,7 +81,7 @@ pub struct Conn {
     pub user: UserId,
     pub org: OrgId,
     /// The channels this connection reads.
-    pub channels: Vec<ChannelName>,
+    pub interest: Interest,
     queue: mpsc::Sender<Outbound>,
     closing: CancellationToken,
     close_reason: OnceLock<CloseReason>,
@@ -74,7 +98,7 @@ impl Conn {
         id: ConnId,
         user: UserId,
         org: OrgId,
-        channels: Vec<ChannelName>,
+        interest: Interest,
         exp: u64,
         queue: mpsc::Sender<Outbound>,
         closing: CancellationToken,
@@ -83,7 +107,7 @@ impl Conn {
             id,
             user,
             org,
-            channels,
+            interest,
             queue,
             closing,
             close_reason: OnceLock::new(),
@@ -144,29 +168,50 @@ struct Inner {
     conns: HashMap<ConnId, Arc<Conn>>,
     by_channel: HashMap<ChannelName, HashMap<ConnId, Arc<Conn>>>,
     by_user: HashMap<UserId, Vec<ConnId>>,
+    /// Connections that read every channel.
+    watch_all: HashMap<ConnId, Arc<Conn>>,
 }
 
 /// The registry of live connections.
-#[derive(Default)]
 pub struct Hub {
     inner: RwLock<Inner>,
+    metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: RwLock::default(),
+            metrics,
+        }
     }
 
-    /// Adds a connection; from now on it receives its channels' events.
-    /// The returned guard removes it again when dropped.
-    pub fn register(self: &Arc<Self>, conn: Arc<Conn>) -> Registration {
+    /// Adds a connection unless a cap is reached; from now on it receives
+    /// its channels' events. The returned guard removes it when dropped.
+    pub fn register(
+        self: &Arc<Self>,
+        conn: Arc<Conn>,
+        limits: Limits,
+    ) -> Result<Registration, LimitReached> {
         let mut inner = self.write();
-        for channel in &conn.channels {
+        // Checked under the write lock so concurrent handshakes cannot
+        // together exceed a cap.
+        if limits.max_connections > 0 && inner.conns.len() as u64 >= limits.max_connections {
+            return Err(LimitReached);
+        }
+        let tabs = inner.by_user.get(&conn.user).map_or(0, Vec::len);
+        if limits.max_per_user > 0 && tabs as u64 >= limits.max_per_user {
+            return Err(LimitReached);
+        }
+        for channel in &conn.interest.channels {
             inner
                 .by_channel
                 .entry(channel.clone())
                 .or_default()
                 .insert(conn.id, conn.clone());
+        }
+        if conn.interest.all {
+            inner.watch_all.insert(conn.id, conn.clone());
         }
         inner
             .by_user
@@ -174,16 +219,19 @@ impl Hub {
             .or_default()
             .push(conn.id);
         inner.conns.insert(conn.id, conn.clone());
-        Registration {
+        drop(inner);
+        self.metrics.connection_opened(conn.org.as_str());
+        Ok(Registration {
             hub: self.clone(),
             conn,
-        }
+        })
     }
 
     fn unregister(&self, conn: &Conn) {
         let mut inner = self.write();
         inner.conns.remove(&conn.id);
-        for channel in &conn.channels {
+        inner.watch_all.remove(&conn.id);
+        for channel in &conn.interest.channels {
             if let Some(subscribers) = inner.by_channel.get_mut(channel) {
                 subscribers.remove(&conn.id);
                 if subscribers.is_empty() {
@@ -197,6 +245,8 @@ impl Hub {
                 inner.by_user.remove(&conn.user);
             }
         }
+        drop(inner);
+        self.metrics.connection_closed(conn.org.as_str());
     }
 
     /// Live connections on this node.
@@ -206,6 +256,28 @@ impl Hub {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Live connections per org, and the number of distinct users.
+    pub fn census(&self) -> (HashMap<OrgId, usize>, usize) {
+        let inner = self.read();
+        let mut by_org: HashMap<OrgId, usize> = HashMap::new();
+        for conn in inner.conns.values() {
+            *by_org.entry(conn.org.clone()).or_default() += 1;
+        }
+        (by_org, inner.by_user.len())
+    }
+
+    /// Closes every connection of `user` with `reason`; returns how many.
+    pub fn close_user(&self, user: &UserId, reason: &CloseReason) -> usize {
+        let inner = self.read();
+        let Some(ids) = inner.by_user.get(user) else {
+            return 0;
+        };
+        ids.iter()
+            .filter_map(|id| inner.conns.get(id))
+            .inspect(|conn| conn.close(reason.clone()))
+            .count()
     }
 
     /// Runs `f` on every connection. `f` must not block.
@@ -255,13 +327,17 @@ impl Hub {
 impl Deliver for Hub {
     fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let inner = self.read();
-        let Some(subscribers) = inner.by_channel.get(&publication.channel) else {
-            return 0;
-        };
-        subscribers
-            .values()
+        let subscribers = inner.by_channel.get(&publication.channel);
+        let recipients = subscribers
+            .into_iter()
+            .flat_map(HashMap::values)
+            .chain(inner.watch_all.values())
             .filter(|conn| conn.push(Outbound::Event(publication.clone())))
-            .count()
+            .count();
+        drop(inner);
+        self.metrics
+            .delivered(publication.event_type.as_str(), recipients);
+        recipients
     }
 }
 
@@ -288,13 +364,16 @@ mod tests {
         let (tx, rx) = mpsc::channel(queue);
         let user = UserId::new(user).unwrap();
         let org = OrgId::new(org).unwrap();
-        let channels = vec![ChannelName::org(&org), ChannelName::user(&user)];
+        let interest = Interest {
+            channels: vec![ChannelName::org(&org), ChannelName::user(&user)],
+            all: false,
+        };
         (
             Arc::new(Conn::new(
                 ConnId(id),
                 user,
                 org,
-                channels,
+                interest,
                 u64::MAX,
                 tx,
                 CancellationToken::new(),
@@ -318,13 +397,13 @@ mod tests {
 
     #[test]
     fn delivers_by_channel_and_unregisters_on_drop() {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(Arc::default()));
         let (a, mut rx_a) = conn(1, "1", "7", 8);
         let (b, mut rx_b) = conn(2, "2", "7", 8);
         let (c, mut rx_c) = conn(3, "3", "8", 8);
-        let _ra = hub.register(a);
-        let rb = hub.register(b);
-        let _rc = hub.register(c);
+        let _ra = hub.register(a, Limits::default()).unwrap();
+        let rb = hub.register(b, Limits::default()).unwrap();
+        let _rc = hub.register(c, Limits::default()).unwrap();
         assert_eq!(hub.deliver(&publication("org:7", 1)), 2);
         assert_eq!(hub.deliver(&publication("user:3", 1)), 1);
         assert!(rx_a.try_recv().is_ok());
@@ -337,13 +416,38 @@ mod tests {
         assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
     }
 
+    #[test]
+    fn caps_and_close_user() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let limits = Limits {
+            max_connections: 3,
+            max_per_user: 2,
+        };
+        let (a1, _x1) = conn(1, "a", "7", 8);
+        let (a2, _x2) = conn(2, "a", "7", 8);
+        let (a3, _x3) = conn(3, "a", "7", 8);
+        let (b1, _x4) = conn(4, "b", "7", 8);
+        let (c1, _x5) = conn(5, "c", "7", 8);
+        let _r1 = hub.register(a1.clone(), limits).unwrap();
+        let _r2 = hub.register(a2.clone(), limits).unwrap();
+        assert_eq!(hub.register(a3, limits).err(), Some(LimitReached));
+        let _r4 = hub.register(b1.clone(), limits).unwrap();
+        assert_eq!(hub.register(c1, limits).err(), Some(LimitReached));
+        let reason = CloseReason::new(close::POLICY, "gone");
+        assert_eq!(hub.close_user(&UserId::new("a").unwrap(), &reason), 2);
+        assert!(a1.closing.is_cancelled() && a2.closing.is_cancelled());
+        assert!(!b1.closing.is_cancelled());
+        let (orgs, users) = hub.census();
+        assert_eq!((orgs.len(), users), (1, 2));
+    }
+
     #[tokio::test]
     async fn full_queue_closes_only_that_connection() {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(Arc::default()));
         let (slow, _rx_slow) = conn(1, "1", "7", 1);
         let (fast, mut rx_fast) = conn(2, "2", "7", 8);
-        let _r1 = hub.register(slow.clone());
-        let _r2 = hub.register(fast.clone());
+        let _r1 = hub.register(slow.clone(), Limits::default()).unwrap();
+        let _r2 = hub.register(fast.clone(), Limits::default()).unwrap();
         assert_eq!(hub.deliver(&publication("org:7", 1)), 2);
         assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
         assert_eq!(slow.closed().await, CloseReason::SLOW_CONSUMER);
@@ -353,9 +457,9 @@ mod tests {
 
     #[test]
     fn two_unanswered_pings_close() {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(Arc::default()));
         let (c, _rx) = conn(1, "1", "7", 8);
-        let _r = hub.register(c.clone());
+        let _r = hub.register(c.clone(), Limits::default()).unwrap();
         let frame = Utf8Bytes::from("{}");
         hub.ping_all(&frame);
         hub.ping_all(&frame);
@@ -363,7 +467,7 @@ mod tests {
         hub.ping_all(&frame);
         assert!(c.closing.is_cancelled());
         let (d, _rx) = conn(2, "2", "7", 8);
-        let _r = hub.register(d.clone());
+        let _r = hub.register(d.clone(), Limits::default()).unwrap();
         for _ in 0..5 {
             hub.ping_all(&frame);
             d.pong();

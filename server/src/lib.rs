@@ -26,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod hub;
 pub mod launch;
+pub mod metrics;
 pub mod protocol;
 pub mod session;
 

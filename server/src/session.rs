@@ -11,9 +11,10 @@
 //! the socket's incoming frames. Queued frames are written as one batch with
 //! a single flush.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
@@ -27,9 +28,10 @@ use crate::app::AppState;
 use crate::auth::{AuthError, Identity, Role};
 use crate::engine::{HistoryPage, Publication};
 use crate::error::ApiError;
-use crate::hub::{CloseReason, Conn, ConnId, Outbound};
+use crate::hub::{CloseReason, Conn, ConnId, Interest, Limits, Outbound};
+use crate::metrics::{ClosedBy, Metrics};
 use crate::protocol::{
-    self, ChannelName, ClientFrame, Connected, Resync, ResyncReason, close, error_code,
+    self, ChannelName, ClientFrame, Connected, OrgId, Resync, ResyncReason, close, error_code,
 };
 
 /// How long a close frame (and the peer's answer) may take before the
@@ -49,6 +51,8 @@ pub struct WsParams {
     pub since: Option<String>,
     /// The epoch the cursor belongs to.
     pub epoch: Option<String>,
+    /// Admin watch: `7,9` or `*`.
+    pub orgs: Option<String>,
 }
 
 /// `GET /ws`: authenticates, upgrades, and runs the session. Failures are
@@ -73,6 +77,12 @@ pub async fn handler(
             .into_response();
         }
     };
+    if !origin_allowed(&state.config.allowed_origins, &headers) {
+        // Refused before the upgrade: a page on another site must not get a
+        // socket that rides on the user's credentials (cross-site WebSocket
+        // hijacking).
+        return ApiError::forbidden("origin not allowed").into_response();
+    }
     let params = query.map(|q| q.0).unwrap_or_default();
     let token = params
         .token
@@ -96,6 +106,28 @@ pub async fn handler(
         })
 }
 
+/// Whether the handshake's `Origin` is on the allow-list. An empty list
+/// allows any origin; a request without `Origin` is not from a browser
+/// (browsers always send it) and is allowed.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let allowed: Vec<&str> = allowed
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .collect();
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
 /// The token of an `Authorization: Bearer …` header.
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -112,33 +144,21 @@ async fn run(
     auth: Result<Identity, AuthError>,
     params: WsParams,
 ) {
-    if state.shutdown.is_cancelled() {
-        close_socket(&mut socket, &CloseReason::SHUTDOWN).await;
-        return;
-    }
-    let identity = match auth {
-        Ok(identity) => identity,
-        Err(e) => {
-            tracing::debug!(reason = %e, "refused websocket");
-            close_socket(&mut socket, &policy(e.to_string())).await;
+    let admitted = match admit(&state, auth, &params) {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            tracing::debug!(code = reason.code, reason = %reason.reason, "refused websocket");
+            refuse(&state, &mut socket, &reason).await;
             return;
         }
     };
-    let cursor = match params.since.as_deref().map(protocol::parse_cursor) {
-        None => Vec::new(),
-        Some(Ok(cursor)) => cursor,
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, "refused websocket");
-            close_socket(&mut socket, &policy("invalid since".to_owned())).await;
-            return;
-        }
-    };
-    let Some(org) = identity.org.clone() else {
-        close_socket(&mut socket, &policy(AuthError::Forbidden.to_string())).await;
-        return;
-    };
+    let Admitted {
+        identity,
+        org,
+        interest,
+        cursor,
+    } = admitted;
 
-    let channels = vec![ChannelName::org(&org), ChannelName::user(&identity.user)];
     let queue_len = usize::try_from(state.config.send_queue).unwrap_or(usize::MAX);
     let (tx, mut rx) = mpsc::channel(queue_len);
     let id = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
@@ -146,43 +166,50 @@ async fn run(
         id,
         identity.user.clone(),
         org,
-        channels,
+        interest,
         identity.exp,
         tx,
         state.shutdown.child_token(),
     ));
-    let _registration = state.hub.register(conn.clone());
-    if let Err(e) = state.engine.subscribe(&conn.channels).await {
-        tracing::warn!(conn = id.0, error = %e, "engine subscribe failed");
-        close_socket(
-            &mut socket,
-            &CloseReason::new(close::INTERNAL, "engine unavailable"),
-        )
-        .await;
+    let limits = Limits {
+        max_connections: state.config.max_connections,
+        max_per_user: state.config.max_connections_per_user,
+    };
+    let Ok(_registration) = state.hub.register(conn.clone(), limits) else {
+        tracing::info!(user = %conn.user, org = %conn.org, "refused websocket: connection limit");
+        refuse(&state, &mut socket, &CloseReason::CONNECTION_LIMIT).await;
         return;
-    }
-    let _subscription = Subscription {
-        state: &state,
-        channels: &conn.channels,
+    };
+    let _subscription = match Subscription::new(&state, &conn.interest).await {
+        Ok(subscription) => subscription,
+        Err(e) => {
+            tracing::warn!(conn = id.0, error = %e, "engine subscribe failed");
+            refuse(&state, &mut socket, &CloseReason::ENGINE_UNAVAILABLE).await;
+            return;
+        }
     };
 
     let start = match start_frames(&state, &conn, &cursor, params.epoch.as_deref()).await {
         Ok(start) => start,
         Err(e) => {
             tracing::warn!(conn = id.0, error = %e, "reading positions failed");
-            close_socket(
-                &mut socket,
-                &CloseReason::new(close::INTERNAL, "engine unavailable"),
-            )
-            .await;
+            refuse(&state, &mut socket, &CloseReason::ENGINE_UNAVAILABLE).await;
             return;
         }
     };
-    tracing::info!(conn = id.0, user = %conn.user, org = %conn.org, resumed = !cursor.is_empty(), "connected");
+    tracing::info!(
+        conn = id.0,
+        user = %conn.user,
+        org = %conn.org,
+        role = identity.role.as_str(),
+        resumed = !cursor.is_empty(),
+        "connected"
+    );
     // Pinned once: the one close signal of this connection (slow consumer,
     // expiry, disconnect, shutdown), polled by every select below.
     let mut closed = std::pin::pin!(conn.closed());
-    let mut last = start.last;
+    let mut sent = start.sent;
+    let mut peer_code = None;
     let write = write_all(&mut socket, start.frames);
     let mut outcome = written(until_closed(closed.as_mut(), write).await);
 
@@ -191,11 +218,11 @@ async fn run(
             biased;
             reason = closed.as_mut() => Some(Ending::Close(reason)),
             Some(item) = rx.recv() => {
-                let write = write_batch(&mut socket, item, &mut rx, &conn.channels, &mut last);
+                let write = write_batch(&mut socket, item, &mut rx, &mut sent, &state.metrics);
                 written(until_closed(closed.as_mut(), write).await)
             }
             incoming = socket.recv() => {
-                match on_incoming(&state, &conn, &identity, incoming) {
+                match on_incoming(&state, &conn, &identity, incoming, &mut peer_code) {
                     Reply::None => None,
                     Reply::End(ending) => Some(ending),
                     Reply::Send(frame) => {
@@ -206,25 +233,128 @@ async fn run(
             }
         };
     }
-    let code = match outcome {
+    let (code, by) = match outcome {
         Some(Ending::Close(reason)) => {
             close_socket(&mut socket, &reason).await;
-            Some(reason.code)
+            if reason == CloseReason::SLOW_CONSUMER {
+                tracing::warn!(conn = id.0, user = %conn.user, org = %conn.org, "closed slow consumer");
+                state.metrics.slow_consumer();
+            }
+            (reason.code, ClosedBy::Server)
         }
-        _ => None,
+        // 1006: the connection ended without a close frame.
+        _ => (peer_code.unwrap_or(1006), ClosedBy::Client),
     };
-    tracing::info!(conn = id.0, user = %conn.user, org = %conn.org, code, "disconnected");
+    state.metrics.closed(code, by);
+    tracing::info!(
+        conn = id.0,
+        user = %conn.user,
+        org = %conn.org,
+        code,
+        by = if by == ClosedBy::Server { "server" } else { "client" },
+        "disconnected"
+    );
 }
 
-/// Removes the engine subscription when the session ends, however it ends.
+/// A handshake that passed every check.
+struct Admitted {
+    identity: Identity,
+    org: OrgId,
+    interest: Interest,
+    cursor: Vec<(ChannelName, u64)>,
+}
+
+/// Checks token, cursor and `orgs=`, and works out what the connection reads.
+fn admit(
+    state: &AppState,
+    auth: Result<Identity, AuthError>,
+    params: &WsParams,
+) -> Result<Admitted, CloseReason> {
+    if state.shutdown.is_cancelled() {
+        return Err(CloseReason::SHUTDOWN);
+    }
+    let identity = auth.map_err(|e| policy(e.to_string()))?;
+    let cursor = match params.since.as_deref().map(protocol::parse_cursor) {
+        None => Vec::new(),
+        Some(Ok(cursor)) => cursor,
+        Some(Err(_)) => return Err(policy("invalid since".to_owned())),
+    };
+    let forbidden = || policy(AuthError::Forbidden.to_string());
+    let org = identity.org.clone().ok_or_else(forbidden)?;
+    let interest = match params.orgs.as_deref() {
+        None => Interest {
+            channels: vec![ChannelName::org(&org), ChannelName::user(&identity.user)],
+            all: false,
+        },
+        Some(_) if identity.role != Role::Admin => return Err(forbidden()),
+        Some(orgs) => parse_orgs(orgs).ok_or_else(|| policy("invalid orgs".to_owned()))?,
+    };
+    Ok(Admitted {
+        identity,
+        org,
+        interest,
+        cursor,
+    })
+}
+
+/// The most orgs one admin connection may list.
+const MAX_WATCHED_ORGS: usize = 1000;
+
+/// `*` (every channel) or a comma list of org ids.
+fn parse_orgs(orgs: &str) -> Option<Interest> {
+    if orgs.trim() == "*" {
+        return Some(Interest {
+            channels: Vec::new(),
+            all: true,
+        });
+    }
+    let mut channels = Vec::new();
+    for org in orgs.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let channel = ChannelName::org(&OrgId::new(org).ok()?);
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+    }
+    (!channels.is_empty() && channels.len() <= MAX_WATCHED_ORGS).then_some(Interest {
+        channels,
+        all: false,
+    })
+}
+
+/// Closes a connection that never started, and counts it.
+async fn refuse(state: &AppState, socket: &mut WebSocket, reason: &CloseReason) {
+    close_socket(socket, reason).await;
+    state.metrics.closed(reason.code, ClosedBy::Server);
+}
+
+/// Holds the engine subscription of a connection; released on drop.
 struct Subscription<'a> {
     state: &'a AppState,
-    channels: &'a [ChannelName],
+    interest: &'a Interest,
+}
+
+impl<'a> Subscription<'a> {
+    async fn new(
+        state: &'a AppState,
+        interest: &'a Interest,
+    ) -> Result<Subscription<'a>, crate::engine::EngineError> {
+        state.engine.subscribe(&interest.channels).await?;
+        if interest.all
+            && let Err(e) = state.engine.subscribe_all().await
+        {
+            state.engine.unsubscribe(&interest.channels);
+            return Err(e);
+        }
+        Ok(Subscription { state, interest })
+    }
 }
 
 impl Drop for Subscription<'_> {
     fn drop(&mut self) {
-        self.state.engine.unsubscribe(self.channels);
+        self.state.engine.unsubscribe(&self.interest.channels);
+        if self.interest.all {
+            self.state.engine.unsubscribe_all();
+        }
     }
 }
 
@@ -233,6 +363,39 @@ enum Ending {
     Close(CloseReason),
     /// The peer closed or the socket failed; nothing more to send.
     PeerGone,
+}
+
+/// Per channel, the last seq this connection was sent; events at or below
+/// it are duplicates of the replay and are dropped.
+struct Sent {
+    /// The channels the connection was registered for (a handful).
+    fixed: Vec<(ChannelName, u64)>,
+    /// Whether the connection reads every channel (`orgs=*`).
+    all: bool,
+    /// For `all` connections, every other channel seen so far.
+    others: HashMap<ChannelName, u64>,
+}
+
+impl Sent {
+    fn last_mut(&mut self, channel: &ChannelName) -> Option<&mut u64> {
+        match self.fixed.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, last)) => Some(last),
+            None if self.all => Some(self.others.entry(channel.clone()).or_insert(0)),
+            None => None,
+        }
+    }
+
+    /// Whether the client lacks this event; records it as sent.
+    fn is_new(&mut self, publication: &Publication) -> bool {
+        let Some(last) = self.last_mut(&publication.channel) else {
+            return false;
+        };
+        if publication.seq <= *last {
+            return false;
+        }
+        *last = publication.seq;
+        true
+    }
 }
 
 enum Step<T> {
@@ -273,8 +436,8 @@ enum Reply {
 /// What a session sends before any live event.
 struct Start {
     frames: Vec<Utf8Bytes>,
-    /// Per channel of the connection, the seq the client has after `frames`.
-    last: Vec<u64>,
+    /// Per channel, the seq the client has after `frames`.
+    sent: Sent,
 }
 
 async fn start_frames(
@@ -288,13 +451,19 @@ async fn start_frames(
     let epoch_changed = epoch.is_some_and(|e| e != &*current_epoch);
     let limit = usize::try_from(state.config.history_size).unwrap_or(usize::MAX);
 
-    let mut last = engine.latest(&conn.channels).await?;
+    let channels = &conn.interest.channels;
+    let latest = engine.latest(channels).await?;
+    let mut sent = Sent {
+        fixed: channels.iter().cloned().zip(latest).collect(),
+        all: conn.interest.all,
+        others: HashMap::new(),
+    };
     let mut replay = Vec::new();
     for (channel, since) in cursor {
         // A cursor for a channel this connection does not read (say, an org
         // the user has left) is ignored rather than refused, so a stale
         // cursor cannot lock a client out.
-        let Some(index) = conn.channels.iter().position(|c| c == channel) else {
+        let Some(last) = sent.last_mut(channel) else {
             continue;
         };
         let since = *since;
@@ -316,21 +485,22 @@ async fn start_frames(
                 reason,
             }));
         }
-        if reason == Some(ResyncReason::EpochChanged) || reason == Some(ResyncReason::PositionAhead)
-        {
-            last[index] = page.latest;
-            continue;
+        if !matches!(
+            reason,
+            Some(ResyncReason::EpochChanged | ResyncReason::PositionAhead)
+        ) {
+            replay.extend(page.events.iter().map(|p| p.frame.clone()));
         }
-        replay.extend(page.events.iter().map(|p| p.frame.clone()));
         // The page holds the whole retained history after `since`, taken
         // atomically with `latest`.
-        last[index] = page.latest;
+        *last = page.latest;
     }
 
-    let positions = conn
-        .channels
+    let positions = sent
+        .fixed
         .iter()
-        .zip(&last)
+        .map(|(c, seq)| (c, seq))
+        .chain(&sent.others)
         .map(|(c, seq)| (c.to_string(), serde_json::Value::from(*seq)))
         .collect();
     let connection_id = format!("{}-{}", state.node_id, conn.id.0);
@@ -345,7 +515,7 @@ async fn start_frames(
     let mut frames = Vec::with_capacity(replay.len() + 1);
     frames.push(connected);
     frames.extend(replay);
-    Ok(Start { frames, last })
+    Ok(Start { frames, sent })
 }
 
 async fn write_all(socket: &mut WebSocket, frames: Vec<Utf8Bytes>) -> Result<(), axum::Error> {
@@ -360,18 +530,21 @@ async fn write_batch(
     socket: &mut WebSocket,
     first: Outbound,
     rx: &mut mpsc::Receiver<Outbound>,
-    channels: &[ChannelName],
-    last: &mut [u64],
+    sent: &mut Sent,
+    metrics: &Metrics,
 ) -> Result<(), axum::Error> {
     let mut next = Some(first);
     let mut written = 0;
+    let mut oldest: Option<Instant> = None;
     while let Some(item) = next.take() {
         match item {
             Outbound::Event(publication) => {
-                if is_new(&publication, channels, last) {
+                if sent.is_new(&publication) {
                     socket
                         .feed(Message::Text(publication.frame.clone()))
                         .await?;
+                    let received = publication.received;
+                    oldest = Some(oldest.map_or(received, |o| o.min(received)));
                 }
             }
             Outbound::Ping(frame) => {
@@ -384,19 +557,11 @@ async fn write_batch(
             next = rx.try_recv().ok();
         }
     }
-    socket.flush().await
-}
-
-/// Whether the client lacks this event; records it as sent.
-fn is_new(publication: &Publication, channels: &[ChannelName], last: &mut [u64]) -> bool {
-    let Some(index) = channels.iter().position(|c| *c == publication.channel) else {
-        return false;
-    };
-    if publication.seq <= last[index] {
-        return false;
+    socket.flush().await?;
+    if let Some(oldest) = oldest {
+        metrics.delivery_latency(oldest.elapsed());
     }
-    last[index] = publication.seq;
-    true
+    Ok(())
 }
 
 fn on_incoming(
@@ -404,6 +569,7 @@ fn on_incoming(
     conn: &Conn,
     identity: &Identity,
     incoming: Option<Result<Message, axum::Error>>,
+    peer_code: &mut Option<u16>,
 ) -> Reply {
     match incoming {
         None => Reply::End(Ending::PeerGone),
@@ -417,7 +583,11 @@ fn on_incoming(
             Reply::None
         }
         // tungstenite answers Pings and Close frames itself on the next read.
-        Some(Ok(Message::Ping(_) | Message::Close(_))) => Reply::None,
+        Some(Ok(Message::Ping(_))) => Reply::None,
+        Some(Ok(Message::Close(frame))) => {
+            *peer_code = Some(frame.map_or(1005, |f| f.code));
+            Reply::None
+        }
         Some(Ok(Message::Binary(_))) => Reply::Send(protocol::error_frame(
             error_code::BAD_MESSAGE,
             "binary frames are not supported; send JSON text frames",

@@ -1,17 +1,34 @@
 //! The HTTP API: publish, history, health. Every error is an [`ApiError`]
 //! with a JSON body.
 
+pub mod disconnect;
 pub mod health;
 pub mod history;
+pub mod metrics;
 pub mod publish;
+pub mod stats;
 
+use axum::body::{Body, Bytes};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Identity, Role};
 use crate::error::ApiError;
 use crate::session::bearer;
+
+/// Reads a request body of at most `limit` bytes (413 over it).
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(format!("request body is over {limit} bytes")))
+}
+
+/// Parses JSON; the error names line and column.
+pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_json(format!("invalid JSON: {e}")))
+}
 
 /// A caller of the service APIs: a verified `service` or `admin` token from
 /// `Authorization: Bearer`.

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::ServiceCaller;
+use super::{ServiceCaller, parse_json, read_body};
 use crate::app::AppState;
 use crate::engine::NewEvent;
 use crate::error::ApiError;
@@ -42,21 +42,15 @@ pub async fn publish(
     ServiceCaller(_caller): ServiceCaller,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body is over {MAX_BODY_BYTES} bytes")))?;
+    let body = read_body(body, MAX_BODY_BYTES).await?;
     let is_batch = body
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'[');
     let raw: Vec<EventIn> = if is_batch {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_json(format!("invalid JSON: {e}")))?
+        parse_json(&body)?
     } else {
-        vec![
-            serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_json(format!("invalid JSON: {e}")))?,
-        ]
+        vec![parse_json(&body)?]
     };
     if raw.is_empty() {
         return Err(ApiError::bad_event("the batch is empty"));
@@ -81,7 +75,11 @@ pub async fn publish(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    let types: Vec<_> = events.iter().map(|e| e.event_type.clone()).collect();
     let acks = state.engine.publish(events).await?;
+    for event_type in &types {
+        state.metrics.published(event_type.as_str());
+    }
     Ok(if is_batch {
         Json(acks).into_response()
     } else {

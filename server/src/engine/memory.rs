@@ -1,6 +1,7 @@
 //! The embedded engine: one process, history in memory, zero set-up.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,8 @@ pub struct MemoryEngine {
     channels: RwLock<HashMap<ChannelName, Arc<Mutex<ChannelState>>>>,
     idempotency: Mutex<IdempotencyCache>,
     deliver: Arc<dyn Deliver>,
+    /// Events held in every channel's history, for the metrics.
+    retained: AtomicU64,
 }
 
 #[derive(Default)]
@@ -38,13 +41,17 @@ struct ChannelState {
 }
 
 impl ChannelState {
-    fn trim(&mut self, ttl: Duration, now: Instant) {
+    /// Drops events older than `ttl`; returns how many.
+    fn trim(&mut self, ttl: Duration, now: Instant) -> u64 {
+        let mut dropped = 0;
         while let Some(front) = self.history.front() {
             if now.duration_since(front.received) < ttl {
                 break;
             }
             self.history.pop_front();
+            dropped += 1;
         }
+        dropped
     }
 
     fn oldest(&self) -> u64 {
@@ -84,6 +91,7 @@ impl MemoryEngine {
             channels: RwLock::default(),
             idempotency: Mutex::default(),
             deliver,
+            retained: AtomicU64::new(0),
         }
     }
 
@@ -114,11 +122,14 @@ impl MemoryEngine {
             received: now,
         });
         state.latest = seq;
-        state.trim(self.history_ttl, now);
+        let mut dropped = state.trim(self.history_ttl, now);
         if state.history.len() >= self.history_size {
             state.history.pop_front();
+            dropped += 1;
         }
         state.history.push_back(publication.clone());
+        self.retained.fetch_add(1, Ordering::Relaxed);
+        self.retained.fetch_sub(dropped, Ordering::Relaxed);
         // Still under the channel lock: the hub sees this channel's events in
         // seq order, and a connection that registered before this point
         // either gets the event live or finds it in history.
@@ -178,7 +189,8 @@ impl Engine for MemoryEngine {
             });
         };
         let mut state = lock(&state);
-        state.trim(self.history_ttl, Instant::now());
+        let dropped = state.trim(self.history_ttl, Instant::now());
+        self.retained.fetch_sub(dropped, Ordering::Relaxed);
         let oldest = state.oldest();
         // Seqs in the ring are consecutive, so the start index is arithmetic.
         let skip =
@@ -208,6 +220,10 @@ impl Engine for MemoryEngine {
     async fn ready(&self) -> bool {
         true
     }
+
+    fn retained_events(&self) -> u64 {
+        self.retained.load(Ordering::Relaxed)
+    }
 }
 
 // A poisoned lock means a panic elsewhere while it was held; the data it
@@ -227,7 +243,7 @@ fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     use serde_json::value::RawValue;
 
@@ -289,6 +305,7 @@ mod tests {
             .unwrap();
         assert_eq!((page.oldest, page.latest, page.events.len()), (1, 0, 0));
         assert_eq!(count.0.load(Ordering::Relaxed), 6);
+        assert_eq!(engine.retained_events(), 4);
     }
 
     #[tokio::test]

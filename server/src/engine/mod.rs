@@ -134,4 +134,17 @@ pub trait Engine: Send + Sync + 'static {
 
     /// The connection that subscribed these channels has gone.
     fn unsubscribe(&self, _channels: &[ChannelName]) {}
+
+    /// Like [`Engine::subscribe`] for every channel (an admin watching
+    /// `orgs=*`); matched by one [`Engine::unsubscribe_all`].
+    async fn subscribe_all(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn unsubscribe_all(&self) {}
+
+    /// Events held in history, for the metrics.
+    fn retained_events(&self) -> u64 {
+        0
+    }
 }

@@ -1,0 +1,53 @@
+//! `POST /api/disconnect`: close every connection of a user at once (a user
+//! removed from an org), without waiting for the token to expire.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use super::{ServiceCaller, parse_json, read_body};
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::hub::CloseReason;
+use crate::protocol::{IdValue, UserId, close};
+
+/// A WebSocket close reason is at most 123 bytes.
+pub const MAX_REASON_BYTES: usize = 123;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectIn {
+    user_id: IdValue,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Disconnected {
+    pub closed: usize,
+}
+
+pub async fn disconnect(
+    State(state): State<AppState>,
+    ServiceCaller(caller): ServiceCaller,
+    body: Body,
+) -> Result<Json<Disconnected>, ApiError> {
+    let input: DisconnectIn = parse_json(&read_body(body, 64 << 10).await?)?;
+    let user = UserId::new(&input.user_id.into_string())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let reason = input.reason.unwrap_or_else(|| "disconnected".to_owned());
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "reason is over {MAX_REASON_BYTES} bytes (the WebSocket limit)"
+        )));
+    }
+    let closed = state.hub.close_user(
+        &user,
+        &CloseReason {
+            code: close::POLICY,
+            reason: reason.into(),
+        },
+    );
+    tracing::info!(user = %user, closed, by = %caller.user, "disconnected user");
+    Ok(Json(Disconnected { closed }))
+}

@@ -1,0 +1,30 @@
+//! `GET /metrics`: Prometheus scrape endpoint (OpenMetrics text format).
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state
+        .metrics
+        .set_history_events(state.engine.retained_events());
+    let body = state.metrics.encode().map_err(|e| {
+        tracing::error!(error = %e, "encoding metrics failed");
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "encoding metrics failed",
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response())
+}

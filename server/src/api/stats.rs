@@ -1,0 +1,91 @@
+//! `GET /api/stats`: what this node is doing, as JSON.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::State;
+use serde::Serialize;
+
+use super::ServiceCaller;
+use crate::app::AppState;
+
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub node_id: String,
+    /// `memory` or `redis`.
+    pub engine: &'static str,
+    pub epoch: String,
+    pub uptime_seconds: u64,
+    pub connections: Connections,
+    /// Distinct users with at least one connection.
+    pub users: usize,
+    pub events: Events,
+    /// Connections closed with 1013 because their send queue was full.
+    pub slow_consumer_closes: u64,
+    /// Closes by code, either side.
+    pub closes: BTreeMap<String, u64>,
+    /// Events held in history by the engine.
+    pub history_events: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Connections {
+    pub total: usize,
+    pub by_org: BTreeMap<String, usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Events {
+    /// Events published through this node, per type.
+    pub published: BTreeMap<String, u64>,
+    /// Event frames handed to this node's connections, per type.
+    pub delivered: BTreeMap<String, u64>,
+    pub published_total: u64,
+    pub delivered_total: u64,
+}
+
+pub async fn stats(
+    State(state): State<AppState>,
+    ServiceCaller(_caller): ServiceCaller,
+) -> Json<Stats> {
+    let (by_org, users) = state.hub.census();
+    let by_type = state.metrics.by_type();
+    let published: BTreeMap<String, u64> = by_type
+        .iter()
+        .filter(|(_, c)| c.published > 0)
+        .map(|(t, c)| (t.clone(), c.published))
+        .collect();
+    let delivered: BTreeMap<String, u64> = by_type
+        .iter()
+        .filter(|(_, c)| c.delivered > 0)
+        .map(|(t, c)| (t.clone(), c.delivered))
+        .collect();
+    Json(Stats {
+        node_id: state.node_id.clone(),
+        engine: state.engine.kind(),
+        epoch: state.engine.epoch().to_string(),
+        uptime_seconds: state.started.elapsed().as_secs(),
+        connections: Connections {
+            total: by_org.values().sum(),
+            by_org: by_org
+                .into_iter()
+                .map(|(o, n)| (o.to_string(), n))
+                .collect(),
+        },
+        users,
+        events: Events {
+            published_total: published.values().sum(),
+            delivered_total: delivered.values().sum(),
+            published,
+            delivered,
+        },
+        slow_consumer_closes: state.metrics.slow_consumer_closes(),
+        closes: state
+            .metrics
+            .closes_by_code()
+            .into_iter()
+            .map(|(code, n)| (code.to_string(), n))
+            .collect(),
+        history_events: state.engine.retained_events(),
+    })
+}
