@@ -109,10 +109,11 @@ impl Metrics {
             "Event frames handed to connections of this node",
             delivered.clone(),
         );
-        registry.register_with_unit(
-            "delivery_latency",
+        // Registered without a unit: the `# UNIT` line of OpenMetrics trips
+        // up classic Prometheus-text parsers; the name carries the unit.
+        registry.register(
+            "delivery_latency_seconds",
             "Time from an event reaching this node to its frame being flushed to a socket",
-            prometheus_client::registry::Unit::Seconds,
             delivery_latency.clone(),
         );
         registry.register(

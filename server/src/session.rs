@@ -175,7 +175,7 @@ async fn run(
         max_connections: state.config.max_connections,
         max_per_user: state.config.max_connections_per_user,
     };
-    let Ok(_registration) = state.hub.register(conn.clone(), limits) else {
+    let Ok(registration) = state.hub.register(conn.clone(), limits) else {
         tracing::info!(user = %conn.user, org = %conn.org, "refused websocket: connection limit");
         refuse(&state, &mut socket, &CloseReason::CONNECTION_LIMIT).await;
         return;
@@ -235,17 +235,24 @@ async fn run(
     }
     let (code, by) = match outcome {
         Some(Ending::Close(reason)) => {
-            close_socket(&mut socket, &reason).await;
             if reason == CloseReason::SLOW_CONSUMER {
-                tracing::warn!(conn = id.0, user = %conn.user, org = %conn.org, "closed slow consumer");
+                tracing::warn!(conn = id.0, user = %conn.user, org = %conn.org, "closing slow consumer");
                 state.metrics.slow_consumer();
             }
+            state.metrics.closed(reason.code, ClosedBy::Server);
+            // Out of the hub first: a client that stopped reading must not
+            // hold a place (or a cap) while its close frame waits.
+            drop(registration);
+            close_socket(&mut socket, &reason).await;
             (reason.code, ClosedBy::Server)
         }
         // 1006: the connection ended without a close frame.
-        _ => (peer_code.unwrap_or(1006), ClosedBy::Client),
+        _ => {
+            let code = peer_code.unwrap_or(1006);
+            state.metrics.closed(code, ClosedBy::Client);
+            (code, ClosedBy::Client)
+        }
     };
-    state.metrics.closed(code, by);
     tracing::info!(
         conn = id.0,
         user = %conn.user,
@@ -323,8 +330,8 @@ fn parse_orgs(orgs: &str) -> Option<Interest> {
 
 /// Closes a connection that never started, and counts it.
 async fn refuse(state: &AppState, socket: &mut WebSocket, reason: &CloseReason) {
-    close_socket(socket, reason).await;
     state.metrics.closed(reason.code, ClosedBy::Server);
+    close_socket(socket, reason).await;
 }
 
 /// Holds the engine subscription of a connection; released on drop.

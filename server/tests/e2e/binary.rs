@@ -75,33 +75,38 @@ async fn port_in_use_is_a_clear_error() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
 }
 
-/// Starts `hrrt-server --dev` on a free port and reads its banner.
-async fn start_dev() -> (Child, String, String) {
+/// Starts `hrrt-server --dev` on a free port, logging everything, and
+/// reads its banner. The log is collected by a task until the process ends.
+async fn start_dev() -> (Child, String, tokio::task::JoinHandle<String>) {
     let mut child = server_command()
         .args(["--dev", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "trace")
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
+        text
+    });
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut addr, mut ws_url) = (None, None);
-    while addr.is_none() || ws_url.is_none() {
+    loop {
         let line = within(lines.next_line())
             .await
             .unwrap()
             .expect("banner ended early");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            addr = rest.split_whitespace().next().map(str::to_owned);
-        }
         if let Some(rest) = line.split("new WebSocket('").nth(1) {
-            ws_url = rest.split('\'').next().map(str::to_owned);
+            let ws_url = rest.split('\'').next().unwrap().to_owned();
+            return (child, ws_url, log);
         }
     }
-    (child, addr.unwrap(), ws_url.unwrap())
 }
 
 #[tokio::test]
 async fn dev_mode_prints_a_working_token_and_sigterm_closes_1001_and_exits_0() {
-    let (mut child, _addr, ws_url) = start_dev().await;
+    let (mut child, ws_url, log) = start_dev().await;
+    let token = ws_url.split("token=").nth(1).unwrap().to_owned();
     let (ws, _) = within(tokio_tungstenite::connect_async(ws_url))
         .await
         .unwrap();
@@ -123,4 +128,14 @@ async fn dev_mode_prints_a_working_token_and_sigterm_closes_1001_and_exits_0() {
     );
     let status = within(child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
+
+    let log = within(log).await.unwrap();
+    assert!(
+        log.contains("connected") && log.contains("user=42"),
+        "{log}"
+    );
+    assert!(log.contains("code=1001"), "{log}");
+    // Even at trace level, no token (nor its signature) reaches the log.
+    let signature = token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature), "token leaked into the log");
 }

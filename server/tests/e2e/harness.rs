@@ -173,6 +173,9 @@ impl Client {
                     let (code, reason) = frame
                         .map(|f| (u16::from(f.code), f.reason.to_string()))
                         .unwrap_or((1005, String::new()));
+                    // Sends tungstenite's queued close reply, completing the
+                    // handshake so the server need not wait for it.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), self.ws.flush()).await;
                     return Frame::Close(code, reason);
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -297,5 +300,18 @@ impl SilentClient {
             }
             opcodes.push(opcode);
         }
+    }
+}
+
+impl Server {
+    /// POSTs JSON to any endpoint.
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        let res = within(req.send()).await.unwrap();
+        let status = res.status().as_u16();
+        (status, within(res.json::<Value>()).await.unwrap())
     }
 }

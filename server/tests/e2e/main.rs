@@ -2,6 +2,7 @@
 //! clients. Every network wait is bounded by `harness::within`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod auth;
 mod binary;
 mod browser;
@@ -9,6 +10,7 @@ mod client_frames;
 mod delivery;
 mod harness;
 mod keepalive;
+mod protection;
 mod publish;
 mod resume;
 mod shutdown;
