@@ -1,20 +1,55 @@
 //! The command line: global flags and one subcommand.
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+use crate::commands::completions::CompletionsArgs;
+use crate::commands::listen::ListenArgs;
+use crate::commands::publish::PublishArgs;
 use crate::commands::serve::ServeArgs;
+use crate::commands::token::TokenArgs;
 
 /// hrrt: realtime events for the HR application — serve, listen, publish,
-/// load-test, script scenarios, watch the dashboard.
+/// mint tokens.
 #[derive(Debug, Parser)]
-#[command(name = "hrrt", version, about)]
+#[command(name = "hrrt", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// The server's URL; the WebSocket URL is derived from it.
+    #[arg(
+        long,
+        global = true,
+        env = "HRRT_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: String,
+
+    /// The server's JWT secret, so commands can mint their own tokens.
+    #[arg(long, global = true, env = "HRRT_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// A token to use instead of minting one.
+    #[arg(long, global = true, env = "HRRT_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the realtime server (the same as `hrrt-server`).
     Serve(ServeArgs),
+    /// Mint and inspect tokens.
+    Token(TokenArgs),
+    /// Watch events as a user (or an admin) sees them.
+    Listen(ListenArgs),
+    /// Publish one event, or a batch from a file.
+    Publish(PublishArgs),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
 }

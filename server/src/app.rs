@@ -127,7 +127,16 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let state = AppState::new(config)?;
+    serve(listener, AppState::new(config)?, shutdown).await
+}
+
+/// [`run`] with a state built by the caller, who may keep a clone of it
+/// (tests use it to reach the hub).
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
     spawn_timers(&state);
     let token = state.shutdown.clone();
     let signal = async move {

@@ -30,7 +30,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod session;
 
-pub use app::{AppState, ServerError, router, run};
+pub use app::{AppState, ServerError, router, run, serve};
 pub use config::Config;
 
 /// `bytes` random bytes as lowercase hex, for epochs, node ids and `--dev`

@@ -1,6 +1,10 @@
-//! One module per subcommand.
+//! One module per subcommand; each has `XArgs` and `run`.
 
+pub mod completions;
+pub mod listen;
+pub mod publish;
 pub mod serve;
+pub mod token;
 
 use std::process::ExitCode;
 
@@ -9,5 +13,9 @@ use crate::args::{Cli, Command};
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Token(args) => token::run(args, &cli.global),
+        Command::Listen(args) => listen::run(args, &cli.global).await,
+        Command::Publish(args) => publish::run(args, &cli.global).await,
+        Command::Completions(args) => completions::run(args),
     }
 }

@@ -1,0 +1,149 @@
+//! `hrrt publish`: one event from flags, or a batch from an NDJSON file.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use hrrt_server::auth::Role;
+use serde_json::Value;
+
+use crate::args::GlobalArgs;
+use crate::client::{Api, Target, TokenSource, explain};
+use crate::output::{self, DIM, paint};
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").args(["org", "user"])))]
+pub struct PublishArgs {
+    /// The event type, e.g. entity.created.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub event_type: Option<String>,
+    /// Publish to every connection of this organisation.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Publish to every connection (tab) of this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The payload: JSON, @file to read a file, or - to read stdin.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Makes a retry safe: the same key within 5 minutes publishes once.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Publish a batch: one event object per line, as POST /api/events
+    /// takes it ({"type":…,"org_id":…,"payload":…}).
+    #[arg(long, conflicts_with_all = ["org", "user", "idempotency_key"])]
+    pub file: Option<PathBuf>,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: PublishArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let body = match &args.file {
+        Some(path) => batch(path)?,
+        None => single(&args)?,
+    };
+    let tokens = TokenSource::from_args(
+        global,
+        Some("hrrt-cli"),
+        None,
+        Role::Service,
+        "pass --token, or --secret (HRRT_JWT_SECRET) to mint a service token",
+    )?;
+    let api = Api::new(Target::parse(&global.url)?)?;
+    let (status, answer) = api.post("/api/events", &tokens.token()?, &body).await?;
+    match status {
+        200 => {}
+        401 | 403 => bail!("{}", explain(status, &answer, "service")),
+        _ => {
+            output::error(&anyhow::anyhow!("{}", explain(status, &answer, "service")));
+            return Ok(ExitCode::from(1));
+        }
+    }
+    if args.json {
+        output::line(&answer.to_string())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let events = match &body {
+        Value::Array(events) => events.clone(),
+        one => vec![one.clone()],
+    };
+    let acks = match answer {
+        Value::Array(acks) => acks,
+        one => vec![one],
+    };
+    for (event, ack) in events.iter().zip(&acks) {
+        output::line(&format!(
+            "{}@{}  {}  {}",
+            ack["channel"].as_str().unwrap_or("?"),
+            ack["seq"],
+            event["type"].as_str().unwrap_or("?"),
+            paint(DIM, format!("{} recipients", ack["recipients"]))
+        ))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn single(args: &PublishArgs) -> anyhow::Result<Value> {
+    let Some(event_type) = &args.event_type else {
+        bail!("give an event type, or --file for a batch");
+    };
+    let payload = read_payload(&args.payload)?;
+    let mut event = serde_json::json!({"type": event_type, "payload": payload});
+    match (&args.org, &args.user) {
+        (Some(org), None) => event["org_id"] = org.clone().into(),
+        (None, Some(user)) => event["user_id"] = user.clone().into(),
+        _ => bail!("give the target: --org for an org-wide event, or --user for a user event"),
+    }
+    if let Some(key) = &args.idempotency_key {
+        event["idempotency_key"] = key.clone().into();
+    }
+    Ok(event)
+}
+
+/// `--payload`: inline JSON, `@file`, or `-` for stdin.
+fn read_payload(arg: &str) -> anyhow::Result<Value> {
+    let (source, text) = if arg == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the payload from stdin")?;
+        ("stdin".to_owned(), text)
+    } else if let Some(path) = arg.strip_prefix('@') {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading payload file {path}"))?;
+        (path.to_owned(), text)
+    } else {
+        ("--payload".to_owned(), arg.to_owned())
+    };
+    serde_json::from_str(&text).with_context(|| format!("{source} is not valid JSON"))
+}
+
+/// An NDJSON file of events, as one batch.
+fn batch(path: &PathBuf) -> anyhow::Result<Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut events = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with("//") {
+            continue;
+        }
+        let event: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not valid JSON", path.display(), n + 1))?;
+        if !event.is_object() {
+            bail!(
+                "{}:{}: each line must be an event object",
+                path.display(),
+                n + 1
+            );
+        }
+        events.push(event);
+    }
+    if events.is_empty() {
+        bail!("{} holds no events", path.display());
+    }
+    Ok(Value::Array(events))
+}

@@ -1,0 +1,224 @@
+//! `hrrt token mint` and `hrrt token inspect`.
+
+use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use hrrt_server::auth::{AuthError, Claims, Role, Verifier, mint, unix_now};
+use hrrt_server::protocol::{OrgId, UserId};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use crate::args::GlobalArgs;
+use crate::output::{self, BOLD, DIM, ERROR, NOTE, paint};
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new token signed with --secret.
+    Mint(MintArgs),
+    /// Show a token's claims, whether it is valid, and when it expires.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MintArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    pub user: String,
+    /// The organisation id (`org_id`); required for user and admin tokens.
+    #[arg(long)]
+    pub org: Option<String>,
+    /// user (connects to /ws), admin (watches orgs, reads stats) or service
+    /// (publishes).
+    #[arg(long, default_value = "user")]
+    pub role: Role,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = hrrt_server::config::positive_duration)]
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The token; `-` reads it from stdin; defaults to --token.
+    pub token: Option<String>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: TokenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TokenCommand::Mint(args) => mint_cmd(args, global),
+        TokenCommand::Inspect(args) => inspect(args, global),
+    }
+}
+
+fn mint_cmd(args: MintArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let Some(secret) = &global.secret else {
+        bail!("minting needs the server's secret: pass --secret or set HRRT_JWT_SECRET");
+    };
+    UserId::new(&args.user).context("invalid --user")?;
+    if let Some(org) = &args.org {
+        OrgId::new(org).context("invalid --org")?;
+    } else if args.role != Role::Service {
+        bail!("--org is required for a {} token", args.role.as_str());
+    }
+    let claims = Claims::new(
+        &args.user,
+        args.org.as_deref(),
+        args.role,
+        args.ttl.as_secs(),
+    );
+    output::line(&mint(secret, &claims).context("signing the token")?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `inspect` concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Valid,
+    /// Well-formed and not expired; the signature was not checked.
+    Unverified,
+    Expired,
+    BadSignature,
+    /// Signed correctly but refused by the server's rules (claims).
+    Refused,
+}
+
+impl Verdict {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::Unverified => "unverified",
+            Self::Expired => "expired",
+            Self::BadSignature => "invalid signature",
+            Self::Refused => "invalid claims",
+        }
+    }
+}
+
+fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let token = match args.token.as_deref() {
+        Some("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .context("reading the token from stdin")?;
+            text.trim().to_owned()
+        }
+        Some(token) => token.trim().to_owned(),
+        None => match &global.token {
+            Some(token) => token.clone(),
+            None => bail!("no token to inspect: pass it as an argument, or - for stdin"),
+        },
+    };
+
+    let header = match jsonwebtoken::decode_header(&token) {
+        Ok(header) => header,
+        Err(e) => {
+            output::line(&format!("{} not a JWT: {e}", paint(ERROR, "malformed:")))?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let claims: Value = match jsonwebtoken::dangerous::insecure_decode_claims(&token) {
+        Ok(claims) => claims,
+        Err(e) => {
+            output::line(&format!(
+                "{} claims are not JSON: {e}",
+                paint(ERROR, "malformed:")
+            ))?;
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let exp = claims["exp"].as_u64();
+    let now = unix_now();
+    let verdict = match &global.secret {
+        Some(secret) => {
+            let mut validation = Validation::new(Algorithm::HS256);
+            validation.validate_exp = false;
+            validation.required_spec_claims.clear();
+            let signed = jsonwebtoken::decode::<Value>(
+                &token,
+                &DecodingKey::from_secret(secret.as_bytes()),
+                &validation,
+            )
+            .is_ok();
+            match (signed, Verifier::new(secret).verify(&token)) {
+                (false, _) => Verdict::BadSignature,
+                (true, Ok(_)) => Verdict::Valid,
+                (true, Err(AuthError::Expired)) => Verdict::Expired,
+                (true, Err(_)) => Verdict::Refused,
+            }
+        }
+        None if exp.is_none_or(|exp| exp <= now) => Verdict::Expired,
+        None => Verdict::Unverified,
+    };
+
+    if args.json {
+        let out = serde_json::json!({
+            "verdict": verdict.as_str(),
+            "alg": format!("{:?}", header.alg),
+            "claims": claims,
+            "expires_in_seconds": exp.map(|exp| exp as i64 - now as i64),
+        });
+        output::line(&out.to_string())?;
+    } else {
+        output::line(&format!("{}  {:?}", paint(DIM, "alg      "), header.alg))?;
+        if let Some(map) = claims.as_object() {
+            for (key, value) in map {
+                let shown = match (key.as_str(), value.as_u64()) {
+                    ("exp" | "iat" | "nbf", Some(t)) => {
+                        format!("{t}  {}", paint(DIM, when(t, now)))
+                    }
+                    _ => match value {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                };
+                output::line(&format!("{}  {shown}", paint(DIM, format!("{key:<9}"))))?;
+            }
+        }
+        let style = match verdict {
+            Verdict::Valid => NOTE,
+            Verdict::Unverified => BOLD,
+            _ => ERROR,
+        };
+        let detail = match (verdict, exp) {
+            (Verdict::Unverified, _) => {
+                " (signature not checked: pass --secret to check it)".to_owned()
+            }
+            (Verdict::Valid | Verdict::Expired, Some(exp)) => format!(" ({})", when(exp, now)),
+            (Verdict::Refused, _) => {
+                " (the server would refuse it: needs sub, exp, and org_id unless role is service)"
+                    .to_owned()
+            }
+            _ => String::new(),
+        };
+        output::line(&format!(
+            "{}  {}{detail}",
+            paint(DIM, "status   "),
+            paint(style, verdict.as_str())
+        ))?;
+    }
+    Ok(match verdict {
+        Verdict::Valid | Verdict::Unverified => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+/// `2026-11-26T15:00:00Z, in 59m 12s` or `…, 3m ago`.
+fn when(t: u64, now: u64) -> String {
+    let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t));
+    let span = |secs: u64| humantime::format_duration(Duration::from_secs(secs)).to_string();
+    if t > now {
+        format!("{at}, in {}", span(t - now))
+    } else {
+        format!("{at}, {} ago", span(now - t))
+    }
+}

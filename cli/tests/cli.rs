@@ -1,0 +1,579 @@
+//! The real `hrrt` binary against a real server on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use hrrt_server::hub::CloseReason;
+use hrrt_server::{AppState, Config};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::TcpListener;
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::sync::oneshot;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hrrt");
+const SECRET: &str = "cli-test-secret-cli-test-secret";
+
+async fn within<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .expect("timed out after 10 s")
+}
+
+struct Server {
+    addr: SocketAddr,
+    state: AppState,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), hrrt_server::ServerError>>,
+}
+
+impl Server {
+    async fn start() -> Self {
+        Self::on(TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    async fn on(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().unwrap();
+        let state = AppState::new(Config::with_secret(SECRET)).unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hrrt_server::serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within(&mut self.task).await.unwrap().unwrap();
+    }
+
+    /// Runs `hrrt` with the server's URL and secret and waits for it.
+    async fn hrrt(&self, args: &[&str]) -> (i32, String, String) {
+        let out = within(self.command(args).output()).await.unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
+            .env("HRRT_URL", self.url())
+            .env("HRRT_JWT_SECRET", SECRET)
+            .env_remove("HRRT_TOKEN")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    async fn publish(&self, args: &[&str]) -> Value {
+        let mut full = vec!["publish", "--json"];
+        full.extend_from_slice(args);
+        let (code, stdout, stderr) = self.hrrt(&full).await;
+        assert_eq!(code, 0, "{stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+}
+
+/// A running `hrrt listen` whose output is read line by line.
+struct Listener {
+    child: Child,
+    stdout: Lines<BufReader<ChildStdout>>,
+    stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Listener {
+    /// Starts `hrrt listen ARGS` and waits until it is connected.
+    async fn start(server: &Server, args: &[&str]) -> Self {
+        let mut full = vec!["listen"];
+        full.extend_from_slice(args);
+        let mut child = server.command(&full).spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut listener = Self {
+            child,
+            stdout,
+            stderr,
+        };
+        listener.wait_stderr("connected to").await;
+        listener
+    }
+
+    async fn line(&mut self) -> String {
+        within(self.stdout.next_line())
+            .await
+            .unwrap()
+            .expect("listen ended")
+    }
+
+    /// Reads stderr until a line containing `needle`; returns it.
+    async fn wait_stderr(&mut self, needle: &str) -> String {
+        loop {
+            let line = within(self.stderr.next_line())
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("stderr ended before '{needle}'"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    async fn exit_code(mut self) -> i32 {
+        within(self.child.wait())
+            .await
+            .unwrap()
+            .code()
+            .unwrap_or(-1)
+    }
+}
+
+#[tokio::test]
+async fn mint_listen_publish_round_trip_in_human_form() {
+    let server = Server::start().await;
+    let mut listen =
+        Listener::start(&server, &["--user", "42", "--org", "7", "--count", "2"]).await;
+    let (code, stdout, _) = server
+        .hrrt(&[
+            "publish",
+            "entity.created",
+            "--org",
+            "7",
+            "--payload",
+            r#"{"id":1}"#,
+        ])
+        .await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.starts_with("org:7@1  entity.created  1 recipients"),
+        "{stdout}"
+    );
+    server
+        .publish(&[
+            "share.created",
+            "--user",
+            "42",
+            "--payload",
+            r#"{"share_id":5}"#,
+        ])
+        .await;
+    let first = listen.line().await;
+    assert!(
+        first.contains("entity.created")
+            && first.contains("org:7@1")
+            && first.contains(r#"{"id":1}"#),
+        "{first}"
+    );
+    assert!(
+        !first.contains('\u{1b}'),
+        "no colour when not a terminal: {first:?}"
+    );
+    let second = listen.line().await;
+    assert!(
+        second.contains("share.created") && second.contains("user:42@1"),
+        "{second}"
+    );
+    assert_eq!(listen.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn json_output_is_exactly_what_the_server_sent() {
+    let server = Server::start().await;
+    let mut listen = Listener::start(
+        &server,
+        &["--user", "1", "--org", "7", "--json", "--count", "3"],
+    )
+    .await;
+    let file = std::env::temp_dir().join(format!("hrrt-batch-{}.ndjson", std::process::id()));
+    std::fs::write(
+        &file,
+        "{\"type\":\"entity.created\",\"org_id\":\"7\",\"payload\":{\"id\":1}}\n\n\
+         {\"type\":\"chat.message\",\"org_id\":7,\"payload\":{\"text\":\"hi ✓\"}}\n\
+         {\"type\":\"share.created\",\"user_id\":\"1\"}\n",
+    )
+    .unwrap();
+    let acks = server.publish(&["--file", file.to_str().unwrap()]).await;
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(acks.as_array().unwrap().len(), 3);
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        lines.push(listen.line().await);
+    }
+    assert_eq!(listen.exit_code().await, 0);
+    // The server's own bytes, from its history, equal what listen printed.
+    for (channel, line) in [
+        ("org:7", &lines[0]),
+        ("org:7", &lines[1]),
+        ("user:1", &lines[2]),
+    ] {
+        let printed: Value = serde_json::from_str(line).unwrap();
+        let seq = printed["seq"].as_u64().unwrap();
+        let page = server
+            .state
+            .engine
+            .history(
+                &hrrt_server::protocol::ChannelName::parse(channel).unwrap(),
+                seq - 1,
+                1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.events[0].frame.as_str(), line.as_str());
+    }
+}
+
+#[tokio::test]
+async fn count_and_timeout_set_the_exit_code() {
+    let server = Server::start().await;
+    let (code, _, stderr) = server
+        .hrrt(&[
+            "listen",
+            "--user",
+            "1",
+            "--org",
+            "7",
+            "--count",
+            "1",
+            "--timeout",
+            "300ms",
+        ])
+        .await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("timed out with 0 of 1"), "{stderr}");
+    let (code, _, _) = server
+        .hrrt(&["listen", "--user", "1", "--org", "7", "--timeout", "200ms"])
+        .await;
+    assert_eq!(code, 0, "without --count a timeout is the normal end");
+}
+
+#[tokio::test]
+async fn type_filters_select_events() {
+    let server = Server::start().await;
+    let mut listen = Listener::start(
+        &server,
+        &[
+            "--user",
+            "1",
+            "--org",
+            "7",
+            "--json",
+            "--count",
+            "2",
+            "--type",
+            "entity.*",
+            "--type",
+            "share.revoked",
+        ],
+    )
+    .await;
+    server.publish(&["chat.message", "--org", "7"]).await;
+    server.publish(&["entity.updated", "--org", "7"]).await;
+    server.publish(&["share.created", "--user", "1"]).await;
+    server.publish(&["share.revoked", "--user", "1"]).await;
+    let a: Value = serde_json::from_str(&listen.line().await).unwrap();
+    let b: Value = serde_json::from_str(&listen.line().await).unwrap();
+    assert_eq!(
+        (a["type"].as_str(), b["type"].as_str()),
+        (Some("entity.updated"), Some("share.revoked"))
+    );
+    assert_eq!(listen.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn listen_resumes_after_a_dropped_connection_exactly_once() {
+    let server = Server::start().await;
+    let mut listen = Listener::start(
+        &server,
+        &["--user", "1", "--org", "7", "--json", "--count", "5"],
+    )
+    .await;
+    for _ in 0..2 {
+        server.publish(&["entity.created", "--org", "7"]).await;
+    }
+    for _ in 0..2 {
+        listen.line().await;
+    }
+    // Drop it as a server error would (1011: reconnect and resume).
+    server
+        .state
+        .hub
+        .for_each(|conn| conn.close(CloseReason::new(1011, "test drop")));
+    for _ in 0..3 {
+        server.publish(&["entity.created", "--org", "7"]).await;
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..3 {
+        let e: Value = serde_json::from_str(&listen.line().await).unwrap();
+        seqs.push(e["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [3, 4, 5]);
+    listen.wait_stderr("reconnected").await;
+    assert_eq!(listen.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn listen_survives_a_server_restart_and_reports_the_resync() {
+    let first = Server::start().await;
+    let addr = first.addr;
+    let mut listen = Listener::start(
+        &first,
+        &["--user", "1", "--org", "7", "--json", "--count", "2"],
+    )
+    .await;
+    first.publish(&["entity.created", "--org", "7"]).await;
+    listen.line().await;
+    first.stop().await;
+    listen.wait_stderr("1001").await;
+
+    // A new server (new epoch) on the same address.
+    let second = Server::on(TcpListener::bind(addr).await.unwrap()).await;
+    listen.wait_stderr("reconnected").await;
+    let resync = listen.wait_stderr("resync required").await;
+    assert!(resync.contains("epoch_changed"), "{resync}");
+    second.publish(&["entity.updated", "--org", "7"]).await;
+    let e: Value = serde_json::from_str(&listen.line().await).unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["seq"].as_u64()),
+        (Some("entity.updated"), Some(1))
+    );
+    assert_eq!(listen.exit_code().await, 0);
+}
+
+#[tokio::test]
+async fn a_broken_pipe_exits_0_quietly() {
+    let server = Server::start().await;
+    let mut listen = Listener::start(&server, &["--user", "1", "--org", "7", "--json"]).await;
+    server.publish(&["entity.created", "--org", "7"]).await;
+    listen.line().await;
+    // The reader goes away, like `head` after its lines.
+    let Listener {
+        child,
+        stdout,
+        mut stderr,
+    } = listen;
+    drop(stdout);
+    server.publish(&["entity.created", "--org", "7"]).await;
+    server.publish(&["entity.created", "--org", "7"]).await;
+    let status = within(wait_with(child)).await;
+    assert_eq!(status, 0);
+    while let Some(line) = within(stderr.next_line()).await.unwrap() {
+        assert!(
+            !line.contains("panicked") && !line.contains("error"),
+            "{line}"
+        );
+    }
+}
+
+async fn wait_with(mut child: Child) -> i32 {
+    child.wait().await.unwrap().code().unwrap_or(-1)
+}
+
+#[tokio::test]
+async fn bad_inputs_get_one_clear_line() {
+    let server = Server::start().await;
+    // The server is not running there.
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for args in [
+        vec![
+            "--url",
+            dead.as_str(),
+            "publish",
+            "entity.created",
+            "--org",
+            "7",
+        ],
+        vec![
+            "--url",
+            dead.as_str(),
+            "listen",
+            "--user",
+            "1",
+            "--org",
+            "7",
+        ],
+    ] {
+        let (code, _, stderr) = server.hrrt(&args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains(&dead.replace("http", "")) && stderr.contains("refused"),
+            "{stderr}"
+        );
+    }
+
+    let (code, _, stderr) = server
+        .hrrt(&[
+            "publish",
+            "entity.created",
+            "--org",
+            "7",
+            "--payload",
+            "{\"id\": 1,\n \"x\": }",
+        ])
+        .await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("line 2 column"), "{stderr}");
+
+    let user_token = hrrt_server::auth::mint(
+        SECRET,
+        &hrrt_server::auth::Claims::new("1", Some("7"), hrrt_server::auth::Role::User, 60),
+    )
+    .unwrap();
+    let (code, _, stderr) = server
+        .hrrt(&[
+            "publish",
+            "entity.created",
+            "--org",
+            "7",
+            "--token",
+            &user_token,
+        ])
+        .await;
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("403") && stderr.contains("--role service"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = server
+        .hrrt(&[
+            "publish",
+            "entity.created",
+            "--org",
+            "7",
+            "--token",
+            "nonsense",
+        ])
+        .await;
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("401") && stderr.contains("--secret"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = server
+        .hrrt(&["publish", "share.created", "--org", "7"])
+        .await;
+    assert_eq!(code, 1, "a rejected event is the thing that failed");
+    assert!(stderr.contains("user_id"), "{stderr}");
+
+    for args in [
+        vec!["listen", "--user", "1", "--org", "7", "--timeout", "soon"],
+        vec!["listen", "--bogus"],
+        vec!["publish", "entity.created", "--org", "7", "--user", "1"],
+    ] {
+        let (code, _, stderr) = server.hrrt(&args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let (code, _, stderr) = server.hrrt(&["--secret", "", "listen", "--org", "7"]).await;
+    assert_eq!(code, 2, "{stderr}");
+}
+
+#[tokio::test]
+async fn token_mint_and_inspect() {
+    let server = Server::start().await;
+    let (code, token, _) = server
+        .hrrt(&[
+            "token", "mint", "--user", "42", "--org", "7", "--role", "admin", "--ttl", "10m",
+        ])
+        .await;
+    assert_eq!(code, 0);
+    let token = token.trim();
+    let (code, stdout, _) = server.hrrt(&["token", "inspect", token]).await;
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("valid") && stdout.contains("in 10m") && stdout.contains("admin"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = server.hrrt(&["token", "inspect", token, "--json"]).await;
+    assert_eq!(code, 0);
+    let verdict: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(verdict["verdict"], "valid");
+    assert_eq!(verdict["claims"]["sub"], "42");
+    let (code, stdout, _) = server
+        .hrrt(&["token", "inspect", token, "--secret", "another"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(stdout.contains("invalid signature"), "{stdout}");
+    let mut expired =
+        hrrt_server::auth::Claims::new("1", Some("7"), hrrt_server::auth::Role::User, 0);
+    expired.exp -= 120;
+    let expired = hrrt_server::auth::mint(SECRET, &expired).unwrap();
+    let (code, stdout, _) = server.hrrt(&["token", "inspect", &expired]).await;
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("expired") && stdout.contains("ago"),
+        "{stdout}"
+    );
+    let (code, _, _) = server.hrrt(&["token", "inspect", "not.a.jwt"]).await;
+    assert_eq!(code, 1);
+    let mut stdin_inspect = server.command(&["token", "inspect", "-"]);
+    stdin_inspect.stdin(Stdio::piped());
+    let mut child = stdin_inspect.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(token.as_bytes()).await.unwrap();
+    drop(stdin);
+    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+    let (code, _, stderr) = server.hrrt(&["token", "mint", "--user", "1"]).await;
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--org"), "{stderr}");
+}
+
+#[tokio::test]
+async fn completions_are_printed() {
+    let server = Server::start().await;
+    let (code, stdout, _) = server.hrrt(&["completions", "bash"]).await;
+    assert_eq!(code, 0);
+    assert!(stdout.contains("hrrt") && stdout.contains("listen"));
+}
+
+#[tokio::test]
+async fn payload_from_a_file_and_from_stdin() {
+    let server = Server::start().await;
+    let mut listen = Listener::start(
+        &server,
+        &["--user", "1", "--org", "7", "--json", "--count", "2"],
+    )
+    .await;
+    let file = std::env::temp_dir().join(format!("hrrt-payload-{}.json", std::process::id()));
+    std::fs::write(&file, r#"{"from":"file"}"#).unwrap();
+    let at = format!("@{}", file.display());
+    server
+        .publish(&["entity.created", "--org", "7", "--payload", &at])
+        .await;
+    std::fs::remove_file(&file).unwrap();
+    let mut cmd = server.command(&["publish", "entity.created", "--org", "7", "--payload", "-"]);
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(br#"{"from":"stdin"}"#).await.unwrap();
+    drop(stdin);
+    assert_eq!(within(child.wait()).await.unwrap().code(), Some(0));
+    let a: Value = serde_json::from_str(&listen.line().await).unwrap();
+    let b: Value = serde_json::from_str(&listen.line().await).unwrap();
+    assert_eq!(
+        (a["payload"].clone(), b["payload"].clone()),
+        (json!({"from": "file"}), json!({"from": "stdin"}))
+    );
+    assert_eq!(listen.exit_code().await, 0);
+}
