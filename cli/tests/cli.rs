@@ -577,3 +577,16 @@ async fn payload_from_a_file_and_from_stdin() {
     );
     assert_eq!(listen.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn ctrl_c_ends_listen_cleanly() {
+    let server = Server::start().await;
+    let listen = Listener::start(&server, &["--user", "1", "--org", "7"]).await;
+    let pid = listen.child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(listen.exit_code().await, 0);
+}
