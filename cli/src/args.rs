@@ -4,6 +4,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::commands::completions::CompletionsArgs;
 use crate::commands::listen::ListenArgs;
+use crate::commands::load::LoadArgs;
 use crate::commands::publish::PublishArgs;
 use crate::commands::serve::ServeArgs;
 use crate::commands::token::TokenArgs;
@@ -50,6 +51,9 @@ pub enum Command {
     Listen(ListenArgs),
     /// Publish one event, or a batch from a file.
     Publish(PublishArgs),
+    /// Load-test: N connections over K orgs, R events/s for D; checks every
+    /// delivery and reports latency, throughput and losses.
+    Load(LoadArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }

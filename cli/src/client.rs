@@ -196,6 +196,25 @@ pub async fn connect(
     cursor: &Cursor,
     orgs: Option<&str>,
 ) -> anyhow::Result<Ws> {
+    let request = ws_request(target, token, cursor, orgs)?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
+        Ok(Ok((ws, _))) => Ok(ws),
+        Ok(Err(e)) => bail!("cannot connect to {}: {}", target.ws, root_cause(&e)),
+        Err(_) => bail!(
+            "cannot connect to {}: no answer within {}s",
+            target.ws,
+            CONNECT_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// The handshake request for `/ws`.
+pub fn ws_request(
+    target: &Target,
+    token: &str,
+    cursor: &Cursor,
+    orgs: Option<&str>,
+) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
     let mut url = target.ws.join("/ws")?;
     {
         let mut query = url.query_pairs_mut();
@@ -215,15 +234,7 @@ pub async fn connect(
         .parse()
         .map_err(|_| anyhow!("the token is not a valid header value"))?;
     request.headers_mut().insert("authorization", bearer);
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => bail!("cannot connect to {}: {}", target.ws, root_cause(&e)),
-        Err(_) => bail!(
-            "cannot connect to {}: no answer within {}s",
-            target.ws,
-            CONNECT_TIMEOUT.as_secs()
-        ),
-    }
+    Ok(request)
 }
 
 /// The HTTP API.

@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod listen;
+pub mod load;
 pub mod publish;
 pub mod serve;
 pub mod token;
@@ -16,6 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => token::run(args, &cli.global),
         Command::Listen(args) => listen::run(args, &cli.global).await,
         Command::Publish(args) => publish::run(args, &cli.global).await,
+        Command::Load(args) => load::run(args, &cli.global).await,
         Command::Completions(args) => completions::run(args),
     }
 }

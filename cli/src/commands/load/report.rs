@@ -1,0 +1,380 @@
+//! The load test's report, its human form, and `--fail-on` thresholds.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::output::{BOLD, DIM, ERROR, NOTE, paint};
+
+/// Everything one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub run_id: String,
+    pub url: String,
+    pub config: RunConfig,
+    /// Whether the run was cut short (Ctrl-C).
+    pub interrupted: bool,
+    pub connections: ConnectionReport,
+    pub events: EventReport,
+    /// Delivery latency: from the publisher's clock at send to the
+    /// receiving connection's clock at arrival (one machine, one clock).
+    pub latency_ms: Percentiles,
+    pub throughput: Throughput,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerReport>,
+    pub thresholds: Vec<ThresholdResult>,
+    pub passed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunConfig {
+    pub connections: u64,
+    pub orgs: u64,
+    pub rate: f64,
+    pub duration_s: f64,
+    pub batch: u64,
+    pub connect_rate: u64,
+    pub source_ips: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConnectionReport {
+    pub requested: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Why connections failed to open, with counts.
+    pub failures: BTreeMap<String, u64>,
+    /// Connections that were open and closed before the end, by close.
+    pub closed_early: BTreeMap<String, u64>,
+    pub connect_ms: Percentiles,
+    pub connects_per_s: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EventReport {
+    pub published: u64,
+    pub publish_errors: u64,
+    /// Why publishes failed, with counts.
+    pub publish_failures: BTreeMap<String, u64>,
+    pub expected_deliveries: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Percentiles {
+    pub count: u64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p99_9: f64,
+    pub max: f64,
+    pub mean: f64,
+}
+
+impl Percentiles {
+    /// From a histogram of microseconds, in milliseconds.
+    pub fn from_micros(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            count: h.len(),
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p99_9: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1000.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Throughput {
+    /// Events published per second over the publish phase.
+    pub publish_rate: f64,
+    /// Deliveries per second from the first publish to the last delivery.
+    pub deliveries_per_s: f64,
+    pub publish_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerReport {
+    pub pid: u32,
+    pub rss_kib_before: u64,
+    pub rss_kib_connected: u64,
+    pub rss_kib_end: u64,
+    /// (RSS with every connection open − RSS before) / connections.
+    pub rss_per_connection_kib: f64,
+    /// Server CPU seconds (user + system) from the first publish to the
+    /// end of the drain.
+    pub cpu_seconds: f64,
+    pub deliveries_per_cpu_second: f64,
+    pub connect_cpu_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThresholdResult {
+    pub rule: String,
+    pub value: f64,
+    pub passed: bool,
+}
+
+/// One `--fail-on` rule, e.g. `p99<20ms` or `lost=0`.
+#[derive(Debug, Clone)]
+pub struct Threshold {
+    rule: String,
+    metric: Metric,
+    op: Op,
+    limit: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Metric {
+    Latency(fn(&Percentiles) -> f64),
+    Lost,
+    Duplicated,
+    OutOfOrder,
+    Failed,
+    PublishErrors,
+    DeliveriesPerSecond,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Op {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+}
+
+/// Parses `p99<20ms,lost=0`.
+pub fn parse_thresholds(spec: &str) -> anyhow::Result<Vec<Threshold>> {
+    spec.split(',')
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .map(parse_threshold)
+        .collect()
+}
+
+fn parse_threshold(rule: &str) -> anyhow::Result<Threshold> {
+    let (pos, op, len) = ["<=", ">=", "<", ">", "="]
+        .iter()
+        .find_map(|op| rule.find(op).map(|pos| (pos, *op, op.len())))
+        .with_context(|| format!("--fail-on rule '{rule}' needs <, <=, >, >= or ="))?;
+    let name = rule[..pos].trim();
+    let value = rule[pos + len..].trim();
+    let op = match op {
+        "<" => Op::Lt,
+        "<=" => Op::Le,
+        ">" => Op::Gt,
+        ">=" => Op::Ge,
+        _ => Op::Eq,
+    };
+    let metric = match name {
+        "p50" => Metric::Latency(|p| p.p50),
+        "p90" => Metric::Latency(|p| p.p90),
+        "p99" => Metric::Latency(|p| p.p99),
+        "p99.9" | "p999" => Metric::Latency(|p| p.p99_9),
+        "max" => Metric::Latency(|p| p.max),
+        "lost" => Metric::Lost,
+        "duplicated" => Metric::Duplicated,
+        "out_of_order" => Metric::OutOfOrder,
+        "failed" => Metric::Failed,
+        "publish_errors" => Metric::PublishErrors,
+        "deliveries_per_s" => Metric::DeliveriesPerSecond,
+        other => bail!(
+            "--fail-on: unknown metric '{other}' (p50, p90, p99, p99.9, max, lost, duplicated, \
+             out_of_order, failed, publish_errors, deliveries_per_s)"
+        ),
+    };
+    let limit = if let Metric::Latency(_) = metric {
+        let d = hrrt_server::config::positive_duration(value)
+            .or_else(|e| {
+                if value == "0" {
+                    Ok(Duration::ZERO)
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| anyhow::anyhow!("--fail-on '{rule}': {e}"))?;
+        d.as_secs_f64() * 1000.0
+    } else {
+        value
+            .parse::<f64>()
+            .with_context(|| format!("--fail-on '{rule}': '{value}' is not a number"))?
+    };
+    Ok(Threshold {
+        rule: rule.to_owned(),
+        metric,
+        op,
+        limit,
+    })
+}
+
+impl Threshold {
+    pub fn check(&self, report: &Report) -> ThresholdResult {
+        let value = match self.metric {
+            Metric::Latency(pick) => pick(&report.latency_ms),
+            Metric::Lost => report.events.lost as f64,
+            Metric::Duplicated => report.events.duplicated as f64,
+            Metric::OutOfOrder => report.events.out_of_order as f64,
+            Metric::Failed => report.connections.failed as f64,
+            Metric::PublishErrors => report.events.publish_errors as f64,
+            Metric::DeliveriesPerSecond => report.throughput.deliveries_per_s,
+        };
+        let passed = match self.op {
+            Op::Lt => value < self.limit,
+            Op::Le => value <= self.limit,
+            Op::Gt => value > self.limit,
+            Op::Ge => value >= self.limit,
+            Op::Eq => (value - self.limit).abs() < f64::EPSILON,
+        };
+        ThresholdResult {
+            rule: self.rule.clone(),
+            value,
+            passed,
+        }
+    }
+}
+
+impl Report {
+    /// Whether nothing went wrong: no failed connection, publish error,
+    /// loss, duplicate or reordering, and every threshold held.
+    pub fn clean(&self) -> bool {
+        self.connections.failed == 0
+            && self.connections.closed_early.is_empty()
+            && self.events.publish_errors == 0
+            && self.events.lost == 0
+            && self.events.duplicated == 0
+            && self.events.out_of_order == 0
+            && !self.interrupted
+            && self.thresholds.iter().all(|t| t.passed)
+    }
+
+    /// The report as a person reads it.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let c = &self.connections;
+        let e = &self.events;
+        let l = &self.latency_ms;
+        let bad = |n: u64| {
+            if n == 0 {
+                paint(NOTE, n)
+            } else {
+                paint(ERROR, n)
+            }
+        };
+        let _ = writeln!(s, "{}", paint(BOLD, format!("hrrt load — {}", self.url)));
+        let _ = writeln!(
+            s,
+            "connections  {} ok, {} failed of {}   connect p50 {:.1} ms  p99 {:.1} ms  max {:.1} ms  ({:.0}/s)",
+            c.ok,
+            bad(c.failed),
+            c.requested,
+            c.connect_ms.p50,
+            c.connect_ms.p99,
+            c.connect_ms.max,
+            c.connects_per_s
+        );
+        for (why, n) in &c.failures {
+            let _ = writeln!(s, "             {} × {why}", paint(ERROR, n));
+        }
+        for (why, n) in &c.closed_early {
+            let _ = writeln!(s, "             {} closed early: {why}", paint(ERROR, n));
+        }
+        let _ = writeln!(
+            s,
+            "events       {} published ({} errors) at {:.0}/s over {:.1} s",
+            e.published,
+            bad(e.publish_errors),
+            self.throughput.publish_rate,
+            self.throughput.publish_seconds
+        );
+        for (why, n) in &e.publish_failures {
+            let _ = writeln!(s, "             {} × {why}", paint(ERROR, n));
+        }
+        let _ = writeln!(
+            s,
+            "deliveries   {} of {} expected   lost {}  duplicated {}  out of order {}",
+            e.delivered,
+            e.expected_deliveries,
+            bad(e.lost),
+            bad(e.duplicated),
+            bad(e.out_of_order)
+        );
+        let _ = writeln!(
+            s,
+            "latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+            l.p50, l.p90, l.p99, l.p99_9, l.max
+        );
+        let _ = writeln!(
+            s,
+            "throughput   {:.0} deliveries/s",
+            self.throughput.deliveries_per_s
+        );
+        if let Some(server) = &self.server {
+            let _ = writeln!(
+                s,
+                "server       pid {}  RSS {:.2} KiB/connection ({} → {} KiB)  CPU {:.2} s  {:.0} deliveries per CPU-second",
+                server.pid,
+                server.rss_per_connection_kib,
+                server.rss_kib_before,
+                server.rss_kib_connected,
+                server.cpu_seconds,
+                server.deliveries_per_cpu_second
+            );
+        }
+        for t in &self.thresholds {
+            let verdict = if t.passed {
+                paint(NOTE, "ok")
+            } else {
+                paint(ERROR, "FAILED")
+            };
+            let value = paint(DIM, format!("(value {:.3})", t.value));
+            let _ = writeln!(s, "threshold    {} {verdict} {value}", t.rule);
+        }
+        if self.interrupted {
+            let _ = writeln!(
+                s,
+                "{}",
+                paint(ERROR, "interrupted: the figures cover the run so far")
+            );
+        }
+        let _ = write!(
+            s,
+            "result       {}",
+            if self.clean() {
+                paint(NOTE, "PASS")
+            } else {
+                paint(ERROR, "FAIL")
+            }
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_parse_and_check() {
+        let rules = parse_thresholds("p99<20ms, lost=0,deliveries_per_s>=10").unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(rules[0].limit, 20.0);
+        assert!(parse_thresholds("p99~3").is_err());
+        assert!(parse_thresholds("speed<3").is_err());
+        assert!(parse_thresholds("p99<fast").is_err());
+        assert!(parse_thresholds("lost=none").is_err());
+    }
+}
