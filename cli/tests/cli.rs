@@ -590,3 +590,111 @@ async fn ctrl_c_ends_listen_cleanly() {
     assert!(status.success());
     assert_eq!(listen.exit_code().await, 0);
 }
+
+#[tokio::test]
+async fn load_reports_every_delivery_and_passes() {
+    let server = Server::start().await;
+    let report = std::env::temp_dir().join(format!("hrrt-load-{}.json", std::process::id()));
+    let (code, stdout, stderr) = server
+        .hrrt(&[
+            "load",
+            "--connections",
+            "300",
+            "--orgs",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--batch",
+            "5",
+            "--fail-on",
+            "lost=0,duplicated=0",
+            "--json",
+            report.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["connections"]["ok"], 300);
+    assert_eq!(report["events"]["published"], 100);
+    // 100 events round-robin over 3 orgs of 100 connections each.
+    assert_eq!(report["events"]["expected_deliveries"], 100 * 100);
+    assert_eq!(report["events"]["delivered"], 100 * 100);
+    assert_eq!(report["events"]["lost"], 0);
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["passed"], true);
+    assert!(stdout.contains("result       PASS"), "{stdout}");
+}
+
+#[tokio::test]
+async fn load_detects_loss_when_connections_drop_mid_run() {
+    let server = Server::start().await;
+    let mut child = server
+        .command(&[
+            "load",
+            "--connections",
+            "20",
+            "--rate",
+            "40",
+            "--duration",
+            "3s",
+            "--drain",
+            "300ms",
+        ])
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    loop {
+        let line = within(stderr.next_line())
+            .await
+            .unwrap()
+            .expect("load ended early");
+        if line.contains("publishing") {
+            break;
+        }
+    }
+    // Every connection is dropped as a crashing node would drop it; the
+    // rest of the run's events cannot reach them.
+    server
+        .state
+        .hub
+        .for_each(|conn| conn.close(CloseReason::new(1011, "test drop")));
+    let out = within(child.wait_with_output()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("closed early: 1011 test drop"), "{stdout}");
+    let lost: u64 = stdout
+        .lines()
+        .find(|l| l.starts_with("deliveries"))
+        .and_then(|l| l.split("lost ").nth(1))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(lost > 0, "{stdout}");
+    assert!(stdout.contains("result       FAIL"), "{stdout}");
+}
+
+#[tokio::test]
+async fn load_against_a_server_that_is_gone_fails_clearly() {
+    let server = Server::start().await;
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, stderr) = server
+        .hrrt(&[
+            "--url",
+            &dead,
+            "load",
+            "--connections",
+            "5",
+            "--duration",
+            "1s",
+        ])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("no connection could be opened") && stderr.contains("refused"),
+        "{stderr}"
+    );
+}
