@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -17,7 +18,7 @@ use crate::auth::{Verifier, unix_now};
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine};
 use crate::error::ApiError;
-use crate::hub::Hub;
+use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
 use crate::protocol;
 use crate::session;
@@ -139,18 +140,27 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     spawn_timers(&state);
     let token = state.shutdown.clone();
+    let hub = state.hub.clone();
     let signal = async move {
         tokio::select! {
             () = shutdown => token.cancel(),
             () = token.cancelled() => {}
         }
+        // Every live session closes with 1001; none may join any more.
+        hub.close_all(&CloseReason::SHUTDOWN);
     };
+    // Frames must leave at once: with Nagle's algorithm a small frame can
+    // wait for the ACK of the previous one (tens of ms with delayed ACKs).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     // axum's graceful shutdown does not wait for upgraded connections; the
     // tracker does (every session runs on it).
     let served = axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(signal)
         .await;
     state.shutdown.cancel();
+    state.hub.close_all(&CloseReason::SHUTDOWN);
     state.tracker.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())
         .await
@@ -176,7 +186,7 @@ fn spawn_timers(state: &AppState) {
         loop {
             tokio::select! {
                 () = s.shutdown.cancelled() => break,
-                _ = tick.tick() => s.hub.ping_all(&protocol::ping_frame()),
+                _ = tick.tick() => s.hub.ping_all(protocol::ping_frame()),
             }
         }
     });

@@ -1,17 +1,16 @@
 //! The live connections of this node, indexed by channel and by user.
 //!
-//! The hub only ever `try_send`s into each connection's bounded queue while
+//! The hub only ever pushes into each connection's bounded queue while
 //! holding its read lock: it never awaits, never touches a socket, and a
 //! full queue closes that one connection (slow consumer) instead of waiting.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::engine::{Deliver, Publication};
 use crate::metrics::Metrics;
@@ -27,7 +26,8 @@ pub enum Outbound {
     /// A published event; dropped by the session if already sent by replay.
     Event(Arc<Publication>),
     /// The keep-alive: the JSON `ping` frame, followed by a WebSocket Ping.
-    Ping(Utf8Bytes),
+    /// Serialised once per tick and shared.
+    Ping(Arc<Utf8Bytes>),
 }
 
 /// Why the server closes a connection: a close code and a short reason.
@@ -69,21 +69,32 @@ pub struct Limits {
     pub max_per_user: u64,
 }
 
-/// A cap was reached; the connection was not registered.
+/// Why a connection was not registered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("connection limit")]
-pub struct LimitReached;
+pub enum Refused {
+    #[error("connection limit")]
+    LimitReached,
+    #[error("server shutting down")]
+    ShuttingDown,
+}
 
-/// The hub's handle on one live connection.
-#[derive(Debug)]
+/// The hub's handle on one live connection: identity, what it reads, and
+/// its bounded queue of frames for the session to write.
+///
+/// The queue is a `VecDeque` under a `std` mutex plus a `Notify`, not a
+/// tokio channel: an idle connection then costs a few dozen bytes instead
+/// of a channel's first block (~1.5 KiB), which matters at tens of
+/// thousands of sockets per node (idle row of docs/benchmarks.md).
 pub struct Conn {
     pub id: ConnId,
     pub user: UserId,
     pub org: OrgId,
     /// The channels this connection reads.
     pub interest: Interest,
-    queue: mpsc::Sender<Outbound>,
-    closing: CancellationToken,
+    queue: Mutex<VecDeque<Outbound>>,
+    capacity: usize,
+    /// Wakes the session: frames were queued, or it must close.
+    wake: Notify,
     close_reason: OnceLock<CloseReason>,
     /// Token expiry (UNIX seconds); moved forward by `auth.refresh`.
     expires_at: AtomicU64,
@@ -91,25 +102,34 @@ pub struct Conn {
     unanswered_pings: AtomicU32,
 }
 
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("org", &self.org)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Conn {
-    /// `closing` is a child of the server's shutdown token, so a session
-    /// watches one signal, its own, for every reason to close.
+    /// A connection whose queue holds at most `capacity` frames.
     pub fn new(
         id: ConnId,
         user: UserId,
         org: OrgId,
         interest: Interest,
         exp: u64,
-        queue: mpsc::Sender<Outbound>,
-        closing: CancellationToken,
+        capacity: usize,
     ) -> Self {
         Self {
             id,
             user,
             org,
             interest,
-            queue,
-            closing,
+            queue: Mutex::new(VecDeque::new()),
+            capacity: capacity.max(1),
+            wake: Notify::new(),
             close_reason: OnceLock::new(),
             expires_at: AtomicU64::new(exp),
             unanswered_pings: AtomicU32::new(0),
@@ -119,29 +139,46 @@ impl Conn {
     /// Queues a frame without waiting; a full queue closes the connection
     /// as a slow consumer. Returns whether the frame was queued.
     pub fn push(&self, item: Outbound) -> bool {
-        match self.queue.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.close(CloseReason::SLOW_CONSUMER);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.close_reason.get().is_some() {
+            return false;
         }
+        let mut queue = self.lock();
+        if queue.len() >= self.capacity {
+            drop(queue);
+            self.close(CloseReason::SLOW_CONSUMER);
+            return false;
+        }
+        queue.push_back(item);
+        let first = queue.len() == 1;
+        drop(queue);
+        // Only the first frame into an empty queue needs to wake the
+        // session; it takes everything queued when it runs.
+        if first {
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Moves every queued frame into `into` (which the session keeps, so
+    /// the two buffers trade places without allocating).
+    pub fn take_queued(&self, into: &mut VecDeque<Outbound>) {
+        std::mem::swap(&mut *self.lock(), into);
     }
 
     /// Asks the session to close with `reason`; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
-        self.closing.cancel();
+        self.wake.notify_one();
     }
 
-    /// Resolves once [`Conn::close`] was called or the server shuts down.
-    pub async fn closed(&self) -> CloseReason {
-        self.closing.cancelled().await;
-        self.close_reason
-            .get()
-            .cloned()
-            .unwrap_or(CloseReason::SHUTDOWN)
+    /// Why the connection must close, once [`Conn::close`] was called.
+    pub fn close_reason(&self) -> Option<&CloseReason> {
+        self.close_reason.get()
+    }
+
+    /// Resolves when frames were queued or the connection must close.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
     }
 
     pub fn expires_at(&self) -> u64 {
@@ -161,6 +198,12 @@ impl Conn {
     fn ping_sent(&self) -> u32 {
         self.unanswered_pings.fetch_add(1, Ordering::Relaxed)
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[derive(Default)]
@@ -170,6 +213,8 @@ struct Inner {
     by_user: HashMap<UserId, Vec<ConnId>>,
     /// Connections that read every channel.
     watch_all: HashMap<ConnId, Arc<Conn>>,
+    /// Set by [`Hub::close_all`]: no connection may join any more.
+    closed: bool,
 }
 
 /// The registry of live connections.
@@ -192,16 +237,19 @@ impl Hub {
         self: &Arc<Self>,
         conn: Arc<Conn>,
         limits: Limits,
-    ) -> Result<Registration, LimitReached> {
+    ) -> Result<Registration, Refused> {
         let mut inner = self.write();
+        if inner.closed {
+            return Err(Refused::ShuttingDown);
+        }
         // Checked under the write lock so concurrent handshakes cannot
         // together exceed a cap.
         if limits.max_connections > 0 && inner.conns.len() as u64 >= limits.max_connections {
-            return Err(LimitReached);
+            return Err(Refused::LimitReached);
         }
         let tabs = inner.by_user.get(&conn.user).map_or(0, Vec::len);
         if limits.max_per_user > 0 && tabs as u64 >= limits.max_per_user {
-            return Err(LimitReached);
+            return Err(Refused::LimitReached);
         }
         for channel in &conn.interest.channels {
             inner
@@ -268,6 +316,15 @@ impl Hub {
         (by_org, inner.by_user.len())
     }
 
+    /// Closes every connection with `reason` and refuses new ones (shutdown).
+    pub fn close_all(&self, reason: &CloseReason) {
+        let mut inner = self.write();
+        inner.closed = true;
+        for conn in inner.conns.values() {
+            conn.close(reason.clone());
+        }
+    }
+
     /// Closes every connection of `user` with `reason`; returns how many.
     pub fn close_user(&self, user: &UserId, reason: &CloseReason) -> usize {
         let inner = self.read();
@@ -289,7 +346,8 @@ impl Hub {
 
     /// Sends the keep-alive to every connection and closes those that left
     /// two pings unanswered.
-    pub fn ping_all(&self, frame: &Utf8Bytes) {
+    pub fn ping_all(&self, frame: Utf8Bytes) {
+        let frame = Arc::new(frame);
         self.for_each(|conn| {
             if conn.ping_sent() >= 2 {
                 conn.close(CloseReason::PING_TIMEOUT);
@@ -360,26 +418,20 @@ mod tests {
     use super::*;
     use crate::protocol::{EventType, encode_event};
 
-    fn conn(id: u64, user: &str, org: &str, queue: usize) -> (Arc<Conn>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(queue);
+    fn conn(id: u64, user: &str, org: &str, queue: usize) -> Arc<Conn> {
         let user = UserId::new(user).unwrap();
         let org = OrgId::new(org).unwrap();
         let interest = Interest {
             channels: vec![ChannelName::org(&org), ChannelName::user(&user)],
             all: false,
         };
-        (
-            Arc::new(Conn::new(
-                ConnId(id),
-                user,
-                org,
-                interest,
-                u64::MAX,
-                tx,
-                CancellationToken::new(),
-            )),
-            rx,
-        )
+        Arc::new(Conn::new(ConnId(id), user, org, interest, u64::MAX, queue))
+    }
+
+    fn queued(conn: &Conn) -> Vec<Outbound> {
+        let mut out = VecDeque::new();
+        conn.take_queued(&mut out);
+        out.into_iter().collect()
     }
 
     fn publication(channel: &str, seq: u64) -> Arc<Publication> {
@@ -398,19 +450,19 @@ mod tests {
     #[test]
     fn delivers_by_channel_and_unregisters_on_drop() {
         let hub = Arc::new(Hub::new(Arc::default()));
-        let (a, mut rx_a) = conn(1, "1", "7", 8);
-        let (b, mut rx_b) = conn(2, "2", "7", 8);
-        let (c, mut rx_c) = conn(3, "3", "8", 8);
-        let _ra = hub.register(a, Limits::default()).unwrap();
-        let rb = hub.register(b, Limits::default()).unwrap();
-        let _rc = hub.register(c, Limits::default()).unwrap();
+        let (a, b, c) = (
+            conn(1, "1", "7", 8),
+            conn(2, "2", "7", 8),
+            conn(3, "3", "8", 8),
+        );
+        let _ra = hub.register(a.clone(), Limits::default()).unwrap();
+        let rb = hub.register(b.clone(), Limits::default()).unwrap();
+        let _rc = hub.register(c.clone(), Limits::default()).unwrap();
         assert_eq!(hub.deliver(&publication("org:7", 1)), 2);
         assert_eq!(hub.deliver(&publication("user:3", 1)), 1);
-        assert!(rx_a.try_recv().is_ok());
-        assert!(rx_b.try_recv().is_ok());
-        assert!(
-            matches!(rx_c.try_recv(), Ok(Outbound::Event(p)) if p.channel.as_str() == "user:3")
-        );
+        assert_eq!(queued(&a).len(), 1);
+        assert_eq!(queued(&b).len(), 1);
+        assert!(matches!(&queued(&c)[..], [Outbound::Event(p)] if p.channel.as_str() == "user:3"));
         drop(rb);
         assert_eq!(hub.len(), 2);
         assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
@@ -423,55 +475,64 @@ mod tests {
             max_connections: 3,
             max_per_user: 2,
         };
-        let (a1, _x1) = conn(1, "a", "7", 8);
-        let (a2, _x2) = conn(2, "a", "7", 8);
-        let (a3, _x3) = conn(3, "a", "7", 8);
-        let (b1, _x4) = conn(4, "b", "7", 8);
-        let (c1, _x5) = conn(5, "c", "7", 8);
+        let (a1, a2, a3) = (
+            conn(1, "a", "7", 8),
+            conn(2, "a", "7", 8),
+            conn(3, "a", "7", 8),
+        );
+        let (b1, c1) = (conn(4, "b", "7", 8), conn(5, "c", "7", 8));
         let _r1 = hub.register(a1.clone(), limits).unwrap();
         let _r2 = hub.register(a2.clone(), limits).unwrap();
-        assert_eq!(hub.register(a3, limits).err(), Some(LimitReached));
+        assert_eq!(hub.register(a3, limits).err(), Some(Refused::LimitReached));
         let _r4 = hub.register(b1.clone(), limits).unwrap();
-        assert_eq!(hub.register(c1, limits).err(), Some(LimitReached));
+        assert_eq!(hub.register(c1, limits).err(), Some(Refused::LimitReached));
         let reason = CloseReason::new(close::POLICY, "gone");
         assert_eq!(hub.close_user(&UserId::new("a").unwrap(), &reason), 2);
-        assert!(a1.closing.is_cancelled() && a2.closing.is_cancelled());
-        assert!(!b1.closing.is_cancelled());
+        assert_eq!(a1.close_reason(), Some(&reason));
+        assert!(a2.close_reason().is_some() && b1.close_reason().is_none());
         let (orgs, users) = hub.census();
         assert_eq!((orgs.len(), users), (1, 2));
+        hub.close_all(&CloseReason::SHUTDOWN);
+        assert_eq!(b1.close_reason(), Some(&CloseReason::SHUTDOWN));
+        let late = conn(6, "d", "7", 8);
+        assert_eq!(
+            hub.register(late, Limits::default()).err(),
+            Some(Refused::ShuttingDown)
+        );
     }
 
     #[tokio::test]
     async fn full_queue_closes_only_that_connection() {
         let hub = Arc::new(Hub::new(Arc::default()));
-        let (slow, _rx_slow) = conn(1, "1", "7", 1);
-        let (fast, mut rx_fast) = conn(2, "2", "7", 8);
+        let slow = conn(1, "1", "7", 1);
+        let fast = conn(2, "2", "7", 8);
         let _r1 = hub.register(slow.clone(), Limits::default()).unwrap();
         let _r2 = hub.register(fast.clone(), Limits::default()).unwrap();
         assert_eq!(hub.deliver(&publication("org:7", 1)), 2);
         assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
-        assert_eq!(slow.closed().await, CloseReason::SLOW_CONSUMER);
-        assert!(!fast.closing.is_cancelled());
-        assert!(rx_fast.try_recv().is_ok() && rx_fast.try_recv().is_ok());
+        slow.woken().await;
+        assert_eq!(slow.close_reason(), Some(&CloseReason::SLOW_CONSUMER));
+        assert!(fast.close_reason().is_none());
+        assert_eq!(queued(&fast).len(), 2);
     }
 
     #[test]
     fn two_unanswered_pings_close() {
         let hub = Arc::new(Hub::new(Arc::default()));
-        let (c, _rx) = conn(1, "1", "7", 8);
+        let c = conn(1, "1", "7", 8);
         let _r = hub.register(c.clone(), Limits::default()).unwrap();
         let frame = Utf8Bytes::from("{}");
-        hub.ping_all(&frame);
-        hub.ping_all(&frame);
-        assert!(!c.closing.is_cancelled());
-        hub.ping_all(&frame);
-        assert!(c.closing.is_cancelled());
-        let (d, _rx) = conn(2, "2", "7", 8);
+        hub.ping_all(frame.clone());
+        hub.ping_all(frame.clone());
+        assert!(c.close_reason().is_none());
+        hub.ping_all(frame.clone());
+        assert_eq!(c.close_reason(), Some(&CloseReason::PING_TIMEOUT));
+        let d = conn(2, "2", "7", 8);
         let _r = hub.register(d.clone(), Limits::default()).unwrap();
         for _ in 0..5 {
-            hub.ping_all(&frame);
+            hub.ping_all(frame.clone());
             d.pong();
         }
-        assert!(!d.closing.is_cancelled());
+        assert!(d.close_reason().is_none());
     }
 }

@@ -7,11 +7,11 @@
 //! duplicate.
 //!
 //! The session task is the connection's only writer. It owns the socket and
-//! `select!`s over the close signals, the bounded queue the hub feeds, and
-//! the socket's incoming frames. Queued frames are written as one batch with
-//! a single flush.
+//! `select!`s over its connection's wake-up (frames queued by the hub, or a
+//! reason to close) and the socket's incoming frames. Queued frames are
+//! written as one batch with a single flush.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,13 +22,12 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
 use serde::Deserialize;
-use tokio::sync::mpsc;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Identity, Role};
 use crate::engine::{HistoryPage, Publication};
 use crate::error::ApiError;
-use crate::hub::{CloseReason, Conn, ConnId, Interest, Limits, Outbound};
+use crate::hub::{CloseReason, Conn, ConnId, Interest, Limits, Outbound, Refused, Registration};
 use crate::metrics::{ClosedBy, Metrics};
 use crate::protocol::{
     self, ChannelName, ClientFrame, Connected, OrgId, Resync, ResyncReason, close, error_code,
@@ -39,8 +38,12 @@ use crate::protocol::{
 /// stall shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
-/// The most queued frames written before one flush.
-const MAX_BATCH: usize = 64;
+/// tungstenite's read buffer per connection. Its default (128 KiB) is
+/// zero-filled on the first read, so every idle connection would hold
+/// 128 KiB of RSS; clients send only small frames (pongs, refreshes), and
+/// a larger one still fits because the buffer grows to the frame's length.
+/// Measured with `scripts/bench.sh` (idle row of docs/benchmarks.md).
+const READ_BUFFER: usize = 512;
 
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]
@@ -98,11 +101,16 @@ pub async fn handler(
     };
     let max = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
     upgrade
+        .read_buffer_size(READ_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
             let tracker = state.tracker.clone();
-            tracker.track_future(run(socket, state, auth, params))
+            tracker.track_future(async move {
+                if let Some(live) = Box::pin(setup(socket, state, auth, params)).await {
+                    live.run().await;
+                }
+            })
         })
 }
 
@@ -138,63 +146,82 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-async fn run(
+/// Everything a live connection's task holds. Built by [`setup`], run by
+/// [`Live::run`]; setup's own (larger) future is boxed and freed first, so
+/// an idle connection costs only this and the loop's small futures.
+struct Live {
+    socket: WebSocket,
+    state: AppState,
+    conn: Arc<Conn>,
+    identity: Identity,
+    sent: Sent,
+    /// `connected`, then resyncs and replayed events.
+    start: Vec<Utf8Bytes>,
+    registration: Registration,
+    _subscription: Subscription,
+}
+
+/// Admits, registers and subscribes the connection and prepares its first
+/// frames; closes the socket itself when any of that fails.
+async fn setup(
     mut socket: WebSocket,
     state: AppState,
     auth: Result<Identity, AuthError>,
     params: WsParams,
-) {
-    let admitted = match admit(&state, auth, &params) {
-        Ok(admitted) => admitted,
-        Err(reason) => {
-            tracing::debug!(code = reason.code, reason = %reason.reason, "refused websocket");
-            refuse(&state, &mut socket, &reason).await;
-            return;
-        }
-    };
+) -> Option<Live> {
     let Admitted {
         identity,
         org,
         interest,
         cursor,
-    } = admitted;
-
-    let queue_len = usize::try_from(state.config.send_queue).unwrap_or(usize::MAX);
-    let (tx, mut rx) = mpsc::channel(queue_len);
+    } = match admit(&state, auth, &params) {
+        Ok(admitted) => admitted,
+        Err(reason) => {
+            tracing::debug!(code = reason.code, reason = %reason.reason, "refused websocket");
+            refuse(&state, &mut socket, &reason).await;
+            return None;
+        }
+    };
     let id = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    let capacity = usize::try_from(state.config.send_queue).unwrap_or(usize::MAX);
     let conn = Arc::new(Conn::new(
         id,
         identity.user.clone(),
         org,
         interest,
         identity.exp,
-        tx,
-        state.shutdown.child_token(),
+        capacity,
     ));
     let limits = Limits {
         max_connections: state.config.max_connections,
         max_per_user: state.config.max_connections_per_user,
     };
-    let Ok(registration) = state.hub.register(conn.clone(), limits) else {
-        tracing::info!(user = %conn.user, org = %conn.org, "refused websocket: connection limit");
-        refuse(&state, &mut socket, &CloseReason::CONNECTION_LIMIT).await;
-        return;
+    let registration = match state.hub.register(conn.clone(), limits) {
+        Ok(registration) => registration,
+        Err(refused) => {
+            let reason = match refused {
+                Refused::LimitReached => CloseReason::CONNECTION_LIMIT,
+                Refused::ShuttingDown => CloseReason::SHUTDOWN,
+            };
+            tracing::info!(user = %conn.user, org = %conn.org, reason = %reason.reason, "refused websocket");
+            refuse(&state, &mut socket, &reason).await;
+            return None;
+        }
     };
-    let _subscription = match Subscription::new(&state, &conn.interest).await {
+    let subscription = match Subscription::new(&state, &conn).await {
         Ok(subscription) => subscription,
         Err(e) => {
             tracing::warn!(conn = id.0, error = %e, "engine subscribe failed");
             refuse(&state, &mut socket, &CloseReason::ENGINE_UNAVAILABLE).await;
-            return;
+            return None;
         }
     };
-
     let start = match start_frames(&state, &conn, &cursor, params.epoch.as_deref()).await {
         Ok(start) => start,
         Err(e) => {
             tracing::warn!(conn = id.0, error = %e, "reading positions failed");
             refuse(&state, &mut socket, &CloseReason::ENGINE_UNAVAILABLE).await;
-            return;
+            return None;
         }
     };
     tracing::info!(
@@ -205,62 +232,101 @@ async fn run(
         resumed = !cursor.is_empty(),
         "connected"
     );
-    // Pinned once: the one close signal of this connection (slow consumer,
-    // expiry, disconnect, shutdown), polled by every select below.
-    let mut closed = std::pin::pin!(conn.closed());
-    let mut sent = start.sent;
-    let mut peer_code = None;
-    let write = write_all(&mut socket, start.frames);
-    let mut outcome = written(until_closed(closed.as_mut(), write).await);
+    Some(Live {
+        socket,
+        state,
+        conn,
+        identity,
+        sent: start.sent,
+        start: start.frames,
+        registration,
+        _subscription: subscription,
+    })
+}
 
-    while outcome.is_none() {
-        outcome = tokio::select! {
-            biased;
-            reason = closed.as_mut() => Some(Ending::Close(reason)),
-            Some(item) = rx.recv() => {
-                let write = write_batch(&mut socket, item, &mut rx, &mut sent, &state.metrics);
-                written(until_closed(closed.as_mut(), write).await)
+impl Live {
+    /// Writes the start frames, then queued frames as they come, and
+    /// answers client frames, until the connection ends.
+    async fn run(self) {
+        let Live {
+            mut socket,
+            state,
+            conn,
+            identity,
+            mut sent,
+            start,
+            registration,
+            _subscription,
+        } = self;
+        let mut outcome =
+            written(until_closed(&conn, Box::pin(write_all(&mut socket, start))).await);
+        let mut batch = VecDeque::new();
+        let mut peer_code = None;
+        while outcome.is_none() {
+            if let Some(reason) = conn.close_reason() {
+                outcome = Some(Ending::Close(reason.clone()));
+                break;
             }
-            incoming = socket.recv() => {
-                match on_incoming(&state, &conn, &identity, incoming, &mut peer_code) {
-                    Reply::None => None,
-                    Reply::End(ending) => Some(ending),
-                    Reply::Send(frame) => {
-                        let write = socket.send(Message::Text(frame));
-                        written(until_closed(closed.as_mut(), write).await)
+            conn.take_queued(&mut batch);
+            if !batch.is_empty() {
+                let write = Box::pin(write_batch(
+                    &mut socket,
+                    &mut batch,
+                    &mut sent,
+                    &state.metrics,
+                ));
+                outcome = written(until_closed(&conn, write).await);
+                // After a burst, give the memory back rather than keep the
+                // peak for the connection's whole life.
+                if batch.capacity() > 64 {
+                    batch = VecDeque::new();
+                }
+                continue;
+            }
+            outcome = tokio::select! {
+                biased;
+                () = conn.woken() => None,
+                incoming = socket.recv() => {
+                    match on_incoming(&state, &conn, &identity, incoming, &mut peer_code) {
+                        Reply::None => None,
+                        Reply::End(ending) => Some(ending),
+                        Reply::Send(frame) => {
+                            let write = Box::pin(socket.send(Message::Text(frame)));
+                            written(until_closed(&conn, write).await)
+                        }
                     }
                 }
+            };
+        }
+        let (code, by) = match outcome {
+            Some(Ending::Close(reason)) => {
+                if reason == CloseReason::SLOW_CONSUMER {
+                    tracing::warn!(conn = conn.id.0, user = %conn.user, org = %conn.org, "closing slow consumer");
+                    state.metrics.slow_consumer();
+                }
+                state.metrics.closed(reason.code, ClosedBy::Server);
+                // Out of the hub first: a client that stopped reading must
+                // not hold a place (or a cap) while its close frame waits.
+                drop(registration);
+                Box::pin(close_socket(&mut socket, &reason)).await;
+                (reason.code, ClosedBy::Server)
+            }
+            // 1006: the connection ended without a close frame.
+            _ => {
+                let code = peer_code.unwrap_or(1006);
+                state.metrics.closed(code, ClosedBy::Client);
+                (code, ClosedBy::Client)
             }
         };
+        tracing::info!(
+            conn = conn.id.0,
+            user = %conn.user,
+            org = %conn.org,
+            code,
+            by = if by == ClosedBy::Server { "server" } else { "client" },
+            "disconnected"
+        );
     }
-    let (code, by) = match outcome {
-        Some(Ending::Close(reason)) => {
-            if reason == CloseReason::SLOW_CONSUMER {
-                tracing::warn!(conn = id.0, user = %conn.user, org = %conn.org, "closing slow consumer");
-                state.metrics.slow_consumer();
-            }
-            state.metrics.closed(reason.code, ClosedBy::Server);
-            // Out of the hub first: a client that stopped reading must not
-            // hold a place (or a cap) while its close frame waits.
-            drop(registration);
-            close_socket(&mut socket, &reason).await;
-            (reason.code, ClosedBy::Server)
-        }
-        // 1006: the connection ended without a close frame.
-        _ => {
-            let code = peer_code.unwrap_or(1006);
-            state.metrics.closed(code, ClosedBy::Client);
-            (code, ClosedBy::Client)
-        }
-    };
-    tracing::info!(
-        conn = id.0,
-        user = %conn.user,
-        org = %conn.org,
-        code,
-        by = if by == ClosedBy::Server { "server" } else { "client" },
-        "disconnected"
-    );
 }
 
 /// A handshake that passed every check.
@@ -335,16 +401,14 @@ async fn refuse(state: &AppState, socket: &mut WebSocket, reason: &CloseReason) 
 }
 
 /// Holds the engine subscription of a connection; released on drop.
-struct Subscription<'a> {
-    state: &'a AppState,
-    interest: &'a Interest,
+struct Subscription {
+    state: AppState,
+    conn: Arc<Conn>,
 }
 
-impl<'a> Subscription<'a> {
-    async fn new(
-        state: &'a AppState,
-        interest: &'a Interest,
-    ) -> Result<Subscription<'a>, crate::engine::EngineError> {
+impl Subscription {
+    async fn new(state: &AppState, conn: &Arc<Conn>) -> Result<Self, crate::engine::EngineError> {
+        let interest = &conn.interest;
         state.engine.subscribe(&interest.channels).await?;
         if interest.all
             && let Err(e) = state.engine.subscribe_all().await
@@ -352,14 +416,18 @@ impl<'a> Subscription<'a> {
             state.engine.unsubscribe(&interest.channels);
             return Err(e);
         }
-        Ok(Subscription { state, interest })
+        Ok(Self {
+            state: state.clone(),
+            conn: conn.clone(),
+        })
     }
 }
 
-impl Drop for Subscription<'_> {
+impl Drop for Subscription {
     fn drop(&mut self) {
-        self.state.engine.unsubscribe(&self.interest.channels);
-        if self.interest.all {
+        let interest = &self.conn.interest;
+        self.state.engine.unsubscribe(&interest.channels);
+        if interest.all {
             self.state.engine.unsubscribe_all();
         }
     }
@@ -412,15 +480,20 @@ enum Step<T> {
 
 /// Runs a socket write unless the connection is told to close first: a
 /// client that stopped reading blocks the write, and must not block its
-/// own close.
-async fn until_closed<T>(
-    closed: std::pin::Pin<&mut impl Future<Output = CloseReason>>,
-    write: impl Future<Output = T>,
-) -> Step<T> {
-    tokio::select! {
-        biased;
-        reason = closed => Step::Closed(reason),
-        result = write => Step::Done(result),
+/// own close. Wake-ups for newly queued frames are ignored here; the loop
+/// takes the queue again after every write.
+async fn until_closed<T>(conn: &Conn, write: impl Future<Output = T>) -> Step<T> {
+    tokio::pin!(write);
+    loop {
+        tokio::select! {
+            biased;
+            () = conn.woken() => {
+                if let Some(reason) = conn.close_reason() {
+                    return Step::Closed(reason.clone());
+                }
+            }
+            result = &mut write => return Step::Done(result),
+        }
     }
 }
 
@@ -532,18 +605,15 @@ async fn write_all(socket: &mut WebSocket, frames: Vec<Utf8Bytes>) -> Result<(),
     socket.flush().await
 }
 
-/// Writes `first` and whatever else is already queued, then flushes once.
+/// Writes every queued frame, then flushes once.
 async fn write_batch(
     socket: &mut WebSocket,
-    first: Outbound,
-    rx: &mut mpsc::Receiver<Outbound>,
+    batch: &mut VecDeque<Outbound>,
     sent: &mut Sent,
     metrics: &Metrics,
 ) -> Result<(), axum::Error> {
-    let mut next = Some(first);
-    let mut written = 0;
     let mut oldest: Option<Instant> = None;
-    while let Some(item) = next.take() {
+    while let Some(item) = batch.pop_front() {
         match item {
             Outbound::Event(publication) => {
                 if sent.is_new(&publication) {
@@ -555,13 +625,9 @@ async fn write_batch(
                 }
             }
             Outbound::Ping(frame) => {
-                socket.feed(Message::Text(frame)).await?;
+                socket.feed(Message::Text((*frame).clone())).await?;
                 socket.feed(Message::Ping(Default::default())).await?;
             }
-        }
-        written += 1;
-        if written < MAX_BATCH {
-            next = rx.try_recv().ok();
         }
     }
     socket.flush().await?;
