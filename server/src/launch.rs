@@ -34,18 +34,33 @@ pub async fn launch(mut config: Config) -> Result<(), ServerError> {
     if config.jwt_secret.is_none() {
         return Err(ServerError::MissingSecret);
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, engine = if config.redis_url.is_some() { "redis" } else { "memory" }, "listening");
     if config.dev {
         print_dev_banner(&config, addr);
     }
     run(listener, config, shutdown_signal()).await
+}
+
+/// The most handshakes waiting to be accepted. tokio's default (1024)
+/// drops SYNs during a reconnect storm, which costs clients a one-second
+/// retransmit; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+/// Binds like `TcpListener::bind`, with a deeper accept queue.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

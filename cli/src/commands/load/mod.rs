@@ -100,6 +100,9 @@ struct Shared {
     connect: Mutex<Histogram<u64>>,
     /// Event frames received, duplicates included (for progress).
     received: AtomicU64,
+    /// Per event (by its number), the latency of its last recipient so far,
+    /// in microseconds: how long a broadcast takes to reach everyone.
+    last_recipient: Vec<AtomicU64>,
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -160,12 +163,17 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
     let orgs: Vec<String> = (0..args.orgs)
         .map(|k| format!("load-{run_id}-{k}"))
         .collect();
+    let total_events = (args.rate * args.duration.as_secs_f64()).round().max(1.0) as u64;
+    if total_events > 50_000_000 {
+        bail!("--rate × --duration is {total_events} events; at most 50,000,000 per run");
+    }
     let shared = Arc::new(Shared {
         latency: (0..SHARDS)
             .map(|_| histogram().map(Mutex::new))
             .collect::<Result<_, _>>()?,
         connect: Mutex::new(histogram()?),
         received: AtomicU64::new(0),
+        last_recipient: (0..total_events).map(|_| AtomicU64::new(0)).collect(),
     });
     let progress = if args.no_progress || !std::io::stderr().is_terminal() {
         MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
@@ -265,7 +273,6 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
     let server_connected = args.server_pid.map(ProcSample::read);
 
     // Publish.
-    let total_events = (args.rate * args.duration.as_secs_f64()).round().max(1.0) as u64;
     let published_per_org: Arc<Vec<AtomicU64>> =
         Arc::new((0..orgs.len()).map(|_| AtomicU64::new(0)).collect());
     let publish_failures: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
@@ -419,6 +426,13 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
     for shard in &shared.latency {
         let _ = latency.add(&*lock(shard));
     }
+    let mut last_recipient = histogram()?;
+    for slot in &shared.last_recipient {
+        let us = slot.load(Ordering::Relaxed);
+        if us > 0 {
+            let _ = last_recipient.record(us);
+        }
+    }
     let server = match (args.server_pid, server_before, server_connected, server_end) {
         (Some(pid), Some(before), Some(connected), Some(end)) => {
             let cpu = end.cpu_seconds - connected.cpu_seconds;
@@ -470,6 +484,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
             },
         },
         latency_ms: Percentiles::from_micros(&latency),
+        last_recipient_ms: Percentiles::from_micros(&last_recipient),
         throughput: Throughput {
             publish_rate: if publish_seconds > 0.0 {
                 published as f64 / publish_seconds
@@ -601,9 +616,13 @@ async fn connection(
             _ = stop.changed() => break,
             message = ws.next() => match message {
                 Some(Ok(Message::Text(text))) => {
-                    if let Some((seq, sent_ns)) = parse_event(&text) {
+                    if let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) {
                         tally.observe(seq);
-                        samples.push(unix_nanos().saturating_sub(sent_ns) / 1000);
+                        let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
+                        samples.push(latency);
+                        if let Some(slot) = usize::try_from(n).ok().and_then(|n| shared.last_recipient.get(n)) {
+                            slot.fetch_max(latency.max(1), Ordering::Relaxed);
+                        }
                         shared.received.fetch_add(1, Ordering::Relaxed);
                         if samples.len() == samples.capacity() {
                             flush(&mut samples);
@@ -706,11 +725,19 @@ async fn open(
     }
 }
 
-/// The seq and send time of a load event frame, without a full JSON parse:
-/// at hundreds of thousands of frames a second the load generator must stay
-/// far cheaper than the server it measures. Relies on the server's field
-/// names, not their order.
-fn parse_event(text: &str) -> Option<(u64, u64)> {
+/// What the load test reads from each event frame.
+#[derive(Debug, PartialEq, Eq)]
+struct LoadEvent {
+    seq: u64,
+    sent_ns: u64,
+    /// The event's number in the run.
+    n: u64,
+}
+
+/// Reads a load event frame without a full JSON parse: at hundreds of
+/// thousands of frames a second the load generator must stay far cheaper
+/// than the server it measures. Relies on field names, not their order.
+fn parse_event(text: &str) -> Option<LoadEvent> {
     if !text.contains(EVENT_TYPE) {
         return None;
     }
@@ -726,10 +753,11 @@ fn parse_event(text: &str) -> Option<(u64, u64)> {
             .unwrap_or(digits.len());
         digits[..end].parse().ok()
     };
-    Some((
-        number_after("\"seq\":", true)?,
-        number_after("\"sent_ns\":", false)?,
-    ))
+    Some(LoadEvent {
+        seq: number_after("\"seq\":", true)?,
+        sent_ns: number_after("\"sent_ns\":", false)?,
+        n: number_after("\"n\":", false)?,
+    })
 }
 
 /// Raises the soft open-file limit as far as the hard limit allows.
@@ -788,7 +816,14 @@ mod tests {
     #[test]
     fn parses_load_frames_only() {
         let frame = r#"{"type":"load.tick","payload":{"sent_ns":123,"n":5,"pad":""},"timestamp":"t","channel":"org:x","seq":42}"#;
-        assert_eq!(parse_event(frame), Some((42, 123)));
+        assert_eq!(
+            parse_event(frame),
+            Some(LoadEvent {
+                seq: 42,
+                sent_ns: 123,
+                n: 5
+            })
+        );
         assert_eq!(
             parse_event(r#"{"type":"ping","payload":{},"timestamp":"t"}"#),
             None

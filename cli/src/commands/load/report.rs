@@ -23,6 +23,9 @@ pub struct Report {
     /// Delivery latency: from the publisher's clock at send to the
     /// receiving connection's clock at arrival (one machine, one clock).
     pub latency_ms: Percentiles,
+    /// Per event, the latency of its last recipient: how long one event
+    /// takes to reach every connection of its org.
+    pub last_recipient_ms: Percentiles,
     pub throughput: Throughput,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerReport>,
@@ -316,6 +319,12 @@ impl Report {
             s,
             "latency      p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
             l.p50, l.p90, l.p99, l.p99_9, l.max
+        );
+        let r = &self.last_recipient_ms;
+        let _ = writeln!(
+            s,
+            "last one     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (per event: until its last recipient had it)",
+            r.p50, r.p99, r.max
         );
         let _ = writeln!(
             s,

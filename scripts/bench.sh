@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The benchmark matrix of docs/benchmarks.md, measured with `hrrt load`.
+#
+# Builds release binaries, then for each row starts a fresh hrrt-server
+# pinned to CPU 0 and runs `hrrt load` pinned to CPU 1 against it, so the
+# two never share a core. Reports land in target/bench/*.json and the
+# table in docs/benchmarks.md (or $BENCH_OUT).
+#
+#   scripts/bench.sh            # the whole matrix (about 4 minutes)
+#   scripts/bench.sh idle fanout-50   # some rows only
+#
+# Needs: Linux, 2+ cores, taskset (util-linux), python3, curl. Traffic stays
+# on 127.0.0.1. Not run by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PORT=${BENCH_PORT:-18090}
+URL="http://127.0.0.1:$PORT"
+OUT_DIR=target/bench
+DOC=${BENCH_OUT:-docs/benchmarks.md}
+SECRET=bench-secret-bench-secret-bench
+SERVER_CPU=${BENCH_SERVER_CPU:-0}
+LOAD_CPU=${BENCH_LOAD_CPU:-1}
+
+for tool in taskset python3 curl; do
+  command -v "$tool" >/dev/null || { echo "bench.sh needs $tool" >&2; exit 2; }
+done
+
+cargo build --release --locked -p hrrt -p hrrt-server
+mkdir -p "$OUT_DIR"
+# Both processes hold tens of thousands of sockets.
+ulimit -n "$(ulimit -Hn)"
+
+SERVER_PID=
+stop_server() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID"
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=
+}
+trap stop_server EXIT
+
+start_server() {
+  HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c "$SERVER_CPU" \
+    target/release/hrrt-server --listen "127.0.0.1:$PORT" "$@" \
+    >"$OUT_DIR/server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 1 100); do
+    curl -fsS "$URL/healthz" >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "hrrt-server did not start; see $OUT_DIR/server.log" >&2
+  exit 1
+}
+
+# run NAME [hrrt load flags…]
+run() {
+  local name=$1
+  shift
+  echo "== $name: hrrt load $*" >&2
+  start_server --send-queue 4096
+  # A failed row (loss, thresholds) is recorded, not fatal.
+  HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" target/release/hrrt --url "$URL" load \
+    --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$name.json" "$@" \
+    | tee "$OUT_DIR/$name.txt" || true
+  echo "hrrt load $*" >"$OUT_DIR/$name.cmd"
+  stop_server
+}
+
+ROWS=("$@")
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(idle fanout-50 fanout-200 fanout-1000 target broadcast storm)
+for row in "${ROWS[@]}"; do
+  case $row in
+    idle)        run idle --connections 19000 --orgs 10 --rate 1 --duration 1s --connect-rate 5000 ;;
+    fanout-50)   run fanout-50 --connections 10000 --orgs 10 --rate 50 --duration 20s --connect-rate 5000 ;;
+    fanout-200)  run fanout-200 --connections 10000 --orgs 10 --rate 200 --duration 20s --connect-rate 5000 ;;
+    fanout-1000) run fanout-1000 --connections 10000 --orgs 10 --rate 1000 --duration 10s --connect-rate 5000 --drain 20s ;;
+    target)      run target --connections 10000 --orgs 10 --rate 40 --duration 20s --connect-rate 5000 ;;
+    broadcast)   run broadcast --connections 10000 --orgs 1 --rate 20 --duration 20s --connect-rate 5000 ;;
+    storm)       run storm --connections 19000 --orgs 10 --rate 1 --duration 1s --connect-rate 1000000 ;;
+    *) echo "unknown row '$row'" >&2; exit 2 ;;
+  esac
+done
+
+python3 scripts/bench_table.py "$OUT_DIR" "$DOC"
+echo "wrote $DOC" >&2
