@@ -3,6 +3,7 @@
 use clap::{Args, Parser, Subcommand};
 
 use crate::commands::completions::CompletionsArgs;
+use crate::commands::dash::DashArgs;
 use crate::commands::listen::ListenArgs;
 use crate::commands::load::LoadArgs;
 use crate::commands::publish::PublishArgs;
@@ -54,6 +55,9 @@ pub enum Command {
     /// Load-test: N connections over K orgs, R events/s for D; checks every
     /// delivery and reports latency, throughput and losses.
     Load(LoadArgs),
+    /// The live terminal dashboard: connections per org, the event stream,
+    /// rates (as an admin).
+    Dash(DashArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }

@@ -273,6 +273,21 @@ impl Api {
     }
 }
 
+impl Api {
+    /// GETs a JSON endpoint with a bearer token.
+    pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
+        let url = self.target.endpoint(path)?;
+        let response = self
+            .http
+            .get(url.clone())
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| anyhow!("cannot reach {url}: {}", root_cause(&e)))?;
+        read_json(response).await
+    }
+}
+
 async fn read_json(response: reqwest::Response) -> anyhow::Result<(u16, Value)> {
     let status = response.status().as_u16();
     let text = response.text().await.context("reading the answer")?;

@@ -5,11 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-
-mod args;
-mod client;
-mod commands;
-mod output;
+use hrrt_cli::{args, commands, output};
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -1,6 +1,7 @@
 //! One module per subcommand; each has `XArgs` and `run`.
 
 pub mod completions;
+pub mod dash;
 pub mod listen;
 pub mod load;
 pub mod publish;
@@ -18,6 +19,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Listen(args) => listen::run(args, &cli.global).await,
         Command::Publish(args) => publish::run(args, &cli.global).await,
         Command::Load(args) => load::run(args, &cli.global).await,
+        Command::Dash(args) => dash::run(args, &cli.global).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -1,0 +1,157 @@
+//! `hrrt dash`: the live dashboard. This module is the dashboard's feed
+//! (an admin WebSocket with resume, and `GET /api/stats` once a second);
+//! `hrrt-tui` draws what it reports.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::Args;
+use futures_util::StreamExt;
+use hrrt_server::auth::Role;
+use hrrt_tui::{App, Feed, ServerStatus, StatsSnapshot};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::args::GlobalArgs;
+use crate::client::{Api, Cursor, Target, TokenSource, connect, explain};
+
+#[derive(Debug, Args)]
+pub struct DashArgs {
+    /// Watch only this organisation.
+    #[arg(long, conflicts_with = "all")]
+    pub org: Option<String>,
+    /// Watch every organisation and user channel (the default).
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Feed messages buffered between the feed and the screen.
+const FEED_BUFFER: usize = 10_000;
+const STATS_EVERY: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub async fn run(args: DashArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+    let target = Target::parse(&global.url)?;
+    let tokens = TokenSource::from_args(
+        global,
+        Some("hrrt-dash"),
+        Some("ops"),
+        Role::Admin,
+        "pass an admin --token, or --secret (HRRT_JWT_SECRET) to mint one",
+    )?;
+    let orgs = args.org.unwrap_or_else(|| "*".to_owned());
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("hrrt dash needs a terminal (use hrrt listen --json for pipes)");
+    }
+    let (tx, rx) = mpsc::channel(FEED_BUFFER);
+    let feed = tokio::spawn(feed(target.clone(), tokens, orgs, tx));
+    let result = hrrt_tui::run(App::new(target.http.as_str()), rx).await;
+    feed.abort();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs until `tx` is closed: keeps an admin WebSocket open (reconnecting
+/// with resume) and polls the stats, reporting both as [`Feed`].
+pub async fn feed(target: Target, tokens: TokenSource, orgs: String, tx: mpsc::Sender<Feed>) {
+    let api = match Api::new(target.clone()) {
+        Ok(api) => api,
+        Err(e) => {
+            let _ = tx
+                .send(Feed::Status(ServerStatus::Disconnected(format!("{e:#}"))))
+                .await;
+            return;
+        }
+    };
+    tokio::join!(
+        events(&target, &tokens, &orgs, &tx),
+        stats(&api, &tokens, &tx)
+    );
+}
+
+async fn stats(api: &Api, tokens: &TokenSource, tx: &mpsc::Sender<Feed>) {
+    let mut tick = tokio::time::interval(STATS_EVERY);
+    while !tx.is_closed() {
+        tick.tick().await;
+        let Ok(token) = tokens.token() else { return };
+        let feed = match api.get("/api/stats", &token).await {
+            Ok((200, body)) => Feed::Stats(StatsSnapshot::from_json(&body)),
+            Ok((status @ (401 | 403), body)) => {
+                Feed::Status(ServerStatus::Disconnected(explain(status, &body, "admin")))
+            }
+            // The server being away is reported by the WebSocket side.
+            _ => continue,
+        };
+        if tx.send(feed).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn events(target: &Target, tokens: &TokenSource, orgs: &str, tx: &mpsc::Sender<Feed>) {
+    let mut cursor = Cursor::default();
+    let mut backoff = Duration::from_millis(200);
+    while !tx.is_closed() {
+        let why = match session(target, tokens, orgs, &mut cursor, tx).await {
+            Ok(why) => {
+                backoff = Duration::from_millis(200);
+                why
+            }
+            Err(e) => format!("{e:#}"),
+        };
+        if tx
+            .send(Feed::Status(ServerStatus::Disconnected(why)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One connection; answers why it ended.
+async fn session(
+    target: &Target,
+    tokens: &TokenSource,
+    orgs: &str,
+    cursor: &mut Cursor,
+    tx: &mpsc::Sender<Feed>,
+) -> anyhow::Result<String> {
+    let mut ws = connect(target, &tokens.token()?, cursor, Some(orgs)).await?;
+    while let Some(message) = ws.next().await {
+        let text = match message {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(frame)) => {
+                return Ok(match frame {
+                    Some(f) => format!("closed {} {}", u16::from(f.code), f.reason),
+                    None => "closed".to_owned(),
+                });
+            }
+            Ok(_) => continue,
+            Err(e) => return Ok(crate::client::root_cause(&e)),
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let feed = match frame["type"].as_str().unwrap_or_default() {
+            "connected" => {
+                cursor.on_connected(&frame["payload"]);
+                Feed::Status(ServerStatus::Connected)
+            }
+            "ping" | "auth.refreshed" | "error" => continue,
+            "resync.required" => Feed::Resync(frame),
+            _ => {
+                cursor.on_event(&frame);
+                Feed::Event(frame)
+            }
+        };
+        if tx.send(feed).await.is_err() {
+            return Ok("dashboard closed".to_owned());
+        }
+    }
+    Ok("connection lost".to_owned())
+}
