@@ -36,7 +36,7 @@ impl Server {
 
     async fn on(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
-        let state = AppState::new(Config::with_secret(SECRET)).unwrap();
+        let state = AppState::new(Config::with_secret(SECRET)).await.unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(hrrt_server::serve(listener, state.clone(), async {
             let _ = stopped.await;

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::api;
 use crate::auth::{Verifier, unix_now};
 use crate::config::Config;
-use crate::engine::{Engine, MemoryEngine};
+use crate::engine::{Engine, MemoryEngine, RedisEngine};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Hub};
 use crate::metrics::Metrics;
@@ -31,8 +31,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum ServerError {
     #[error("no JWT secret: set --jwt-secret or HRRT_JWT_SECRET, or use --dev")]
     MissingSecret,
-    #[error("the redis engine (--redis-url) is not available in this build yet")]
-    RedisUnsupported,
+    #[error("cannot use redis at {url}: {source}")]
+    Redis {
+        url: String,
+        #[source]
+        source: crate::engine::EngineError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -72,23 +76,31 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// Builds the state and its engine from a config.
-    pub fn new(config: Config) -> Result<Self, ServerError> {
+    /// Builds the state and its engine from a config: the memory engine,
+    /// or the Redis engine (connected here) with `--redis-url`.
+    pub async fn new(config: Config) -> Result<Self, ServerError> {
         let secret = config
             .jwt_secret
             .as_deref()
             .ok_or(ServerError::MissingSecret)?;
-        if config.redis_url.is_some() {
-            return Err(ServerError::RedisUnsupported);
-        }
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
-        let engine = Arc::new(MemoryEngine::new(
-            history_size,
-            config.history_ttl,
-            hub.clone(),
-        ));
+        let engine: Arc<dyn Engine> = match &config.redis_url {
+            None => Arc::new(MemoryEngine::new(
+                history_size,
+                config.history_ttl,
+                hub.clone(),
+            )),
+            Some(url) => Arc::new(
+                RedisEngine::connect(url, history_size, config.history_ttl, hub.clone())
+                    .await
+                    .map_err(|source| ServerError::Redis {
+                        url: redact_url(url),
+                        source,
+                    })?,
+            ),
+        };
         Ok(Self(Arc::new(Shared {
             verifier: Verifier::new(secret),
             engine,
@@ -128,7 +140,17 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    serve(listener, AppState::new(config)?, shutdown).await
+    serve(listener, AppState::new(config).await?, shutdown).await
+}
+
+/// A Redis URL without its password, for messages and logs.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// [`run`] with a state built by the caller, who may keep a clone of it

@@ -51,6 +51,9 @@ impl CloseReason {
     pub const SHUTDOWN: Self = Self::new(close::GOING_AWAY, "server shutting down");
     pub const CONNECTION_LIMIT: Self = Self::new(close::TRY_AGAIN_LATER, "connection limit");
     pub const ENGINE_UNAVAILABLE: Self = Self::new(close::INTERNAL, "engine unavailable");
+    /// The engine lost track of a channel's sequence: reconnect and resume
+    /// (the resume then says `resync.required` if events are gone).
+    pub const RESYNC: Self = Self::new(close::INTERNAL, "resync");
 }
 
 /// What a connection reads.
@@ -396,6 +399,23 @@ impl Deliver for Hub {
         self.metrics
             .delivered(publication.event_type.as_str(), recipients);
         recipients
+    }
+
+    fn resync(&self, channel: Option<&ChannelName>) {
+        let reason = CloseReason::RESYNC;
+        let inner = self.read();
+        match channel {
+            None => inner.conns.values().for_each(|c| c.close(reason.clone())),
+            Some(channel) => {
+                if let Some(subscribers) = inner.by_channel.get(channel) {
+                    subscribers.values().for_each(|c| c.close(reason.clone()));
+                }
+                inner
+                    .watch_all
+                    .values()
+                    .for_each(|c| c.close(reason.clone()));
+            }
+        }
     }
 }
 

@@ -327,6 +327,20 @@ pub fn encode_event(
     )
 }
 
+/// The event envelope up to and including `"seq":`, for an engine that
+/// assigns the seq elsewhere (the Redis engine, inside Redis): the frame is
+/// this prefix, the seq, and `}`.
+pub fn encode_event_prefix(
+    event_type: &EventType,
+    payload: &RawValue,
+    channel: &ChannelName,
+) -> String {
+    let mut text = encode(event_type.as_str(), payload, Some(channel.as_str()), None).to_string();
+    text.pop();
+    text.push_str(",\"seq\":");
+    text
+}
+
 /// `{"type":"ping","payload":{},"timestamp":…}` *compat*
 pub fn ping_frame() -> Utf8Bytes {
     encode("ping", &serde_json::Map::new(), None, None)
@@ -573,6 +587,22 @@ mod tests {
         assert_eq!(v["channel"], "org:7");
         assert_eq!(v["seq"], 42);
         assert_eq!(v["timestamp"].as_str().unwrap().len(), 27);
+    }
+
+    #[test]
+    fn prefix_plus_seq_is_the_frame() {
+        let payload = RawValue::from_string(r#"{"id":1}"#.to_owned()).unwrap();
+        let event_type = EventType::parse("entity.created").unwrap();
+        let channel = ChannelName::parse("org:7").unwrap();
+        let frame = format!(
+            "{}42}}",
+            encode_event_prefix(&event_type, &payload, &channel)
+        );
+        let v: serde_json::Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(
+            (v["seq"].as_u64(), v["channel"].as_str()),
+            (Some(42), Some("org:7"))
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! implementation of the same trait and changes no caller.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +20,7 @@ use serde_json::value::RawValue;
 use crate::protocol::{ChannelName, EventType};
 
 pub use memory::MemoryEngine;
+pub use redis::RedisEngine;
 
 /// One life of the history. Sequence numbers are only comparable within
 /// one epoch; a client resuming with another epoch must refetch state.
@@ -79,6 +81,12 @@ pub trait Deliver: Send + Sync + 'static {
     /// Hands the publication to the local connections that read its
     /// channel; returns how many. Must not block.
     fn deliver(&self, publication: &Arc<Publication>) -> usize;
+
+    /// The engine cannot guarantee an unbroken sequence any more — for one
+    /// channel (a gap it could not repair) or for all (`None`: the history
+    /// was reset, a new epoch). Connections reading it must reconnect and
+    /// resume, which tells them to resync. Must not block.
+    fn resync(&self, _channel: Option<&ChannelName>) {}
 }
 
 /// Why an engine call failed.

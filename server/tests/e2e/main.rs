@@ -12,5 +12,6 @@ mod harness;
 mod keepalive;
 mod protection;
 mod publish;
+mod redis;
 mod resume;
 mod shutdown;

@@ -1,0 +1,780 @@
+//! The Redis engine: any number of nodes share one Redis.
+//!
+//! What Redis holds (prefix `hrrt:`):
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `hrrt:epoch` | string | the current epoch; gone when Redis lost its data |
+//! | `hrrt:seq:<channel>` | string (integer) | the channel's latest seq; never expires |
+//! | `hrrt:h:<channel>` | stream | the history: id `<seq>-0`, fields `f` (frame), `y` (type), `t` (ms); `MAXLEN --history-size`, expires `--history-ttl` after the last publish |
+//! | `hrrt:idem:<key>` | string | the first answer to an idempotency key, 5 minutes |
+//! | `hrrt:ch:<channel>` | pub/sub channel | `<epoch>|<seq>|<type>|<frame>` |
+//!
+//! A publish is one Lua script per batch: next seq, append to the stream,
+//! publish to the nodes, record the idempotency key — atomic, so seqs have
+//! no gaps and every node sees a channel's events in seq order.
+//!
+//! Each node subscribes only to the channels its connections read
+//! (reference-counted), and delivers each channel's publications in seq
+//! order: a jump in seq (a pub/sub message lost, e.g. across a reconnect)
+//! is filled from the stream before anything after it is delivered.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Deliver, Engine, EngineError, Epoch, HistoryPage, IDEMPOTENCY_WINDOW, NewEvent, Publication,
+    PublishAck,
+};
+use crate::protocol::{ChannelName, EventType, encode_event_prefix};
+
+const PREFIX: &str = "hrrt:";
+/// How long one Redis call may take before it counts as unavailable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reconnect backoff of the subscriber connection.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+const PUBLISH_SCRIPT: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local out = {epoch}
+local n = (#KEYS - 1) / 3
+for i = 0, n - 1 do
+  local seqk, streamk, idemk = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+  local prefix, typ, pubch, chname = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
+  local prev = false
+  if idemk ~= '' then prev = redis.call('GET', idemk) end
+  if prev then
+    table.insert(out, prev)
+  else
+    local seq = redis.call('INCR', seqk)
+    local frame = prefix .. seq .. '}'
+    redis.call('XADD', streamk, 'MAXLEN', ARGV[2], seq .. '-0', 'f', frame, 'y', typ, 't', ARGV[4])
+    redis.call('PEXPIRE', streamk, ARGV[3])
+    local nodes = redis.call('PUBLISH', pubch, epoch .. '|' .. seq .. '|' .. typ .. '|' .. frame)
+    local answer = chname .. '|' .. seq .. '|' .. nodes
+    if idemk ~= '' then redis.call('SET', idemk, answer, 'PX', ARGV[5]) end
+    table.insert(out, answer)
+  end
+end
+return out
+";
+
+const HISTORY_SCRIPT: &str = r"
+local latest = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cutoff = tonumber(ARGV[3])
+for _ = 1, 1000 do
+  local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+  if #first == 0 then break end
+  local fields, t = first[1][2], nil
+  for j = 1, #fields, 2 do
+    if fields[j] == 't' then t = tonumber(fields[j + 1]) end
+  end
+  if t and t < cutoff then redis.call('XDEL', KEYS[2], first[1][1]) else break end
+end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+end
+return {latest, first, entries}
+";
+
+fn seq_key(channel: &ChannelName) -> String {
+    format!("{PREFIX}seq:{channel}")
+}
+
+fn stream_key(channel: &ChannelName) -> String {
+    format!("{PREFIX}h:{channel}")
+}
+
+fn pubsub_channel(channel: &ChannelName) -> String {
+    format!("{PREFIX}ch:{channel}")
+}
+
+fn epoch_key() -> String {
+    format!("{PREFIX}epoch")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Unavailable(format!("redis: {e}"))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs a Redis call with [`CALL_TIMEOUT`].
+async fn call<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, EngineError> {
+    match tokio::time::timeout(CALL_TIMEOUT, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable("no answer in time")),
+    }
+}
+
+/// What the engine and its subscriber task share.
+struct Shared {
+    client: redis::Client,
+    conn: ConnectionManager,
+    epoch: RwLock<Epoch>,
+    deliver: Arc<dyn Deliver>,
+    history_ttl: Duration,
+    /// Whether the subscriber connection is up.
+    subscribed: AtomicBool,
+    history: Script,
+}
+
+impl Shared {
+    fn current_epoch(&self) -> Epoch {
+        self.epoch
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adopts the epoch Redis reports; when it changed, every node's
+    /// sequence numbers restarted, so every connection must resync.
+    fn observe_epoch(&self, epoch: &str) {
+        if *self.current_epoch() == *epoch {
+            return;
+        }
+        *self
+            .epoch
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(epoch);
+        tracing::warn!(
+            epoch,
+            "redis history was reset (new epoch); connections must resync"
+        );
+        self.deliver.resync(None);
+    }
+
+    /// Reads the epoch, creating it when Redis lost it; answers it.
+    async fn load_epoch(&self) -> Result<String, EngineError> {
+        let mut conn = self.conn.clone();
+        let candidate = crate::random_hex(8);
+        let (epoch,): (String,) = call(
+            redis::pipe()
+                .cmd("SET")
+                .arg(epoch_key())
+                .arg(&candidate)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(epoch_key())
+                .query_async(&mut conn),
+        )
+        .await?;
+        self.observe_epoch(&epoch);
+        Ok(epoch)
+    }
+
+    /// Retained events of `channel` with `from <= seq <= to`.
+    async fn range(
+        &self,
+        channel: &ChannelName,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<Arc<Publication>>, EngineError> {
+        let mut conn = self.conn.clone();
+        let entries: Value = call(
+            redis::cmd("XRANGE")
+                .arg(stream_key(channel))
+                .arg(format!("{from}-0"))
+                .arg(format!("{to}-0"))
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(parse_entries(channel, &entries))
+    }
+}
+
+/// The engine of one node.
+pub struct RedisEngine {
+    shared: Arc<Shared>,
+    publish: Script,
+    history_size: usize,
+    control: mpsc::UnboundedSender<Control>,
+}
+
+/// What the node asks of its subscriber task.
+enum Control {
+    Subscribe(Vec<ChannelName>, oneshot::Sender<Result<(), EngineError>>),
+    Unsubscribe(Vec<ChannelName>),
+    SubscribeAll(oneshot::Sender<Result<(), EngineError>>),
+    UnsubscribeAll,
+}
+
+impl RedisEngine {
+    /// Connects to Redis at `url` and starts the subscriber task.
+    pub async fn connect(
+        url: &str,
+        history_size: usize,
+        history_ttl: Duration,
+        deliver: Arc<dyn Deliver>,
+    ) -> Result<Self, EngineError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| EngineError::Unavailable(format!("invalid redis URL: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CALL_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(BACKOFF_MAX);
+        let conn = call(client.get_connection_manager_with_config(config)).await?;
+        let shared = Arc::new(Shared {
+            client,
+            conn,
+            epoch: RwLock::new(Arc::from("")),
+            deliver,
+            history_ttl,
+            subscribed: AtomicBool::new(false),
+            history: Script::new(HISTORY_SCRIPT),
+        });
+        shared.load_epoch().await?;
+        let (control, commands) = mpsc::unbounded_channel();
+        tokio::spawn(subscriber(shared.clone(), commands));
+        Ok(Self {
+            shared,
+            publish: Script::new(PUBLISH_SCRIPT),
+            history_size: history_size.max(1),
+            control,
+        })
+    }
+}
+
+#[async_trait]
+impl Engine for RedisEngine {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn epoch(&self) -> Epoch {
+        self.shared.current_epoch()
+    }
+
+    async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishAck>, EngineError> {
+        let mut invocation = self.publish.prepare_invoke();
+        invocation.key(epoch_key());
+        invocation
+            .arg(crate::random_hex(8))
+            .arg(self.history_size)
+            .arg(
+                u64::try_from(self.shared.history_ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(now_ms())
+            .arg(u64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(300_000));
+        for event in &events {
+            invocation.key(seq_key(&event.channel));
+            invocation.key(stream_key(&event.channel));
+            invocation.key(
+                event
+                    .idempotency_key
+                    .as_ref()
+                    .map_or_else(String::new, |k| format!("{PREFIX}idem:{k}")),
+            );
+            invocation
+                .arg(encode_event_prefix(
+                    &event.event_type,
+                    &event.payload,
+                    &event.channel,
+                ))
+                .arg(event.event_type.as_str())
+                .arg(pubsub_channel(&event.channel))
+                .arg(event.channel.as_str());
+        }
+        let mut conn = self.shared.conn.clone();
+        let reply: Vec<String> = call(invocation.invoke_async(&mut conn)).await?;
+        let mut parts = reply.into_iter();
+        let epoch = parts
+            .next()
+            .ok_or_else(|| unavailable("empty publish reply"))?;
+        self.shared.observe_epoch(&epoch);
+        parts
+            .map(|answer| parse_answer(&answer).ok_or_else(|| unavailable("bad publish reply")))
+            .collect()
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        since: u64,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        let cutoff = now_ms()
+            .saturating_sub(u64::try_from(self.shared.history_ttl.as_millis()).unwrap_or(u64::MAX));
+        let mut conn = self.shared.conn.clone();
+        let reply: Value = call(
+            self.shared
+                .history
+                .key(seq_key(channel))
+                .key(stream_key(channel))
+                .arg(format!("{}-0", since.saturating_add(1)))
+                .arg(limit)
+                .arg(cutoff)
+                .invoke_async(&mut conn),
+        )
+        .await?;
+        let Value::Array(parts) = reply else {
+            return Err(unavailable("bad history reply"));
+        };
+        let latest = parts.first().and_then(as_u64).unwrap_or(0);
+        let oldest = parts
+            .get(1)
+            .map(|first| parse_entries(channel, first))
+            .and_then(|first| first.first().map(|p| p.seq))
+            .unwrap_or(latest + 1);
+        let events = parts
+            .get(2)
+            .map(|entries| parse_entries(channel, entries))
+            .unwrap_or_default();
+        Ok(HistoryPage {
+            events,
+            oldest,
+            latest,
+        })
+    }
+
+    async fn latest(&self, channels: &[ChannelName]) -> Result<Vec<u64>, EngineError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.shared.conn.clone();
+        let keys: Vec<String> = channels.iter().map(seq_key).collect();
+        let values: Vec<Option<u64>> =
+            call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
+        Ok(values.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    async fn ready(&self) -> bool {
+        let mut conn = self.shared.conn.clone();
+        let ping: Result<String, _> = call(redis::cmd("PING").query_async(&mut conn)).await;
+        ping.is_ok() && self.shared.subscribed.load(Ordering::Relaxed)
+    }
+
+    async fn subscribe(&self, channels: &[ChannelName]) -> Result<(), EngineError> {
+        let (ack, done) = oneshot::channel();
+        self.control
+            .send(Control::Subscribe(channels.to_vec(), ack))
+            .map_err(|_| unavailable("subscriber stopped"))?;
+        done.await.map_err(|_| unavailable("subscriber stopped"))?
+    }
+
+    fn unsubscribe(&self, channels: &[ChannelName]) {
+        let _ = self.control.send(Control::Unsubscribe(channels.to_vec()));
+    }
+
+    async fn subscribe_all(&self) -> Result<(), EngineError> {
+        let (ack, done) = oneshot::channel();
+        self.control
+            .send(Control::SubscribeAll(ack))
+            .map_err(|_| unavailable("subscriber stopped"))?;
+        done.await.map_err(|_| unavailable("subscriber stopped"))?
+    }
+
+    fn unsubscribe_all(&self) {
+        let _ = self.control.send(Control::UnsubscribeAll);
+    }
+}
+
+/// `<channel>|<seq>|<nodes>` → an ack.
+fn parse_answer(answer: &str) -> Option<PublishAck> {
+    let mut parts = answer.rsplitn(3, '|');
+    let nodes = parts.next()?.parse().ok()?;
+    let seq = parts.next()?.parse().ok()?;
+    let channel = ChannelName::parse(parts.next()?).ok()?;
+    Some(PublishAck {
+        channel,
+        seq,
+        recipients: nodes,
+    })
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_str(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// Stream entries (`[[id, [field, value, …]], …]`) → publications.
+fn parse_entries(channel: &ChannelName, entries: &Value) -> Vec<Arc<Publication>> {
+    let Value::Array(entries) = entries else {
+        return Vec::new();
+    };
+    let received = Instant::now();
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let Value::Array(parts) = entry else {
+                return None;
+            };
+            let id = as_str(parts.first()?)?;
+            let seq = id.split('-').next()?.parse().ok()?;
+            let Value::Array(fields) = parts.get(1)? else {
+                return None;
+            };
+            let mut frame = None;
+            let mut kind = None;
+            for pair in fields.chunks(2) {
+                match (pair.first().and_then(as_str), pair.get(1).and_then(as_str)) {
+                    (Some("f"), Some(f)) => frame = Some(f.to_owned()),
+                    (Some("y"), Some(y)) => kind = Some(y),
+                    _ => {}
+                }
+            }
+            Some(Arc::new(Publication {
+                channel: channel.clone(),
+                seq,
+                event_type: EventType::parse(kind?).ok()?,
+                frame: Utf8Bytes::from(frame?),
+                received,
+            }))
+        })
+        .collect()
+}
+
+/// A pub/sub message: `<epoch>|<seq>|<type>|<frame>` on `hrrt:ch:<channel>`.
+fn parse_message(channel_name: &str, payload: &[u8]) -> Option<(String, Arc<Publication>)> {
+    let channel =
+        ChannelName::parse(channel_name.strip_prefix(PREFIX)?.strip_prefix("ch:")?).ok()?;
+    let text = std::str::from_utf8(payload).ok()?;
+    let mut parts = text.splitn(4, '|');
+    let epoch = parts.next()?.to_owned();
+    let seq = parts.next()?.parse().ok()?;
+    let event_type = EventType::parse(parts.next()?).ok()?;
+    let frame = parts.next()?;
+    Some((
+        epoch,
+        Arc::new(Publication {
+            channel,
+            seq,
+            event_type,
+            frame: Utf8Bytes::from(frame),
+            received: Instant::now(),
+        }),
+    ))
+}
+
+/// The node's subscriptions and what it has delivered, per channel.
+#[derive(Default)]
+struct Subscriptions {
+    counts: HashMap<ChannelName, usize>,
+    watch_all: usize,
+    /// The epoch `delivered` counts in.
+    epoch: String,
+    /// The last seq delivered per channel: the gap detector.
+    delivered: HashMap<ChannelName, u64>,
+}
+
+impl Subscriptions {
+    /// Seqs of another epoch are not comparable: forget what was delivered.
+    fn enter_epoch(&mut self, epoch: &str) {
+        if self.epoch != epoch {
+            self.epoch = epoch.to_owned();
+            self.delivered.clear();
+        }
+    }
+}
+
+/// Owns the pub/sub connection: (re)subscribes, delivers in seq order,
+/// repairs gaps from the stream, reconnects with backoff.
+async fn subscriber(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Control>) {
+    let mut subs = Subscriptions::default();
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let connected = call(shared.client.get_async_pubsub()).await;
+        let pubsub = match connected {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                shared.subscribed.store(false, Ordering::Relaxed);
+                tracing::warn!(error = %e, "redis subscriber cannot connect; retrying");
+                // Answer requests while down instead of leaving them waiting.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        () = &mut deadline => break,
+                        command = commands.recv() => match command {
+                            None => return,
+                            Some(command) => refuse_while_down(&mut subs, command),
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        let setup = async {
+            let channels: Vec<String> = subs.counts.keys().map(pubsub_channel).collect();
+            if !channels.is_empty() {
+                sink.subscribe(channels).await?;
+            }
+            if subs.watch_all > 0 {
+                sink.psubscribe(format!("{PREFIX}ch:*")).await?;
+            }
+            Ok::<_, redis::RedisError>(())
+        };
+        if let Err(e) = call(setup).await {
+            tracing::warn!(error = %e, "redis resubscribe failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        }
+        match shared.load_epoch().await {
+            Ok(epoch) => subs.enter_epoch(&epoch),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        }
+        // What was published while this node was not listening.
+        repair_all(&shared, &mut subs).await;
+        shared.subscribed.store(true, Ordering::Relaxed);
+        backoff = BACKOFF_FIRST;
+        tracing::info!(channels = subs.counts.len(), "redis subscriber connected");
+
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    if let Err(e) = apply(&mut sink, &mut subs, command).await {
+                        tracing::warn!(error = %e, "redis subscribe failed");
+                        break;
+                    }
+                }
+                message = stream.next() => {
+                    let Some(message) = message else { break };
+                    let Some((epoch, publication)) =
+                        parse_message(message.get_channel_name(), message.get_payload_bytes())
+                    else {
+                        continue;
+                    };
+                    if epoch != subs.epoch {
+                        shared.observe_epoch(&epoch);
+                        subs.enter_epoch(&epoch);
+                    }
+                    deliver_in_order(&shared, &mut subs, publication).await;
+                }
+            }
+        }
+        shared.subscribed.store(false, Ordering::Relaxed);
+        tracing::warn!("redis subscriber connection lost; reconnecting");
+    }
+}
+
+fn refuse_while_down(subs: &mut Subscriptions, command: Control) {
+    let down = || Err(unavailable("not connected"));
+    match command {
+        Control::Subscribe(_, ack) | Control::SubscribeAll(ack) => {
+            let _ = ack.send(down());
+        }
+        Control::Unsubscribe(channels) => {
+            release(subs, &channels);
+        }
+        Control::UnsubscribeAll => subs.watch_all = subs.watch_all.saturating_sub(1),
+    }
+}
+
+/// Drops references; answers the channels nobody reads any more.
+fn release(subs: &mut Subscriptions, channels: &[ChannelName]) -> Vec<ChannelName> {
+    let mut gone = Vec::new();
+    for channel in channels {
+        if let Some(count) = subs.counts.get_mut(channel) {
+            *count -= 1;
+            if *count == 0 {
+                subs.counts.remove(channel);
+                subs.delivered.remove(channel);
+                gone.push(channel.clone());
+            }
+        }
+    }
+    gone
+}
+
+async fn apply(
+    sink: &mut redis::aio::PubSubSink,
+    subs: &mut Subscriptions,
+    command: Control,
+) -> redis::RedisResult<()> {
+    match command {
+        Control::Subscribe(channels, ack) => {
+            let new: Vec<ChannelName> = channels
+                .iter()
+                .filter(|c| !subs.counts.contains_key(*c))
+                .cloned()
+                .collect();
+            let result = if new.is_empty() {
+                Ok(())
+            } else {
+                let names: Vec<String> = new.iter().map(pubsub_channel).collect();
+                tokio::time::timeout(CALL_TIMEOUT, sink.subscribe(names))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(redis::RedisError::from(std::io::Error::from(
+                            std::io::ErrorKind::TimedOut,
+                        )))
+                    })
+            };
+            match result {
+                Ok(()) => {
+                    for channel in channels {
+                        *subs.counts.entry(channel).or_default() += 1;
+                    }
+                    let _ = ack.send(Ok(()));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = ack.send(Err(unavailable(&e)));
+                    Err(e)
+                }
+            }
+        }
+        Control::Unsubscribe(channels) => {
+            let gone = release(subs, &channels);
+            if !gone.is_empty() {
+                let names: Vec<String> = gone.iter().map(pubsub_channel).collect();
+                sink.unsubscribe(names).await?;
+            }
+            Ok(())
+        }
+        Control::SubscribeAll(ack) => {
+            let result = if subs.watch_all == 0 {
+                sink.psubscribe(format!("{PREFIX}ch:*")).await
+            } else {
+                Ok(())
+            };
+            match result {
+                Ok(()) => {
+                    subs.watch_all += 1;
+                    let _ = ack.send(Ok(()));
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = ack.send(Err(unavailable(&e)));
+                    Err(e)
+                }
+            }
+        }
+        Control::UnsubscribeAll => {
+            subs.watch_all = subs.watch_all.saturating_sub(1);
+            if subs.watch_all == 0 {
+                sink.punsubscribe(format!("{PREFIX}ch:*")).await?;
+                // Forget channels only the watchers read.
+                subs.delivered.retain(|c, _| subs.counts.contains_key(c));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Delivers `publication` after any events of its channel this node
+/// missed; drops what was already delivered.
+async fn deliver_in_order(
+    shared: &Shared,
+    subs: &mut Subscriptions,
+    publication: Arc<Publication>,
+) {
+    let channel = publication.channel.clone();
+    let last = subs.delivered.get(&channel).copied();
+    match last {
+        Some(last) if publication.seq <= last => return,
+        Some(last) if publication.seq > last + 1 => {
+            match shared.range(&channel, last + 1, publication.seq - 1).await {
+                Ok(missed) => {
+                    let complete = missed.len() as u64 == publication.seq - 1 - last;
+                    for p in &missed {
+                        shared.deliver.deliver(p);
+                    }
+                    if !complete {
+                        tracing::warn!(channel = %channel, "gap not in history any more; connections resync");
+                        shared.deliver.resync(Some(&channel));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %channel, error = %e, "gap repair failed; connections resync");
+                    shared.deliver.resync(Some(&channel));
+                }
+            }
+        }
+        _ => {}
+    }
+    shared.deliver.deliver(&publication);
+    subs.delivered.insert(channel, publication.seq);
+}
+
+/// After a reconnect: delivers what each channel got while disconnected.
+async fn repair_all(shared: &Shared, subs: &mut Subscriptions) {
+    let known: Vec<(ChannelName, u64)> = subs
+        .delivered
+        .iter()
+        .map(|(c, s)| (c.clone(), *s))
+        .collect();
+    for (channel, last) in known {
+        match shared.range(&channel, last + 1, u64::MAX >> 1).await {
+            Ok(missed) => {
+                if let Some(first) = missed.first()
+                    && first.seq != last + 1
+                {
+                    shared.deliver.resync(Some(&channel));
+                }
+                for p in &missed {
+                    shared.deliver.deliver(p);
+                    subs.delivered.insert(channel.clone(), p.seq);
+                }
+            }
+            Err(_) => shared.deliver.resync(Some(&channel)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_and_messages_parse() {
+        let ack = parse_answer("user:ann|x@y.z|12|3").unwrap();
+        assert_eq!(
+            (ack.channel.as_str(), ack.seq, ack.recipients),
+            ("user:ann|x@y.z", 12, 3)
+        );
+        let (epoch, p) =
+            parse_message("hrrt:ch:org:7", b"e1|5|entity.created|{\"a\":\"|\"}").unwrap();
+        assert_eq!(
+            (epoch.as_str(), p.seq, p.channel.as_str()),
+            ("e1", 5, "org:7")
+        );
+        assert_eq!(p.frame.as_str(), "{\"a\":\"|\"}");
+        assert!(parse_message("other", b"x").is_none());
+    }
+}

@@ -1,0 +1,371 @@
+//! Several nodes sharing one real Redis (started by the test on a free
+//! loopback port). Needs `redis-server` on the PATH; `scripts/test.sh`
+//! installs it.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hrrt_server::auth::Role;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::harness::*;
+
+/// A redis-server child process on a free port, in its own directory.
+struct Redis {
+    port: u16,
+    dir: PathBuf,
+    persistent: bool,
+    child: Option<Child>,
+}
+
+impl Redis {
+    async fn start(persistent: bool) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("hrrt-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            port,
+            dir,
+            persistent,
+            child: None,
+        };
+        redis.run().await;
+        redis
+    }
+
+    /// Starts the process and waits for "Ready to accept connections".
+    async fn run(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--dir", self.dir.to_str().unwrap()])
+        .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .expect("redis-server is needed for these tests (scripts/test.sh installs it)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        loop {
+            let line = within(lines.next_line())
+                .await
+                .unwrap()
+                .expect("redis-server exited before it was ready");
+            if line.contains("Ready to accept connections") {
+                break;
+            }
+        }
+        // Keep draining its log so it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        self.child = Some(child);
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// SIGTERM: a persistent Redis writes its data out before exiting.
+    async fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let pid = child.id().unwrap().to_string();
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap();
+            within(child.wait()).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn node(redis: &Redis) -> Server {
+    let url = redis.url();
+    Server::with(move |c| c.redis_url = Some(url)).await
+}
+
+/// Polls `GET /readyz` until it answers `status` (bounded: 10 s).
+async fn until_ready(server: &Server, status: u16) {
+    for _ in 0..200 {
+        if server.get("/readyz", None).await.0 == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("/readyz never answered {status}");
+}
+
+fn epoch_of(client: &Client) -> String {
+    client.connected["payload"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_publish_on_one_node_reaches_clients_on_the_others() {
+    let redis = Redis::start(false).await;
+    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let mut on_b = b.connect("1", "7").await;
+    let mut on_c = c.connect("2", "7").await;
+    let mut other_org = c.connect("3", "8").await;
+    let (status, ack) = a
+        .publish(json!({"type": "entity.created", "org_id": "7", "payload": {"id": 1}}))
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["recipients"], 2, "two nodes read org:7");
+    for client in [&mut on_b, &mut on_c] {
+        let e = client.next_event().await;
+        assert_eq!(
+            (e["seq"].as_u64(), e["payload"]["id"].as_u64()),
+            (Some(1), Some(1))
+        );
+    }
+    let seq = a.publish_org("8", "test.marker", json!({})).await;
+    assert_eq!(other_org.next_event().await["seq"], seq);
+    // Share events reach the user's tabs on any node.
+    let mut tab_a = a.connect("9", "7").await;
+    let mut tab_c = c.connect("9", "7").await;
+    b.publish(json!({"type": "share.created", "user_id": "9"}))
+        .await;
+    for tab in [&mut tab_a, &mut tab_c] {
+        let e = tab.next_event().await;
+        assert_eq!(
+            (e["type"].as_str(), e["channel"].as_str()),
+            (Some("share.created"), Some("user:9"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_node_sees_the_same_seqs_in_the_same_order_while_all_publish() {
+    const EACH: u64 = 30;
+    let redis = Redis::start(false).await;
+    let nodes = Arc::new([node(&redis).await, node(&redis).await, node(&redis).await]);
+    let mut clients = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        clients.push(n.connect(&format!("u{i}"), "7").await);
+    }
+    let mut publishers = Vec::new();
+    for i in 0..3 {
+        let nodes = nodes.clone();
+        publishers.push(tokio::spawn(async move {
+            for k in 0..EACH {
+                nodes[i]
+                    .publish_org("7", "entity.updated", json!({"from": i, "k": k}))
+                    .await;
+            }
+        }));
+    }
+    for p in publishers {
+        within(p).await.unwrap();
+    }
+    let mut orders: Vec<Vec<Value>> = Vec::new();
+    for client in &mut clients {
+        let mut order = Vec::new();
+        for seq in 1..=3 * EACH {
+            let e = client.next_event().await;
+            assert_eq!(e["seq"], seq);
+            order.push(e["payload"].clone());
+        }
+        orders.push(order);
+    }
+    assert_eq!(orders[0], orders[1]);
+    assert_eq!(orders[1], orders[2]);
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_node() {
+    let redis = Redis::start(false).await;
+    let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
+    let mut first = a.connect("1", "7").await;
+    a.publish_org("7", "entity.created", json!({})).await;
+    a.publish_org("7", "entity.created", json!({})).await;
+    first.next_event().await;
+    let last = first.next_event().await["seq"].as_u64().unwrap();
+    let epoch = epoch_of(&first);
+    drop(first);
+    for _ in 0..3 {
+        b.publish_org("7", "entity.updated", json!({})).await;
+    }
+    let q = format!(
+        "token={}&since=org:7@{last}&epoch={epoch}",
+        token("1", "7", Role::User)
+    );
+    let mut again = c.connect_query(&q).await;
+    assert_eq!(epoch_of(&again), epoch, "one epoch across nodes");
+    for seq in last + 1..=last + 3 {
+        let e = again.next_event().await;
+        assert_eq!(
+            (e["type"].as_str(), e["seq"].as_u64()),
+            (Some("entity.updated"), Some(seq))
+        );
+    }
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_of_every_node() {
+    let redis = Redis::start(false).await;
+    let a = node(&redis).await;
+    let epoch = epoch_of(&a.connect("1", "7").await);
+    for n in 1..=3 {
+        a.publish_org("7", "entity.created", json!({"n": n})).await;
+    }
+    a.stop().await.unwrap();
+
+    let fresh = node(&redis).await;
+    let (status, page) = fresh
+        .get("/api/history?channel=org:7", Some(&service_token()))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["epoch"], epoch.as_str());
+    assert_eq!(page["latest"], 3);
+    let payloads: Vec<Value> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["payload"]["n"].clone())
+        .collect();
+    assert_eq!(payloads, [json!(1), json!(2), json!(3)]);
+    let q = format!(
+        "token={}&since=org:7@1&epoch={epoch}",
+        token("1", "7", Role::User)
+    );
+    let mut client = fresh.connect_query(&q).await;
+    assert_eq!(client.next_event().await["seq"], 2);
+    assert_eq!(client.next_event().await["seq"], 3);
+    // Seqs go on from where they were.
+    assert_eq!(fresh.publish_org("7", "entity.created", json!({})).await, 4);
+}
+
+#[tokio::test]
+async fn redis_down_then_back_with_its_data_loses_nothing() {
+    let mut redis = Redis::start(true).await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.connect("1", "7").await;
+    a.publish_org("7", "entity.created", json!({"n": 1})).await;
+    assert_eq!(on_b.next_event().await["seq"], 1);
+
+    redis.stop().await;
+    until_ready(&a, 503).await;
+    let (status, err) = a
+        .publish(json!({"type": "entity.created", "org_id": "7"}))
+        .await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "unavailable");
+
+    redis.run().await;
+    until_ready(&a, 200).await;
+    // Published as soon as A can, whether or not B's subscriber is back:
+    // B fills any gap from the stream.
+    for n in 2..=6 {
+        a.publish_org("7", "entity.created", json!({"n": n})).await;
+    }
+    for seq in 2..=6 {
+        let e = on_b.next_event().await;
+        assert_eq!(
+            e["seq"], seq,
+            "the connection on B stayed open and missed nothing"
+        );
+    }
+    let seq = a.publish_org("7", "test.marker", json!({})).await;
+    assert_eq!(on_b.next_event().await["seq"], seq, "and got nothing twice");
+}
+
+#[tokio::test]
+async fn redis_back_empty_means_a_new_epoch_and_a_resync() {
+    let mut redis = Redis::start(false).await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut on_b = b.connect("1", "7").await;
+    let old_epoch = epoch_of(&on_b);
+    a.publish_org("7", "entity.created", json!({})).await;
+    assert_eq!(on_b.next_event().await["seq"], 1);
+
+    redis.stop().await;
+    redis.run().await;
+    // The node notices the reset and tells its clients to resume.
+    assert_eq!(on_b.expect_close().await, (1011, "resync".into()));
+    until_ready(&b, 200).await;
+    let q = format!(
+        "token={}&since=org:7@1&epoch={old_epoch}",
+        token("1", "7", Role::User)
+    );
+    let mut again = b.connect_query(&q).await;
+    assert_ne!(epoch_of(&again), old_epoch);
+    let resync = again.next_event().await;
+    assert_eq!(resync["type"], "resync.required");
+    assert_eq!(resync["payload"]["reason"], "epoch_changed");
+    until_ready(&a, 200).await;
+    let seq = a.publish_org("7", "entity.created", json!({})).await;
+    let e = again.next_event().await;
+    assert_eq!(
+        (e["type"].as_str(), e["seq"].as_u64()),
+        (Some("entity.created"), Some(seq))
+    );
+}
+
+#[tokio::test]
+async fn an_admin_watching_everything_sees_other_nodes_events() {
+    let redis = Redis::start(false).await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let q = format!("token={}&orgs=*", token("root", "ops", Role::Admin));
+    let mut watcher = b.connect_query(&q).await;
+    a.publish_org("12", "entity.created", json!({})).await;
+    a.publish(json!({"type": "share.revoked", "user_id": "5"}))
+        .await;
+    assert_eq!(watcher.next_event().await["channel"], "org:12");
+    assert_eq!(watcher.next_event().await["channel"], "user:5");
+    let (_, stats) = b.get("/api/stats", Some(&service_token())).await;
+    assert_eq!(stats["engine"], "redis");
+}
+
+#[tokio::test]
+async fn idempotency_and_all_or_nothing_batches_hold_across_nodes() {
+    let redis = Redis::start(false).await;
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    let mut client = b.connect("1", "7").await;
+    let body = json!({"type": "entity.created", "org_id": "7", "idempotency_key": "k-1"});
+    let (_, first) = a.publish(body.clone()).await;
+    let (_, again) = b.publish(body).await;
+    assert_eq!(first, again, "a retry on another node is answered the same");
+    let (status, acks) = a
+        .publish(json!([
+            {"type": "entity.updated", "org_id": "7"},
+            {"type": "share.created", "user_id": "1"},
+        ]))
+        .await;
+    assert_eq!(status, 200, "{acks}");
+    assert_eq!(acks[0]["seq"], 2);
+    assert_eq!(acks[1]["channel"], "user:1");
+    assert_eq!(client.next_event().await["seq"], 1);
+    let mut seen = [client.next_event().await, client.next_event().await];
+    seen.sort_by_key(|e| e["channel"].as_str().unwrap().to_owned());
+    assert_eq!(
+        (seen[0]["channel"].as_str(), seen[0]["seq"].as_u64()),
+        (Some("org:7"), Some(2))
+    );
+    assert_eq!(
+        (seen[1]["channel"].as_str(), seen[1]["seq"].as_u64()),
+        (Some("user:1"), Some(1))
+    );
+}
