@@ -71,6 +71,10 @@ pub struct LoadArgs {
     /// How long to wait for the last deliveries after publishing.
     #[arg(long, default_value = "5s", value_parser = hrrt_server::config::positive_duration)]
     pub drain: Duration,
+    /// Publish through this node instead of --url (with the Redis engine:
+    /// connections on one node, events entering through another).
+    #[arg(long, value_name = "URL")]
+    pub publish_url: Option<String>,
     /// The server's process id: report its RSS per connection and CPU time.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -156,7 +160,10 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
         bail!("hrrt load mints a token per connection: pass --secret or set HRRT_JWT_SECRET");
     };
     let target = Target::parse(&global.url)?;
-    let api = Api::new(target.clone())?;
+    let api = Api::new(match &args.publish_url {
+        Some(url) => Target::parse(url)?,
+        None => target.clone(),
+    })?;
     raise_open_files(args.connections);
 
     let run_id = hrrt_server::random_hex(3);
