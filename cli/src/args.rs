@@ -7,6 +7,7 @@ use crate::commands::dash::DashArgs;
 use crate::commands::listen::ListenArgs;
 use crate::commands::load::LoadArgs;
 use crate::commands::publish::PublishArgs;
+use crate::commands::scenario::ScenarioArgs;
 use crate::commands::serve::ServeArgs;
 use crate::commands::token::TokenArgs;
 
@@ -58,6 +59,8 @@ pub enum Command {
     /// The live terminal dashboard: connections per org, the event stream,
     /// rates (as an admin).
     Dash(DashArgs),
+    /// QA scenarios: run YAML scenario files (or print their schema).
+    Scenario(ScenarioArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }

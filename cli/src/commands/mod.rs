@@ -5,6 +5,7 @@ pub mod dash;
 pub mod listen;
 pub mod load;
 pub mod publish;
+pub mod scenario;
 pub mod serve;
 pub mod token;
 
@@ -20,6 +21,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Publish(args) => publish::run(args, &cli.global).await,
         Command::Load(args) => load::run(args, &cli.global).await,
         Command::Dash(args) => dash::run(args, &cli.global).await,
+        Command::Scenario(args) => scenario::run(args, &cli.global).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -1,0 +1,757 @@
+//! Runs one scenario against a server, step by step, and says what held.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use hrrt_server::auth::{Claims, Role, mint, unix_now};
+use reqwest::Url;
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::format::{
+    ClientSpec, ConnectStep, Matcher, PublishStep, RefreshStep, Scenario, Step, duration,
+};
+use super::matcher::summarize;
+use crate::client::{Cursor, Target, Ws, root_cause};
+
+/// Default wait of `expect` and `expect_close`.
+const DEFAULT_WITHIN: Duration = Duration::from_secs(2);
+/// Default quiet time of `expect_none`.
+const DEFAULT_QUIET: Duration = Duration::from_millis(300);
+/// How long a `connect` may take to get its first frame.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+/// Frames kept per client for later expectations and failure messages.
+const BUFFER: usize = 1000;
+
+/// Where scenarios run.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub target: Target,
+    /// Signs the clients' and the publisher's tokens.
+    pub secret: Option<String>,
+    pub http: reqwest::Client,
+}
+
+/// What became of one step.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub number: usize,
+    pub step: String,
+    pub millis: u128,
+    /// `passed`, `failed` or `skipped` (after a failure).
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What became of one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioOutcome {
+    pub file: String,
+    pub name: String,
+    pub passed: bool,
+    pub millis: u128,
+    pub steps: Vec<StepOutcome>,
+}
+
+impl ScenarioOutcome {
+    pub fn failure(&self) -> Option<&StepOutcome> {
+        self.steps.iter().find(|s| s.status == "failed")
+    }
+}
+
+/// One frame a client received.
+#[derive(Debug, Clone)]
+enum Frame {
+    Json(Value),
+    Close(u16, String),
+    /// The connection ended without a close frame.
+    Lost(String),
+}
+
+type Sink = SplitSink<Ws, Message>;
+
+/// A connected client.
+struct Live {
+    sink: Sink,
+    inbox: mpsc::UnboundedReceiver<Frame>,
+    /// Received and not yet matched, oldest first.
+    buffer: VecDeque<Frame>,
+}
+
+struct ClientState {
+    spec: ClientSpec,
+    live: Option<Live>,
+    /// Where it stands, for `resume: true`.
+    cursor: Cursor,
+}
+
+pub async fn run(env: &Env, file: &str, scenario: &Scenario) -> ScenarioOutcome {
+    let started = Instant::now();
+    let mut clients: HashMap<String, ClientState> = scenario
+        .clients
+        .iter()
+        .map(|(name, spec)| {
+            (
+                name.clone(),
+                ClientState {
+                    spec: spec.clone(),
+                    live: None,
+                    cursor: Cursor::default(),
+                },
+            )
+        })
+        .collect();
+    let mut steps = Vec::new();
+    let mut failed = false;
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let label = describe(step);
+        if failed {
+            steps.push(StepOutcome {
+                number: i + 1,
+                step: label,
+                millis: 0,
+                status: "skipped",
+                error: None,
+            });
+            continue;
+        }
+        let t = Instant::now();
+        let result = run_step(env, &mut clients, step).await;
+        failed = result.is_err();
+        steps.push(StepOutcome {
+            number: i + 1,
+            step: label,
+            millis: t.elapsed().as_millis(),
+            status: if failed { "failed" } else { "passed" },
+            error: result.err(),
+        });
+    }
+    for state in clients.values_mut() {
+        if let Some(mut live) = state.live.take() {
+            let _ = tokio::time::timeout(Duration::from_millis(200), live.sink.close()).await;
+        }
+    }
+    ScenarioOutcome {
+        file: file.to_owned(),
+        name: scenario.name.clone(),
+        passed: !failed,
+        millis: started.elapsed().as_millis(),
+        steps,
+    }
+}
+
+/// The step in a few words.
+fn describe(step: &Step) -> String {
+    match step {
+        Step::Connect(c) => format!("connect {}", c.names().join(", ")),
+        Step::Disconnect(c) => format!("disconnect {}", c.names().join(", ")),
+        Step::Publish(p) => match (&p.kind, &p.batch, &p.raw) {
+            (Some(kind), _, _) => {
+                let target = match (&p.org_id, &p.user_id) {
+                    (Some(org), _) => format!(" to org:{}", org.as_string()),
+                    (_, Some(user)) => format!(" to user:{}", user.as_string()),
+                    _ => String::new(),
+                };
+                let status = p
+                    .expect_status
+                    .map(|s| format!(" (expect {s})"))
+                    .unwrap_or_default();
+                format!("publish {kind}{target}{status}")
+            }
+            (_, Some(batch), _) => format!("publish a batch of {}", batch.len()),
+            _ => format!(
+                "publish a raw body (expect {})",
+                p.expect_status.unwrap_or(200)
+            ),
+        },
+        Step::Expect(e) => format!(
+            "expect {} ← {}",
+            e.names().join(", "),
+            e.matcher().describe()
+        ),
+        Step::ExpectNone(e) => format!(
+            "expect none at {} of {}",
+            e.names().join(", "),
+            e.matcher().describe()
+        ),
+        Step::ExpectClose(e) => format!(
+            "expect {} closed {}{}",
+            e.client,
+            e.code,
+            e.reason
+                .as_ref()
+                .map(|r| format!(" {r}"))
+                .unwrap_or_default()
+        ),
+        Step::RefreshToken(r) => format!("refresh token of {}", r.client),
+        Step::Sleep(d) => format!("sleep {d}"),
+    }
+}
+
+async fn run_step(
+    env: &Env,
+    clients: &mut HashMap<String, ClientState>,
+    step: &Step,
+) -> Result<(), String> {
+    match step {
+        Step::Connect(c) => connect(env, clients, c).await,
+        Step::Disconnect(c) => {
+            for name in c.names() {
+                let state = client(clients, name)?;
+                let mut live = state
+                    .live
+                    .take()
+                    .ok_or_else(|| format!("{name} is not connected"))?;
+                drain(&mut live, &mut state.cursor);
+                let _ = tokio::time::timeout(Duration::from_secs(1), live.sink.close()).await;
+            }
+            Ok(())
+        }
+        Step::Publish(p) => publish(env, clients, p).await,
+        Step::Expect(e) => {
+            let within = duration("within", e.within.as_deref(), DEFAULT_WITHIN)?;
+            let matcher = e.matcher();
+            for name in e.names() {
+                let state = client(clients, name)?;
+                expect(name, state, &matcher, within).await?;
+            }
+            Ok(())
+        }
+        Step::ExpectNone(e) => {
+            let quiet = duration("for", e.duration.as_deref(), DEFAULT_QUIET)?;
+            let matcher = e.matcher();
+            // All clients are watched over the same window.
+            let deadline = tokio::time::Instant::now() + quiet;
+            for name in e.names() {
+                let state = client(clients, name)?;
+                expect_none(name, state, &matcher, deadline).await?;
+            }
+            Ok(())
+        }
+        Step::ExpectClose(e) => {
+            let within = duration("within", e.within.as_deref(), DEFAULT_WITHIN)?;
+            let state = client(clients, &e.client)?;
+            expect_close(&e.client, state, e.code, e.reason.as_deref(), within).await
+        }
+        Step::RefreshToken(r) => refresh(env, clients, r).await,
+        Step::Sleep(d) => {
+            tokio::time::sleep(duration("sleep", Some(d), Duration::ZERO)?).await;
+            Ok(())
+        }
+    }
+}
+
+fn client<'a>(
+    clients: &'a mut HashMap<String, ClientState>,
+    name: &str,
+) -> Result<&'a mut ClientState, String> {
+    clients
+        .get_mut(name)
+        .ok_or_else(|| format!("no client named '{name}'"))
+}
+
+/// The client's token, as its spec says; `None` for `missing: true`.
+fn token(
+    env: &Env,
+    spec: &ClientSpec,
+    user_override: Option<String>,
+    ttl: Option<&str>,
+) -> Result<Option<String>, String> {
+    if spec.missing {
+        return Ok(None);
+    }
+    if let Some(token) = &spec.token {
+        return Ok(Some(token.clone()));
+    }
+    let secret = env
+        .secret
+        .as_deref()
+        .ok_or("minting tokens needs the server's secret: pass --secret, or --spawn")?;
+    let role: Role = spec.role.as_deref().unwrap_or("user").parse()?;
+    let user = user_override
+        .or_else(|| spec.user.as_ref().map(|u| u.as_string()))
+        .ok_or("the client has no user")?;
+    let org = spec.org.as_ref().map(|o| o.as_string());
+    let ttl = duration(
+        "ttl",
+        ttl.or(spec.ttl.as_deref()),
+        Duration::from_secs(3600),
+    )?;
+    let mut claims = Claims::new(&user, org.as_deref(), role, ttl.as_secs());
+    if spec.expired {
+        claims.exp = unix_now().saturating_sub(60);
+        claims.iat = claims.exp.saturating_sub(3600);
+    }
+    let key = if spec.invalid {
+        format!("not-{secret}")
+    } else {
+        secret.to_owned()
+    };
+    mint(&key, &claims)
+        .map(Some)
+        .map_err(|e| format!("minting a token: {e}"))
+}
+
+async fn connect(
+    env: &Env,
+    clients: &mut HashMap<String, ClientState>,
+    step: &ConnectStep,
+) -> Result<(), String> {
+    let (since, resume, epoch, orgs, refused) = match step {
+        ConnectStep::Plain(_) => (None, false, None, None, false),
+        ConnectStep::Detailed(o) => (
+            o.since.clone(),
+            o.resume,
+            o.epoch.clone(),
+            o.orgs.clone(),
+            o.refused,
+        ),
+    };
+    for name in step.names() {
+        let state = client(clients, name)?;
+        if state.live.is_some() {
+            return Err(format!("{name} is already connected"));
+        }
+        let mut url: Url = state_url(env)?;
+        {
+            let mut query = url.query_pairs_mut();
+            // ?token= is how the browser front end connects.
+            if let Some(token) = token(env, &state.spec, None, None)? {
+                query.append_pair("token", &token);
+            }
+            let cursor = if let Some(since) = &since {
+                Some((since.clone(), epoch.clone()))
+            } else if resume && !state.cursor.is_empty() {
+                Some((
+                    state.cursor.to_since(),
+                    epoch.clone().or_else(|| state.cursor.epoch.clone()),
+                ))
+            } else {
+                None
+            };
+            if let Some((since, epoch)) = cursor {
+                query.append_pair("since", &since);
+                if let Some(epoch) = epoch {
+                    query.append_pair("epoch", &epoch);
+                }
+            }
+            if let Some(orgs) = &orgs {
+                query.append_pair("orgs", orgs);
+            }
+        }
+        let (ws, _) = tokio::time::timeout(
+            CONNECT_WITHIN,
+            tokio_tungstenite::connect_async(url.as_str()),
+        )
+        .await
+        .map_err(|_| format!("{name}: no handshake within {}s", CONNECT_WITHIN.as_secs()))?
+        .map_err(|e| {
+            format!(
+                "{name}: cannot connect to {}: {}",
+                env.target.ws,
+                root_cause(&e)
+            )
+        })?;
+        let (sink, stream) = ws.split();
+        let (tx, inbox) = mpsc::unbounded_channel();
+        tokio::spawn(read_frames(stream, tx));
+        let mut live = Live {
+            sink,
+            inbox,
+            buffer: VecDeque::new(),
+        };
+        // Wait for the first frame: `connected` means the server registered
+        // the connection, so what is published next reaches it.
+        let first = tokio::time::timeout(CONNECT_WITHIN, live.inbox.recv())
+            .await
+            .map_err(|_| {
+                format!(
+                    "{name}: no first frame within {}s",
+                    CONNECT_WITHIN.as_secs()
+                )
+            })?
+            .unwrap_or(Frame::Lost("connection ended".to_owned()));
+        let expects_refusal = refused || state.spec.expects_refusal();
+        match &first {
+            Frame::Json(v) if v["type"] == "connected" => {
+                state.cursor.on_connected(&v["payload"]);
+                if refused {
+                    return Err(format!("{name} was expected to be refused but connected"));
+                }
+            }
+            Frame::Close(code, reason) if !expects_refusal => {
+                return Err(format!("{name} was refused: {code} {reason}"));
+            }
+            Frame::Json(v) => return Err(format!("{name}: first frame was {}", summarize(v))),
+            Frame::Lost(why) if !expects_refusal => {
+                return Err(format!("{name}: connection lost: {why}"));
+            }
+            _ => {}
+        }
+        live.buffer.push_back(first);
+        state.live = Some(live);
+    }
+    Ok(())
+}
+
+fn state_url(env: &Env) -> Result<Url, String> {
+    env.target.ws.join("/ws").map_err(|e| e.to_string())
+}
+
+async fn read_frames(
+    mut stream: futures_util::stream::SplitStream<Ws>,
+    tx: mpsc::UnboundedSender<Frame>,
+) {
+    while let Some(message) = stream.next().await {
+        let frame = match message {
+            Ok(Message::Text(text)) => match serde_json::from_str(&text) {
+                Ok(v) => Frame::Json(v),
+                Err(e) => Frame::Lost(format!("server sent a frame that is not JSON: {e}")),
+            },
+            Ok(Message::Close(frame)) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                let _ = tx.send(Frame::Close(code, reason));
+                return;
+            }
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = tx.send(Frame::Lost(root_cause(&e)));
+                return;
+            }
+        };
+        if tx.send(frame).is_err() {
+            return;
+        }
+    }
+    let _ = tx.send(Frame::Lost("connection ended".to_owned()));
+}
+
+/// Moves everything already received into the buffer.
+fn drain(live: &mut Live, cursor: &mut Cursor) {
+    while let Ok(frame) = live.inbox.try_recv() {
+        keep(live, cursor, frame);
+    }
+}
+
+fn keep(live: &mut Live, cursor: &mut Cursor, frame: Frame) {
+    if let Frame::Json(v) = &frame {
+        if v["type"] == "connected" {
+            cursor.on_connected(&v["payload"]);
+        } else {
+            cursor.on_event(v);
+        }
+    }
+    if live.buffer.len() >= BUFFER {
+        live.buffer.pop_front();
+    }
+    live.buffer.push_back(frame);
+}
+
+/// The last few frames a client got, for a failure message.
+fn received(live: &Live) -> String {
+    let recent: Vec<String> = live
+        .buffer
+        .iter()
+        .rev()
+        .take(6)
+        .rev()
+        .map(|f| match f {
+            Frame::Json(v) => summarize(v),
+            Frame::Close(code, reason) => format!("close {code} {reason}"),
+            Frame::Lost(why) => format!("lost: {why}"),
+        })
+        .collect();
+    if recent.is_empty() {
+        "nothing".to_owned()
+    } else {
+        recent.join("; ")
+    }
+}
+
+fn take_match(live: &mut Live, matcher: &Matcher) -> Option<Value> {
+    let index = live
+        .buffer
+        .iter()
+        .position(|f| matches!(f, Frame::Json(v) if matcher.matches(v)))?;
+    match live.buffer.remove(index) {
+        Some(Frame::Json(v)) => Some(v),
+        _ => None,
+    }
+}
+
+async fn expect(
+    name: &str,
+    state: &mut ClientState,
+    matcher: &Matcher,
+    within: Duration,
+) -> Result<(), String> {
+    let live = state
+        .live
+        .as_mut()
+        .ok_or_else(|| format!("{name} is not connected"))?;
+    drain(live, &mut state.cursor);
+    if take_match(live, matcher).is_some() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, live.inbox.recv()).await {
+            Err(_) => {
+                return Err(format!(
+                    "{name} got no {} within {}; it received: {}",
+                    matcher.describe(),
+                    humantime::format_duration(within),
+                    received(live)
+                ));
+            }
+            Ok(None) => {
+                return Err(format!(
+                    "{name}'s connection ended; it received: {}",
+                    received(live)
+                ));
+            }
+            Ok(Some(frame)) => {
+                let closed = !matches!(frame, Frame::Json(_));
+                keep(live, &mut state.cursor, frame);
+                if take_match(live, matcher).is_some() {
+                    return Ok(());
+                }
+                if closed {
+                    return Err(format!(
+                        "{name} was closed before any {}; it received: {}",
+                        matcher.describe(),
+                        received(live)
+                    ));
+                }
+            }
+        }
+    }
+}
+
+async fn expect_none(
+    name: &str,
+    state: &mut ClientState,
+    matcher: &Matcher,
+    deadline: tokio::time::Instant,
+) -> Result<(), String> {
+    let live = state
+        .live
+        .as_mut()
+        .ok_or_else(|| format!("{name} is not connected"))?;
+    drain(live, &mut state.cursor);
+    let found = |live: &mut Live| {
+        take_match(live, matcher).map(|v| format!("{name} got {}", summarize(&v)))
+    };
+    if let Some(e) = found(live) {
+        return Err(e);
+    }
+    loop {
+        match tokio::time::timeout_at(deadline, live.inbox.recv()).await {
+            Err(_) | Ok(None) => return Ok(()),
+            Ok(Some(frame)) => {
+                keep(live, &mut state.cursor, frame);
+                if let Some(e) = found(live) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+async fn expect_close(
+    name: &str,
+    state: &mut ClientState,
+    code: u16,
+    reason: Option<&str>,
+    within: Duration,
+) -> Result<(), String> {
+    let live = state
+        .live
+        .as_mut()
+        .ok_or_else(|| format!("{name} is not connected"))?;
+    drain(live, &mut state.cursor);
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let close = live.buffer.iter().find_map(|f| match f {
+            Frame::Close(c, r) => Some(Ok((*c, r.clone()))),
+            Frame::Lost(why) => Some(Err(why.clone())),
+            Frame::Json(_) => None,
+        });
+        match close {
+            Some(Ok((c, r))) => {
+                state.live = None;
+                return if c == code && reason.is_none_or(|want| want == r) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{name} was closed {c} '{r}', expected {code}{}",
+                        reason.map(|r| format!(" '{r}'")).unwrap_or_default()
+                    ))
+                };
+            }
+            Some(Err(why)) => {
+                state.live = None;
+                return Err(format!(
+                    "{name}'s connection ended without a close frame ({why})"
+                ));
+            }
+            None => {}
+        }
+        match tokio::time::timeout_at(deadline, live.inbox.recv()).await {
+            Err(_) => {
+                return Err(format!(
+                    "{name} was not closed within {}; it received: {}",
+                    humantime::format_duration(within),
+                    received(live)
+                ));
+            }
+            Ok(None) => {
+                live.buffer
+                    .push_back(Frame::Lost("connection ended".to_owned()));
+            }
+            Ok(Some(frame)) => keep(live, &mut state.cursor, frame),
+        }
+    }
+}
+
+async fn publish(
+    env: &Env,
+    clients: &mut HashMap<String, ClientState>,
+    p: &PublishStep,
+) -> Result<(), String> {
+    let token = match &p.as_client {
+        Some(name) => token(env, &client(clients, name)?.spec, None, None)?,
+        None => {
+            let secret = env
+                .secret
+                .as_deref()
+                .ok_or("publishing needs a service token: pass --secret, or --spawn")?;
+            Some(
+                mint(
+                    secret,
+                    &Claims::new("hrrt-scenario", None, Role::Service, 600),
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
+    };
+    let body = if let Some(raw) = &p.raw {
+        raw.clone()
+    } else if let Some(batch) = &p.batch {
+        Value::Array(batch.clone()).to_string()
+    } else {
+        let mut event = json!({"type": p.kind, "payload": p.payload.clone().unwrap_or(json!({}))});
+        if let Some(org) = &p.org_id {
+            event["org_id"] = org.as_string().into();
+        }
+        if let Some(user) = &p.user_id {
+            event["user_id"] = user.as_string().into();
+        }
+        if let Some(key) = &p.idempotency_key {
+            event["idempotency_key"] = key.clone().into();
+        }
+        event.to_string()
+    };
+    let url = env
+        .target
+        .endpoint("/api/events")
+        .map_err(|e| e.to_string())?;
+    let mut request = env
+        .http
+        .post(url.clone())
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .map_err(|e| format!("cannot reach {url}: {}", root_cause(&e)))?;
+    let status = response.status().as_u16();
+    let answer = response.text().await.unwrap_or_default();
+    let expected = p.expect_status.unwrap_or(200);
+    if status == expected {
+        Ok(())
+    } else {
+        Err(format!("expected HTTP {expected}, got {status}: {answer}"))
+    }
+}
+
+async fn refresh(
+    env: &Env,
+    clients: &mut HashMap<String, ClientState>,
+    r: &RefreshStep,
+) -> Result<(), String> {
+    let state = client(clients, &r.client)?;
+    let mut spec = state.spec.clone();
+    spec.invalid = r.invalid;
+    spec.expired = false;
+    let token = token(
+        env,
+        &spec,
+        r.user.as_ref().map(|u| u.as_string()),
+        r.ttl.as_deref(),
+    )?
+    .ok_or("a client without a token cannot refresh")?;
+    let live = state
+        .live
+        .as_mut()
+        .ok_or_else(|| format!("{} is not connected", r.client))?;
+    let frame = json!({"type": "auth.refresh", "token": token}).to_string();
+    live.sink
+        .send(Message::text(frame))
+        .await
+        .map_err(|e| format!("sending auth.refresh: {}", root_cause(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_follow_the_spec() {
+        let env = Env {
+            target: Target::parse("http://127.0.0.1:1").unwrap(),
+            secret: Some("s".into()),
+            http: reqwest::Client::new(),
+        };
+        let spec = |f: fn(&mut ClientSpec)| {
+            let mut s = ClientSpec {
+                user: Some(super::super::format::Id::Int(1)),
+                org: Some(super::super::format::Id::Int(7)),
+                ..ClientSpec::default()
+            };
+            f(&mut s);
+            s
+        };
+        let verifier = hrrt_server::auth::Verifier::new("s");
+        let ok = token(&env, &spec(|_| {}), None, None).unwrap().unwrap();
+        assert_eq!(verifier.verify(&ok).unwrap().user.as_str(), "1");
+        let expired = token(&env, &spec(|s| s.expired = true), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&expired),
+            Err(hrrt_server::auth::AuthError::Expired)
+        );
+        let invalid = token(&env, &spec(|s| s.invalid = true), None, None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            verifier.verify(&invalid),
+            Err(hrrt_server::auth::AuthError::Invalid)
+        );
+        assert_eq!(
+            token(&env, &spec(|s| s.missing = true), None, None).unwrap(),
+            None
+        );
+    }
+}
