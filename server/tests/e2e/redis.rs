@@ -369,3 +369,63 @@ async fn idempotency_and_all_or_nothing_batches_hold_across_nodes() {
         (Some("user:1"), Some(1))
     );
 }
+
+/// Starts a real `hrrt-server` process on a free port; answers its URL.
+async fn node_process(redis: &Redis) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hrrt-server"))
+        .args(["--listen", "127.0.0.1:0", "--redis-url", &redis.url()])
+        .env("HRRT_JWT_SECRET", SECRET)
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("hrrt-server exited");
+        if let Some(rest) = line.split("listening addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn two_server_processes_behave_as_one() {
+    let redis = Redis::start(false).await;
+    let (_a, a_addr) = node_process(&redis).await;
+    let (_b, b_addr) = node_process(&redis).await;
+    let url = |addr: std::net::SocketAddr, q: &str| format!("ws://{addr}/ws?{q}");
+    let (ws, _) = within(tokio_tungstenite::connect_async(url(
+        b_addr,
+        &format!("token={}", token("1", "7", Role::User)),
+    )))
+    .await
+    .unwrap();
+    let mut on_b = Client {
+        ws,
+        connected: Value::Null,
+    };
+    assert_eq!(on_b.next_json().await["type"], "connected");
+    let http = reqwest::Client::new();
+    let res = within(
+        http.post(format!("http://{a_addr}/api/events"))
+            .bearer_auth(service_token())
+            .json(&json!({"type": "entity.created", "org_id": "7", "payload": {"via": "a"}}))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let e = on_b.next_event().await;
+    assert_eq!(
+        (e["seq"].as_u64(), e["payload"]["via"].as_str()),
+        (Some(1), Some("a"))
+    );
+}
