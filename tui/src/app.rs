@@ -559,7 +559,7 @@ fn step(current: usize, by: isize, len: usize) -> usize {
 /// text anywhere in the type, channel or payload.
 pub fn matches_filter(filter: &str, event: &StreamEvent) -> bool {
     if filter.contains(['*', '?']) {
-        glob(filter.as_bytes(), event.kind.as_bytes())
+        glob_matches(filter, &event.kind)
     } else {
         event.kind.contains(filter)
             || event.channel.contains(filter)
@@ -567,7 +567,12 @@ pub fn matches_filter(filter: &str, event: &StreamEvent) -> bool {
     }
 }
 
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
+/// Whether `text` matches `pattern`, where `*` is any run of characters
+/// and `?` any one (`entity.*`). The one glob of the toolkit: `hrrt listen
+/// --type`, scenario matchers and the dashboard's filter all use it.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (pattern, text) = (pattern.as_bytes(), text.as_bytes());
+    // Iterative with one backtrack point: linear in practice, no recursion.
     let (mut p, mut t) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while t < text.len() {

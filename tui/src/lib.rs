@@ -21,5 +21,5 @@ pub mod event;
 pub mod theme;
 pub mod ui;
 
-pub use app::{Action, App, Feed, Key, ServerStatus, StatsSnapshot};
+pub use app::{Action, App, Feed, Key, ServerStatus, StatsSnapshot, glob_matches};
 pub use event::run;

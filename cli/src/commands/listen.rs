@@ -285,35 +285,8 @@ impl TypeFilter {
     }
 
     pub fn matches(&self, kind: &str) -> bool {
-        self.0.is_empty() || self.0.iter().any(|g| glob(g.as_bytes(), kind.as_bytes()))
+        self.0.is_empty() || self.0.iter().any(|g| hrrt_tui::glob_matches(g, kind))
     }
-}
-
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    // Iterative with one backtrack point: linear in practice, no recursion.
-    let (mut p, mut t) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while t < text.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, t));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == text[t] => {
-                p += 1;
-                t += 1;
-            }
-            _ => match star {
-                Some((sp, st)) => {
-                    p = sp + 1;
-                    t = st + 1;
-                    star = Some((sp, st + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
