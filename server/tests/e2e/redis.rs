@@ -15,15 +15,15 @@ use tokio::process::{Child, Command};
 use crate::harness::*;
 
 /// A redis-server child process on a free port, in its own directory.
-struct Redis {
+pub struct TestRedis {
     port: u16,
     dir: PathBuf,
     persistent: bool,
     child: Option<Child>,
 }
 
-impl Redis {
-    async fn start(persistent: bool) -> Self {
+impl TestRedis {
+    pub async fn start(persistent: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -75,7 +75,7 @@ impl Redis {
         self.child = Some(child);
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
@@ -92,13 +92,13 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
+impl Drop for TestRedis {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-async fn node(redis: &Redis) -> Server {
+async fn node(redis: &TestRedis) -> Server {
     let url = redis.url();
     Server::with(move |c| c.redis_url = Some(url)).await
 }
@@ -123,7 +123,7 @@ fn epoch_of(client: &Client) -> String {
 
 #[tokio::test]
 async fn a_publish_on_one_node_reaches_clients_on_the_others() {
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
     let mut on_b = b.connect("1", "7").await;
     let mut on_c = c.connect("2", "7").await;
@@ -160,7 +160,7 @@ async fn a_publish_on_one_node_reaches_clients_on_the_others() {
 #[tokio::test]
 async fn every_node_sees_the_same_seqs_in_the_same_order_while_all_publish() {
     const EACH: u64 = 30;
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let nodes = Arc::new([node(&redis).await, node(&redis).await, node(&redis).await]);
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -196,7 +196,7 @@ async fn every_node_sees_the_same_seqs_in_the_same_order_while_all_publish() {
 
 #[tokio::test]
 async fn a_client_resumes_on_another_node() {
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
     let mut first = a.connect("1", "7").await;
     a.publish_org("7", "entity.created", json!({})).await;
@@ -225,7 +225,7 @@ async fn a_client_resumes_on_another_node() {
 
 #[tokio::test]
 async fn history_survives_a_restart_of_every_node() {
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let a = node(&redis).await;
     let epoch = epoch_of(&a.connect("1", "7").await);
     for n in 1..=3 {
@@ -260,7 +260,7 @@ async fn history_survives_a_restart_of_every_node() {
 
 #[tokio::test]
 async fn redis_down_then_back_with_its_data_loses_nothing() {
-    let mut redis = Redis::start(true).await;
+    let mut redis = TestRedis::start(true).await;
     let (a, b) = (node(&redis).await, node(&redis).await);
     let mut on_b = b.connect("1", "7").await;
     a.publish_org("7", "entity.created", json!({"n": 1})).await;
@@ -294,7 +294,7 @@ async fn redis_down_then_back_with_its_data_loses_nothing() {
 
 #[tokio::test]
 async fn redis_back_empty_means_a_new_epoch_and_a_resync() {
-    let mut redis = Redis::start(false).await;
+    let mut redis = TestRedis::start(false).await;
     let (a, b) = (node(&redis).await, node(&redis).await);
     let mut on_b = b.connect("1", "7").await;
     let old_epoch = epoch_of(&on_b);
@@ -326,7 +326,7 @@ async fn redis_back_empty_means_a_new_epoch_and_a_resync() {
 
 #[tokio::test]
 async fn an_admin_watching_everything_sees_other_nodes_events() {
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let (a, b) = (node(&redis).await, node(&redis).await);
     let q = format!("token={}&orgs=*", token("root", "ops", Role::Admin));
     let mut watcher = b.connect_query(&q).await;
@@ -341,7 +341,7 @@ async fn an_admin_watching_everything_sees_other_nodes_events() {
 
 #[tokio::test]
 async fn idempotency_and_all_or_nothing_batches_hold_across_nodes() {
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let (a, b) = (node(&redis).await, node(&redis).await);
     let mut client = b.connect("1", "7").await;
     let body = json!({"type": "entity.created", "org_id": "7", "idempotency_key": "k-1"});
@@ -371,7 +371,7 @@ async fn idempotency_and_all_or_nothing_batches_hold_across_nodes() {
 }
 
 /// Starts a real `hrrt-server` process on a free port; answers its URL.
-async fn node_process(redis: &Redis) -> (Child, std::net::SocketAddr) {
+async fn node_process(redis: &TestRedis) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_hrrt-server"))
         .args(["--listen", "127.0.0.1:0", "--redis-url", &redis.url()])
         .env("HRRT_JWT_SECRET", SECRET)
@@ -398,7 +398,7 @@ async fn node_process(redis: &Redis) -> (Child, std::net::SocketAddr) {
 
 #[tokio::test]
 async fn two_server_processes_behave_as_one() {
-    let redis = Redis::start(false).await;
+    let redis = TestRedis::start(false).await;
     let (_a, a_addr) = node_process(&redis).await;
     let (_b, b_addr) = node_process(&redis).await;
     let url = |addr: std::net::SocketAddr, q: &str| format!("ws://{addr}/ws?{q}");

@@ -1,0 +1,211 @@
+//! One conformance suite for the Engine contract, run against the memory
+//! engine and the Redis engine alike (the trait's documented promises).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hrrt_server::engine::{Deliver, Engine, MemoryEngine, NewEvent, Publication, RedisEngine};
+use hrrt_server::protocol::{ChannelName, EventType};
+use serde_json::value::RawValue;
+use tokio::sync::Notify;
+
+use crate::harness::within;
+
+/// Records what the engine hands to the node.
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<(String, u64)>>,
+    changed: Notify,
+}
+
+impl Deliver for Recorder {
+    fn deliver(&self, p: &Arc<Publication>) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((p.channel.to_string(), p.seq));
+        self.changed.notify_waiters();
+        1
+    }
+}
+
+impl Recorder {
+    /// Waits until `n` publications were delivered; answers them.
+    async fn wait_for(&self, n: usize) -> Vec<(String, u64)> {
+        within(async {
+            loop {
+                let notified = self.changed.notified();
+                {
+                    let seen = self.seen.lock().unwrap();
+                    if seen.len() >= n {
+                        return seen.clone();
+                    }
+                }
+                notified.await;
+            }
+        })
+        .await
+    }
+}
+
+fn event(channel: &str, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        channel: ChannelName::parse(channel).unwrap(),
+        event_type: EventType::parse("entity.updated").unwrap(),
+        payload: RawValue::from_string(r#"{"x":1}"#.to_owned()).unwrap(),
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+fn ch(name: &str) -> ChannelName {
+    ChannelName::parse(name).unwrap()
+}
+
+#[async_trait]
+trait Maker {
+    async fn make(
+        &self,
+        history_size: usize,
+        ttl: Duration,
+        deliver: Arc<Recorder>,
+    ) -> Arc<dyn Engine>;
+}
+
+struct Memory;
+
+#[async_trait]
+impl Maker for Memory {
+    async fn make(
+        &self,
+        history_size: usize,
+        ttl: Duration,
+        deliver: Arc<Recorder>,
+    ) -> Arc<dyn Engine> {
+        Arc::new(MemoryEngine::new(history_size, ttl, deliver))
+    }
+}
+
+struct Redis(String);
+
+#[async_trait]
+impl Maker for Redis {
+    async fn make(
+        &self,
+        history_size: usize,
+        ttl: Duration,
+        deliver: Arc<Recorder>,
+    ) -> Arc<dyn Engine> {
+        Arc::new(
+            RedisEngine::connect(&self.0, history_size, ttl, deliver)
+                .await
+                .unwrap(),
+        )
+    }
+}
+
+/// The contract, checked on fresh channels (`prefix` keeps runs apart).
+async fn conformance(maker: &dyn Maker, prefix: &str) {
+    let recorder = Arc::new(Recorder::default());
+    let engine = maker
+        .make(3, Duration::from_secs(3600), recorder.clone())
+        .await;
+    let (a, b) = (format!("org:{prefix}a"), format!("user:{prefix}b"));
+    engine.subscribe(&[ch(&a), ch(&b)]).await.unwrap();
+    assert!(engine.ready().await);
+    assert!(!engine.epoch().is_empty());
+
+    // Seqs start at 1 per channel and grow by one; a batch keeps its order.
+    let acks = engine
+        .publish(vec![event(&a, None), event(&b, None), event(&a, None)])
+        .await
+        .unwrap();
+    assert_eq!(
+        acks.iter()
+            .map(|x| (x.channel.to_string(), x.seq))
+            .collect::<Vec<_>>(),
+        [(a.clone(), 1), (b.clone(), 1), (a.clone(), 2)]
+    );
+    // Every publication reaches the node, in seq order per channel.
+    let seen = recorder.wait_for(3).await;
+    let of_a: Vec<u64> = seen
+        .iter()
+        .filter(|(c, _)| *c == a)
+        .map(|(_, s)| *s)
+        .collect();
+    assert_eq!(of_a, [1, 2]);
+
+    // History: at most history_size, oldest first, after `since`.
+    for _ in 0..3 {
+        engine.publish(vec![event(&a, None)]).await.unwrap();
+    }
+    let page = engine.history(&ch(&a), 0, 100).await.unwrap();
+    assert_eq!((page.oldest, page.latest), (3, 5));
+    assert_eq!(
+        page.events.iter().map(|p| p.seq).collect::<Vec<_>>(),
+        [3, 4, 5]
+    );
+    let page = engine.history(&ch(&a), 3, 1).await.unwrap();
+    assert_eq!(page.events.iter().map(|p| p.seq).collect::<Vec<_>>(), [4]);
+    let frame: serde_json::Value = serde_json::from_str(page.events[0].frame.as_str()).unwrap();
+    assert_eq!(
+        (frame["seq"].as_u64(), frame["channel"].as_str()),
+        (Some(4), Some(a.as_str()))
+    );
+
+    // Latest positions, 0 for a channel never published to.
+    let never = format!("org:{prefix}never");
+    assert_eq!(
+        engine.latest(&[ch(&a), ch(&b), ch(&never)]).await.unwrap(),
+        [5, 1, 0]
+    );
+    let empty = engine.history(&ch(&never), 0, 10).await.unwrap();
+    assert_eq!((empty.oldest, empty.latest, empty.events.len()), (1, 0, 0));
+
+    // An idempotency key publishes once and answers the same.
+    let key = format!("{prefix}key");
+    let first = engine.publish(vec![event(&b, Some(&key))]).await.unwrap();
+    let again = engine.publish(vec![event(&b, Some(&key))]).await.unwrap();
+    assert_eq!(first[0].seq, again[0].seq);
+    assert_eq!(engine.latest(&[ch(&b)]).await.unwrap(), [2]);
+    engine.unsubscribe(&[ch(&a), ch(&b)]);
+}
+
+/// Events older than history_ttl leave the history; seqs go on.
+async fn retention(maker: &dyn Maker, prefix: &str) {
+    let engine = maker
+        .make(
+            100,
+            Duration::from_millis(100),
+            Arc::new(Recorder::default()),
+        )
+        .await;
+    let a = format!("org:{prefix}ttl");
+    engine
+        .publish(vec![event(&a, None), event(&a, None)])
+        .await
+        .unwrap();
+    // The retention window is the behaviour under test: let it pass.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let page = engine.history(&ch(&a), 0, 100).await.unwrap();
+    assert!(page.events.is_empty());
+    assert_eq!((page.oldest, page.latest), (3, 2));
+    assert_eq!(
+        engine.publish(vec![event(&a, None)]).await.unwrap()[0].seq,
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_memory_engine_keeps_the_contract() {
+    conformance(&Memory, "m").await;
+    retention(&Memory, "m").await;
+}
+
+#[tokio::test]
+async fn the_redis_engine_keeps_the_contract() {
+    let redis = crate::redis::TestRedis::start(false).await;
+    let maker = Redis(redis.url());
+    conformance(&maker, "r").await;
+    retention(&maker, "r").await;
+}
