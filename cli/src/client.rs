@@ -196,6 +196,7 @@ pub async fn connect(
     cursor: &Cursor,
     orgs: Option<&str>,
 ) -> anyhow::Result<Ws> {
+    install_tls();
     let request = ws_request(target, token, cursor, orgs)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
         Ok(Ok((ws, _))) => Ok(ws),
@@ -237,6 +238,23 @@ pub fn ws_request(
     Ok(request)
 }
 
+/// Makes `https://` and `wss://` work: installs the process-wide TLS
+/// crypto provider (ring) that both the HTTP and the WebSocket client use.
+/// Idempotent; every client constructor here calls it, so library users
+/// and tests need not.
+pub fn install_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// An HTTP client (TLS ready) whose requests time out after `timeout`.
+pub fn http_client(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    install_tls();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .context("building the HTTP client")
+}
+
 /// The HTTP API.
 #[derive(Debug, Clone)]
 pub struct Api {
@@ -246,10 +264,7 @@ pub struct Api {
 
 impl Api {
     pub fn new(target: Target) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTP client")?;
+        let http = http_client(Duration::from_secs(30))?;
         Ok(Self { http, target })
     }
 

@@ -10,9 +10,7 @@ use hrrt_cli::{args, commands, output};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    // https:// and wss:// URLs: one process-wide TLS crypto provider for
-    // both the HTTP and the WebSocket client. Already installed is fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    hrrt_cli::client::install_tls();
     match commands::run(cli).await {
         Ok(code) => code,
         // `hrrt listen | head`: the reader left, which is not an error.

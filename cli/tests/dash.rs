@@ -66,7 +66,7 @@ async fn the_dashboard_shows_what_is_published() {
     }
 
     let service = mint(SECRET, &Claims::new("backend", None, Role::Service, 600)).unwrap();
-    let http = reqwest::Client::new();
+    let http = hrrt_cli::client::http_client(Duration::from_secs(10)).unwrap();
     for body in [
         json!({"type": "entity.created", "org_id": "7", "payload": {"id": 1, "name": "Ann"}}),
         json!({"type": "share.created", "user_id": "42", "payload": {"share_id": 5}}),

@@ -148,7 +148,9 @@ async fn metrics_parse_as_prometheus_text() {
     let mut refused = server.open("token=bad").await;
     refused.expect_close_now().await;
 
-    let text = within(reqwest::get(server.url("/metrics"))).await.unwrap();
+    let text = within(http_client().get(server.url("/metrics")).send())
+        .await
+        .unwrap();
     assert_eq!(text.status(), 200);
     let text = within(text.text()).await.unwrap();
     let lines = text.lines().map(|l| Ok(l.to_owned()));

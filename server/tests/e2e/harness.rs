@@ -23,6 +23,13 @@ pub async fn within<T>(fut: impl Future<Output = T>) -> T {
         .expect("timed out after 5 s")
 }
 
+/// reqwest is built with TLS whose crypto provider the binaries install
+/// at start; tests install it here.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn token(user: &str, org: &str, role: Role) -> String {
     mint(SECRET, &Claims::new(user, Some(org), role, 3600)).unwrap()
 }
@@ -59,7 +66,7 @@ impl Server {
             addr,
             stop: Some(stop),
             task,
-            http: reqwest::Client::new(),
+            http: http_client(),
         }
     }
 

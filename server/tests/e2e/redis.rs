@@ -413,7 +413,7 @@ async fn two_server_processes_behave_as_one() {
         connected: Value::Null,
     };
     assert_eq!(on_b.next_json().await["type"], "connected");
-    let http = reqwest::Client::new();
+    let http = http_client();
     let res = within(
         http.post(format!("http://{a_addr}/api/events"))
             .bearer_auth(service_token())

@@ -101,7 +101,7 @@ async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
         Some(Env {
             target: Target::parse(&global.url)?,
             secret: global.secret.clone(),
-            http: reqwest::Client::new(),
+            http: crate::client::http_client(Duration::from_secs(30))?,
         })
     };
 
@@ -170,7 +170,7 @@ impl Embedded {
             env: Env {
                 target: Target::parse(&format!("http://{addr}"))?,
                 secret: Some(secret),
-                http: reqwest::Client::new(),
+                http: crate::client::http_client(Duration::from_secs(30))?,
             },
             stop,
             task,

@@ -721,7 +721,7 @@ mod tests {
         let env = Env {
             target: Target::parse("http://127.0.0.1:1").unwrap(),
             secret: Some("s".into()),
-            http: reqwest::Client::new(),
+            http: crate::client::http_client(Duration::from_secs(30)).unwrap(),
         };
         let spec = |f: fn(&mut ClientSpec)| {
             let mut s = ClientSpec {
