@@ -78,7 +78,7 @@ for row in "${ROWS[@]}"; do
     fanout-1000) run fanout-1000 --connections 10000 --orgs 10 --rate 1000 --duration 10s --connect-rate 5000 --drain 20s ;;
     target)      run target --connections 10000 --orgs 10 --rate 40 --duration 20s --connect-rate 5000 ;;
     broadcast)   run broadcast --connections 10000 --orgs 1 --rate 20 --duration 20s --connect-rate 5000 ;;
-    storm)       run storm --connections 19000 --orgs 10 --rate 1 --duration 1s --connect-rate 1000000 ;;
+    storm)       run storm --connections 19000 --orgs 10 --rate 1 --duration 1s --connect-rate 1000000 --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 ;;
     *) echo "unknown row '$row'" >&2; exit 2 ;;
   esac
 done
