@@ -34,10 +34,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(args: DashArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let target = Target::parse(&global.url)?;
+    // An admin token names an org; the dashboard's own connection is
+    // counted under this one in the orgs table.
     let tokens = TokenSource::from_args(
         global,
         Some("hrrt-dash"),
-        Some("ops"),
+        Some("hrrt-dash"),
         Role::Admin,
         "pass an admin --token, or --secret (HRRT_JWT_SECRET) to mint one",
     )?;
