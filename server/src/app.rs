@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api;
+use crate::api::limit::PublishLimiter;
 use crate::auth::{Verifier, unix_now};
 use crate::config::Config;
 use crate::engine::{Engine, MemoryEngine, RedisEngine};
@@ -57,6 +58,7 @@ pub struct Shared {
     pub engine: Arc<dyn Engine>,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
+    pub publish_limiter: PublishLimiter,
     /// Cancelled once to shut down; every session and timer watches it.
     pub shutdown: CancellationToken,
     /// Tracks every session so shutdown can wait for their close frames.
@@ -106,6 +108,7 @@ impl AppState {
             engine,
             hub,
             metrics,
+            publish_limiter: PublishLimiter::new(config.publish_rate),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
             node_id: crate::random_hex(4),

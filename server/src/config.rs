@@ -68,6 +68,12 @@ pub struct Config {
     /// Most connections one user may hold at once (0: no cap).
     #[arg(long, env = "HRRT_MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
     pub max_connections_per_user: u64,
+
+    /// Events per second one publisher (token `sub`) may publish, with
+    /// bursts of up to one second's worth; over it the API answers 429
+    /// (0: no limit).
+    #[arg(long, env = "HRRT_PUBLISH_RATE", default_value_t = 0)]
+    pub publish_rate: u64,
 }
 
 impl Config {
@@ -87,6 +93,7 @@ impl Config {
             allowed_origins: Vec::new(),
             max_connections: 0,
             max_connections_per_user: 0,
+            publish_rate: 0,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod disconnect;
 pub mod health;
 pub mod history;
+pub mod limit;
 pub mod metrics;
 pub mod publish;
 pub mod stats;

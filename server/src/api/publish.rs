@@ -39,7 +39,7 @@ struct EventIn {
 
 pub async fn publish(
     State(state): State<AppState>,
-    ServiceCaller(_caller): ServiceCaller,
+    ServiceCaller(caller): ServiceCaller,
     body: Body,
 ) -> Result<Response, ApiError> {
     let body = read_body(body, MAX_BODY_BYTES).await?;
@@ -75,6 +75,24 @@ pub async fn publish(
         })
         .collect::<Result<Vec<_>, _>>()?;
 
+    if let Err(wait) =
+        state
+            .publish_limiter
+            .check(&caller.user, events.len(), std::time::Instant::now())
+    {
+        let mut response = ApiError::rate_limited(format!(
+            "over {} events/s for publisher '{}'; retry in {wait:.1} s",
+            state.config.publish_rate, caller.user
+        ))
+        .into_response();
+        let seconds = wait.ceil().max(1.0).to_string();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&seconds) {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        return Ok(response);
+    }
     let types: Vec<_> = events.iter().map(|e| e.event_type.clone()).collect();
     let acks = state.engine.publish(events).await?;
     for event_type in &types {

@@ -210,3 +210,40 @@ async fn health_and_readiness_and_unknown_routes() {
     let (status, err) = server.get("/api/events", None).await;
     assert_eq!(status, 405, "{err}");
 }
+
+#[tokio::test]
+async fn publish_rate_answers_429_with_retry_after() {
+    // Two events a second: the first pair uses the whole budget, and the
+    // next pair would need a full second of refill.
+    let server = Server::with(|c| c.publish_rate = 2).await;
+    let pair = json!([
+        {"type": "entity.created", "org_id": "7"},
+        {"type": "entity.created", "org_id": "7"},
+    ]);
+    assert_eq!(server.publish(pair.clone()).await.0, 200);
+    let res = within(
+        http_client()
+            .post(server.url("/api/events"))
+            .bearer_auth(service_token())
+            .json(&pair)
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 429);
+    assert_eq!(res.headers()["retry-after"], "1");
+    let body: serde_json::Value = within(res.json()).await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // Another publisher has its own budget.
+    let (status, _) = server
+        .publish_as(
+            Some(&token("ops", "1", Role::Admin)),
+            json!({"type": "entity.created", "org_id": "7"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, history) = server
+        .get("/api/history?channel=org:7", Some(&service_token()))
+        .await;
+    assert_eq!(history["latest"], 3, "the refused pair was not published");
+}
