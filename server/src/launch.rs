@@ -100,24 +100,28 @@ fn print_dev_banner(config: &Config, addr: SocketAddr) {
     let user = mint(secret, &Claims::new("42", Some("7"), Role::User, 3600)).unwrap_or_default();
     let service =
         mint(secret, &Claims::new("backend", None, Role::Service, 3600)).unwrap_or_default();
-    let text = format!(
-        "\n\
-hrrt dev mode: listening on http://{host} (memory engine)\n\
-a new secret is generated at every start; never use --dev in production.\n\
-\n\
-  export HRRT_JWT_SECRET={secret}\n\
-  export HRRT_URL=http://{host}\n\
-  hrrt listen --user 42 --org 7\n\
-  hrrt publish entity.created --org 7 --payload '{{\"id\":1}}'\n\
-\n\
-browser (user 42 of org 7, valid 1h):\n\
-  new WebSocket('ws://{host}/ws?token={user}')\n\
-\n\
-publish with curl (service token, valid 1h):\n\
-  curl -s http://{host}/api/events -H 'Authorization: Bearer {service}' \\\n\
-    -H 'Content-Type: application/json' -d '{{\"type\":\"entity.created\",\"org_id\":\"7\",\"payload\":{{\"id\":1}}}}'\n\
-\n"
-    );
+    // Lines are joined explicitly: a `\` line continuation in a string
+    // literal would eat the indentation that makes the commands stand out.
+    let lines = [
+        String::new(),
+        format!("hrrt dev mode: listening on http://{host} (memory engine)"),
+        "a new secret is generated at every start; never use --dev in production.".to_owned(),
+        String::new(),
+        format!("  export HRRT_JWT_SECRET={secret}"),
+        format!("  export HRRT_URL=http://{host}"),
+        "  hrrt listen --user 42 --org 7".to_owned(),
+        "  hrrt publish entity.created --org 7 --payload '{\"id\":1}'".to_owned(),
+        String::new(),
+        "browser (user 42 of org 7, valid 1h):".to_owned(),
+        format!("  new WebSocket('ws://{host}/ws?token={user}')"),
+        String::new(),
+        "publish with curl (service token, valid 1h):".to_owned(),
+        format!("  curl -s http://{host}/api/events -H 'Authorization: Bearer {service}' \\"),
+        "    -H 'Content-Type: application/json' \\".to_owned(),
+        "    -d '{\"type\":\"entity.created\",\"org_id\":\"7\",\"payload\":{\"id\":1}}'".to_owned(),
+        String::new(),
+    ];
+    let text = lines.join("\n") + "\n";
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
