@@ -12,4 +12,5 @@
 pub mod args;
 pub mod client;
 pub mod commands;
+pub mod interrupt;
 pub mod output;

@@ -88,14 +88,13 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
     let mut matched = 0u64;
     let mut connected_before = false;
     let mut backoff = BACKOFF_FIRST;
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut interrupt = crate::interrupt::Interrupt::new();
 
     loop {
         let token = tokens.token()?;
         let attempt = connect(&target, &token, &cursor, args.orgs.as_deref());
         let ws = tokio::select! {
-            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
             () = until(deadline) => return Ok(timed_out(&args, matched)),
             result = attempt => result,
         };
@@ -105,7 +104,7 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
             Err(e) => {
                 output::note(&format!("{e:#}; retrying in {}", show(backoff)));
                 tokio::select! {
-                    _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+                    () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
                     () = until(deadline) => return Ok(timed_out(&args, matched)),
                     () = tokio::time::sleep(backoff) => {}
                 }
@@ -117,7 +116,7 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
         // Read until the connection ends.
         let ended = loop {
             let message = tokio::select! {
-                _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+                () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
                 () = until(deadline) => return Ok(timed_out(&args, matched)),
                 message = ws.next() => message,
             };
@@ -206,7 +205,7 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
         }
         output::note(&format!("{why}; reconnecting in {}", show(backoff)));
         tokio::select! {
-            _ = &mut ctrl_c => return Ok(ExitCode::SUCCESS),
+            () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
             () = until(deadline) => return Ok(timed_out(&args, matched)),
             () = tokio::time::sleep(backoff) => {}
         }

@@ -195,8 +195,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
             let _ = progress.println(text);
         }
     };
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let mut interrupt = crate::interrupt::Interrupt::new();
     let mut interrupted = false;
 
     let server_before = args.server_pid.map(ProcSample::read);
@@ -222,7 +221,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
     while reported < args.connections {
         tokio::select! {
             biased;
-            _ = &mut ctrl_c => {
+            () = interrupt.recv() => {
                 interrupted = true;
                 break;
             }
@@ -313,7 +312,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
         while sent < total_events {
             tokio::select! {
                 biased;
-                _ = &mut ctrl_c => {
+                () = interrupt.recv() => {
                     interrupted = true;
                     break;
                 }
@@ -364,7 +363,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
             }
         }
         tokio::select! {
-            _ = &mut ctrl_c => interrupted = true,
+            () = interrupt.recv() => interrupted = true,
             _ = async { while requests.join_next().await.is_some() {} } => {}
         }
         publish_seconds = publish_started.elapsed().as_secs_f64();
@@ -392,7 +391,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
                 break;
             }
             tokio::select! {
-                _ = &mut ctrl_c => { interrupted = true; break; }
+                () = interrupt.recv() => { interrupted = true; break; }
                 () = tokio::time::sleep_until(deadline) => break,
                 () = tokio::time::sleep(Duration::from_millis(10)) => {}
             }
