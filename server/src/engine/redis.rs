@@ -496,6 +496,11 @@ struct Subscriptions {
 }
 
 impl Subscriptions {
+    /// Whether a local connection reads this channel now.
+    fn reads(&self, channel: &ChannelName) -> bool {
+        self.watch_all > 0 || self.counts.contains_key(channel)
+    }
+
     /// Seqs of another epoch are not comparable: forget what was delivered.
     fn enter_epoch(&mut self, epoch: &str) {
         if self.epoch != epoch {
@@ -705,6 +710,13 @@ async fn deliver_in_order(
     publication: Arc<Publication>,
 ) {
     let channel = publication.channel.clone();
+    // A message can still arrive after this node unsubscribed. Tracking
+    // its seq again would leave a stale "last delivered" behind, and a
+    // later subscriber of the channel would get a needless gap repair (or
+    // a spurious resync when that range is no longer in history).
+    if !subs.reads(&channel) {
+        return;
+    }
     let last = subs.delivered.get(&channel).copied();
     match last {
         Some(last) if publication.seq <= last => return,
@@ -760,6 +772,23 @@ async fn repair_all(shared: &Shared, subs: &mut Subscriptions) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_released_channel_is_no_longer_read() {
+        let mut subs = Subscriptions::default();
+        let org = ChannelName::parse("org:7").unwrap();
+        subs.counts.insert(org.clone(), 1);
+        subs.delivered.insert(org.clone(), 5);
+        assert!(subs.reads(&org));
+        assert_eq!(
+            release(&mut subs, std::slice::from_ref(&org)),
+            [org.clone()]
+        );
+        assert!(!subs.reads(&org));
+        assert!(!subs.delivered.contains_key(&org));
+        subs.watch_all = 1;
+        assert!(subs.reads(&org), "a watcher of every channel reads it");
+    }
 
     #[test]
     fn answers_and_messages_parse() {
