@@ -780,10 +780,9 @@ mod tests {
         subs.counts.insert(org.clone(), 1);
         subs.delivered.insert(org.clone(), 5);
         assert!(subs.reads(&org));
-        assert_eq!(
-            release(&mut subs, std::slice::from_ref(&org)),
-            [org.clone()]
-        );
+        let gone = release(&mut subs, std::slice::from_ref(&org));
+        assert_eq!(gone.len(), 1);
+        assert_eq!(gone[0], org);
         assert!(!subs.reads(&org));
         assert!(!subs.delivered.contains_key(&org));
         subs.watch_all = 1;
