@@ -216,9 +216,11 @@ async fn run_step(
         Step::Expect(e) => {
             let within = duration("within", e.within.as_deref(), DEFAULT_WITHIN)?;
             let matcher = e.matcher();
+            // One window for all clients: the step takes at most `within`.
+            let deadline = tokio::time::Instant::now() + within;
             for name in e.names() {
                 let state = client(clients, name)?;
-                expect(name, state, &matcher, within).await?;
+                expect(name, state, &matcher, within, deadline).await?;
             }
             Ok(())
         }
@@ -491,6 +493,7 @@ async fn expect(
     state: &mut ClientState,
     matcher: &Matcher,
     within: Duration,
+    deadline: tokio::time::Instant,
 ) -> Result<(), String> {
     let live = state
         .live
@@ -500,7 +503,6 @@ async fn expect(
     if take_match(live, matcher).is_some() {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + within;
     loop {
         match tokio::time::timeout_at(deadline, live.inbox.recv()).await {
             Err(_) => {
