@@ -4,34 +4,36 @@
 use std::ops::Deref;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::Router;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::api::limit::PublishLimiter;
-use crate::auth::{Verifier, unix_now};
-use crate::config::Config;
-use crate::engine::{Engine, MemoryEngine, RedisEngine};
+use crate::auth::{AuthError, Identity, Verifier};
+use crate::config::{Config, ConfigError};
+use crate::engine::memory::MemoryLimits;
+use crate::engine::{Engine, MemoryEngine, NodeInfo, RedisEngine};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Hub};
+use crate::listener::HttpServer;
 use crate::metrics::Metrics;
-use crate::protocol;
 use crate::session;
+use crate::tasks::{self, Tasks};
 
-/// How long shutdown waits for sessions to send their close frames.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// How long the connections still open when the shutdown grace is over get
+/// to notice they were cut, before `run` returns regardless.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
 
 /// Why the server could not start or stopped abnormally.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("no JWT secret: set --jwt-secret or HRRT_JWT_SECRET, or use --dev")]
-    MissingSecret,
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("cannot use redis at {url}: {source}")]
     Redis {
         url: String,
@@ -61,8 +63,13 @@ pub struct Shared {
     pub publish_limiter: PublishLimiter,
     /// Cancelled once to shut down; every session and timer watches it.
     pub shutdown: CancellationToken,
+    /// Cancelled when `--shutdown-grace` is over: whatever is still open
+    /// (a session, an HTTP request) is dropped.
+    pub hard_stop: CancellationToken,
     /// Tracks every session so shutdown can wait for their close frames.
     pub tracker: TaskTracker,
+    /// Which background tasks run (`/readyz`).
+    pub tasks: Tasks,
     /// Names this process in connection ids and stats.
     pub node_id: String,
     pub next_conn: AtomicU64,
@@ -81,17 +88,22 @@ impl AppState {
     /// Builds the state and its engine from a config: the memory engine,
     /// or the Redis engine (connected here) with `--redis-url`.
     pub async fn new(config: Config) -> Result<Self, ServerError> {
+        config.validate()?;
         let secret = config
             .jwt_secret
             .as_deref()
-            .ok_or(ServerError::MissingSecret)?;
+            .ok_or(ConfigError::MissingSecret)?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
         let engine: Arc<dyn Engine> = match &config.redis_url {
             None => Arc::new(MemoryEngine::new(
-                history_size,
-                config.history_ttl,
+                MemoryLimits {
+                    history_size,
+                    history_ttl: config.history_ttl,
+                    idempotency_keys: usize::try_from(config.idempotency_keys)
+                        .unwrap_or(usize::MAX),
+                },
                 hub.clone(),
             )),
             Some(url) => Arc::new(
@@ -110,12 +122,43 @@ impl AppState {
             metrics,
             publish_limiter: PublishLimiter::new(config.publish_rate),
             shutdown: CancellationToken::new(),
+            hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            tasks: Tasks::default(),
             node_id: crate::random_hex(4),
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             config,
         })))
+    }
+
+    /// Verifies a token and checks it was not revoked.
+    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        let identity = self.verifier.verify(token)?;
+        self.check_revocation(&identity)?;
+        Ok(identity)
+    }
+
+    /// Refuses an identity whose token was issued at or before its user's
+    /// revocation (a token without `iat` counts as issued before).
+    pub fn check_revocation(&self, identity: &Identity) -> Result<(), AuthError> {
+        match self.engine.revoked_at(&identity.user) {
+            Some(at) if identity.iat.is_none_or(|iat| iat <= at) => Err(AuthError::Revoked),
+            _ => Ok(()),
+        }
+    }
+
+    /// This node as `GET /api/nodes` lists it.
+    pub fn node_info(&self) -> NodeInfo {
+        let (_, users) = self.hub.census();
+        NodeInfo {
+            node_id: self.node_id.clone(),
+            engine: self.engine.kind().to_owned(),
+            connections: self.hub.len(),
+            users,
+            uptime_s: self.started.elapsed().as_secs(),
+            last_seen: crate::protocol::timestamp(SystemTime::now()),
+        }
     }
 }
 
@@ -127,6 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/history", get(api::history::history))
         .route("/api/stats", get(api::stats::stats))
         .route("/api/disconnect", post(api::disconnect::disconnect))
+        .route("/api/nodes", get(api::nodes::nodes))
         .route("/metrics", get(api::metrics::metrics))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))
@@ -158,78 +202,55 @@ fn redact_url(url: &str) -> String {
 
 /// [`run`] with a state built by the caller, who may keep a clone of it
 /// (tests use it to reach the hub).
+///
+/// Shutdown, once `shutdown` resolves: stop accepting; close every
+/// WebSocket with 1001; ask every HTTP connection to finish its request;
+/// wait at most `--shutdown-grace` for all of that; then drop whatever is
+/// left (a stalled request, a client that never answers the close) and
+/// return.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    spawn_timers(&state);
-    let token = state.shutdown.clone();
-    let hub = state.hub.clone();
-    let signal = async move {
+    tasks::spawn_all(&state);
+    let http = HttpServer {
+        router: router(state.clone()),
+        header_timeout: state.config.handshake_timeout,
+        graceful: state.shutdown.clone(),
+        hard_stop: state.hard_stop.clone(),
+        connections: TaskTracker::new(),
+    };
+    let signal = async {
         tokio::select! {
-            () = shutdown => token.cancel(),
-            () = token.cancelled() => {}
+            () = shutdown => state.shutdown.cancel(),
+            () = state.shutdown.cancelled() => {}
         }
         // Every live session closes with 1001; none may join any more.
-        hub.close_all(&CloseReason::SHUTDOWN);
+        state.hub.close_all(&CloseReason::SHUTDOWN);
     };
-    // Frames must leave at once: with Nagle's algorithm a small frame can
-    // wait for the ACK of the previous one (tens of ms with delayed ACKs).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    // axum's graceful shutdown does not wait for upgraded connections; the
-    // tracker does (every session runs on it).
-    let served = axum::serve(listener, router(state.clone()))
-        .with_graceful_shutdown(signal)
-        .await;
-    state.shutdown.cancel();
-    state.hub.close_all(&CloseReason::SHUTDOWN);
+    tokio::join!(http.accept_loop(listener), signal);
+
+    http.connections.close();
     state.tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, state.tracker.wait())
+    let everything = async {
+        tokio::join!(http.connections.wait(), state.tracker.wait());
+    };
+    if tokio::time::timeout(state.config.shutdown_grace, everything)
         .await
         .is_err()
     {
         tracing::warn!(
-            left = state.tracker.len(),
-            "shutdown grace elapsed with sessions left"
+            http = http.connections.len(),
+            sessions = state.tracker.len(),
+            "shutdown grace elapsed; closing what is left"
         );
+        state.hard_stop.cancel();
+        let _ = tokio::time::timeout(HARD_STOP_WAIT, async {
+            tokio::join!(http.connections.wait(), state.tracker.wait());
+        })
+        .await;
     }
-    served?;
+    state.hard_stop.cancel();
     Ok(())
-}
-
-/// The keep-alive and token-expiry timers: one each for the whole node,
-/// not one per connection.
-fn spawn_timers(state: &AppState) {
-    let s = state.clone();
-    state.tracker.spawn(async move {
-        let period = s.config.ping_interval;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = s.shutdown.cancelled() => break,
-                _ = tick.tick() => s.hub.ping_all(protocol::ping_frame()),
-            }
-        }
-    });
-    let s = state.clone();
-    state.tracker.spawn(async move {
-        let period = s.config.token_check_interval;
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = s.shutdown.cancelled() => break,
-                _ = tick.tick() => {
-                    let closed = s.hub.close_expired(unix_now());
-                    if closed > 0 {
-                        tracing::info!(closed, "closed connections with expired tokens");
-                    }
-                }
-            }
-        }
-    });
 }

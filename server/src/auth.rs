@@ -56,6 +56,9 @@ pub struct Identity {
     pub role: Role,
     /// Expiry, seconds since the UNIX epoch.
     pub exp: u64,
+    /// When the token was issued (seconds since the UNIX epoch), if it
+    /// says; a revocation refuses tokens issued at or before it.
+    pub iat: Option<u64>,
 }
 
 /// Why a token was refused. The `Display` text is the WebSocket close
@@ -70,7 +73,16 @@ pub enum AuthError {
     Expired,
     #[error("forbidden")]
     Forbidden,
+    /// The user's tokens up to this one's `iat` were revoked
+    /// (`POST /api/disconnect` with `"revoke": true`).
+    #[error("revoked")]
+    Revoked,
 }
+
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z). An `exp` or
+/// `iat` past it is not a time (often milliseconds sent as seconds), and
+/// would not format as one: such a token is invalid.
+pub const MAX_TIMESTAMP: u64 = 253_402_300_799;
 
 /// The claims as they arrive: ids may be strings or integers.
 #[derive(Deserialize)]
@@ -78,6 +90,7 @@ struct RawClaims {
     sub: IdValue,
     org_id: Option<IdValue>,
     exp: u64,
+    iat: Option<u64>,
     #[serde(default)]
     role: Role,
 }
@@ -136,6 +149,9 @@ impl Verifier {
                 }
             })?;
         let claims = data.claims;
+        if claims.exp > MAX_TIMESTAMP || claims.iat.is_some_and(|iat| iat > MAX_TIMESTAMP) {
+            return Err(AuthError::Invalid);
+        }
         // jsonwebtoken compares with `<`; a token is expired at `exp` itself.
         if claims.exp <= unix_now() {
             return Err(AuthError::Expired);
@@ -153,6 +169,7 @@ impl Verifier {
             org,
             role: claims.role,
             exp: claims.exp,
+            iat: claims.iat,
         })
     }
 }
@@ -257,6 +274,42 @@ mod tests {
                 .role,
             Role::Service
         );
+    }
+
+    #[test]
+    fn times_past_year_9999_are_invalid_not_a_panic() {
+        let v = Verifier::new(SECRET);
+        let ms = (unix_now() + 3600) * 1000;
+        let t = token(
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": ms}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(v.verify(&t), Err(AuthError::Invalid));
+        for exp in [
+            serde_json::json!(u64::MAX),
+            serde_json::json!(-1),
+            serde_json::json!(1.5e300),
+        ] {
+            let t = token(
+                serde_json::json!({"sub": "1", "org_id": "1", "exp": exp}),
+                Algorithm::HS256,
+                SECRET,
+            );
+            assert!(v.verify(&t).is_err());
+        }
+        let t = token(
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": MAX_TIMESTAMP, "iat": MAX_TIMESTAMP + 1}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(v.verify(&t), Err(AuthError::Invalid));
+        let t = token(
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": MAX_TIMESTAMP, "iat": 5}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(v.verify(&t).unwrap().iat, Some(5));
     }
 
     #[test]

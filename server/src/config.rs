@@ -74,6 +74,60 @@ pub struct Config {
     /// (0: no limit).
     #[arg(long, env = "HRRT_PUBLISH_RATE", default_value_t = 0)]
     pub publish_rate: u64,
+
+    /// An HTTP request's head must arrive, a request body be read, and a
+    /// WebSocket session be set up within this; otherwise the socket is
+    /// closed. Also how long an idle keep-alive HTTP connection is kept.
+    #[arg(long, env = "HRRT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub handshake_timeout: Duration,
+
+    /// On SIGINT/SIGTERM, how long in-flight HTTP requests and closing
+    /// WebSockets may take before whatever is left is cut.
+    #[arg(long, env = "HRRT_SHUTDOWN_GRACE", default_value = "5s", value_parser = positive_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Bytes queued per connection (live events and resume replay alike);
+    /// a client further behind is closed with 1013 "slow consumer". At
+    /// least --max-message-bytes + 1024, so that any one event fits.
+    #[arg(long, env = "HRRT_SEND_QUEUE_BYTES", default_value_t = 1 << 20,
+          value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
+    pub send_queue_bytes: u64,
+
+    /// How long `POST /api/disconnect` with `"revoke": true` keeps refusing
+    /// the user's tokens issued up to then (longer than any token lives).
+    #[arg(long, env = "HRRT_REVOCATION_TTL", default_value = "24h", value_parser = positive_duration)]
+    pub revocation_ttl: Duration,
+
+    /// Idempotency keys remembered at most (each for 5 minutes); when the
+    /// table is full a publish with a new key answers 429.
+    #[arg(long, env = "HRRT_IDEMPOTENCY_KEYS", default_value_t = 1_000_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub idempotency_keys: u64,
+}
+
+/// Bytes an event's envelope adds to its payload at most: type (128),
+/// channel (133), timestamp, seq and the JSON around them, rounded up.
+pub const ENVELOPE_OVERHEAD: u64 = 1024;
+
+/// A secret shorter than this starts with a warning: HS256 wants at least
+/// the hash's 32 bytes of key (RFC 7518 §3.2).
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// A configuration that parses but cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("no JWT secret: set --jwt-secret or HRRT_JWT_SECRET, or use --dev")]
+    MissingSecret,
+    #[error(
+        "the JWT secret is empty: every token signed with an empty key would pass; \
+         set --jwt-secret or HRRT_JWT_SECRET to a long random value"
+    )]
+    EmptySecret,
+    #[error(
+        "--send-queue-bytes ({queue}) must be at least --max-message-bytes + {ENVELOPE_OVERHEAD} \
+         ({needed}), or no event of the largest size could ever be sent"
+    )]
+    QueueSmallerThanMessage { queue: u64, needed: u64 },
 }
 
 impl Config {
@@ -94,17 +148,57 @@ impl Config {
             max_connections: 0,
             max_connections_per_user: 0,
             publish_rate: 0,
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            send_queue_bytes: 1 << 20,
+            revocation_ttl: Duration::from_secs(24 * 3600),
+            idempotency_keys: 1_000_000,
         }
+    }
+
+    /// Checks what the flags cannot check one by one: the secret is there
+    /// and not empty, and the byte queue holds the largest event.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.jwt_secret.as_deref() {
+            None => return Err(ConfigError::MissingSecret),
+            Some("") => return Err(ConfigError::EmptySecret),
+            Some(_) => {}
+        }
+        let needed = self.max_message_bytes.saturating_add(ENVELOPE_OVERHEAD);
+        if self.send_queue_bytes < needed {
+            return Err(ConfigError::QueueSmallerThanMessage {
+                queue: self.send_queue_bytes,
+                needed,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the secret is shorter than [`MIN_SECRET_BYTES`].
+    pub fn secret_is_short(&self) -> bool {
+        self.jwt_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < MIN_SECRET_BYTES)
     }
 }
 
+/// The longest duration any flag takes. Past it a timer's deadline
+/// (`Instant::now() + d`) could overflow, and nothing here means to wait
+/// a century.
+/// (humantime's year, 365.25 days.)
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Parses `500ms`, `10s`, `5m`, `1h` (and combinations such as `1m30s`);
-/// zero is refused because every duration here is a period or a lifetime.
+/// zero is refused because every duration here is a period or a lifetime,
+/// and so is anything past [`MAX_DURATION`] (100 years).
 pub fn positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (expected e.g. 500ms, 10s, 5m, 1h)"))?;
     if d.is_zero() {
         return Err("must be greater than zero".to_owned());
+    }
+    if d > MAX_DURATION {
+        return Err("must be at most 100 years".to_owned());
     }
     Ok(d)
 }
@@ -138,5 +232,27 @@ mod tests {
         assert!(positive_duration("0s").is_err());
         assert!(positive_duration("10").is_err());
         assert!(positive_duration("soon").is_err());
+        assert!(positive_duration("100y").is_ok());
+        assert!(positive_duration("101y").is_err());
+        assert!(positive_duration("99999999999999999999s").is_err());
+        assert!(positive_duration("18446744073709551615s").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = Config::with_secret("s");
+        assert_eq!(c.validate(), Ok(()));
+        assert!(c.secret_is_short());
+        c.jwt_secret = Some(String::new());
+        assert_eq!(c.validate(), Err(ConfigError::EmptySecret));
+        c.jwt_secret = None;
+        assert_eq!(c.validate(), Err(ConfigError::MissingSecret));
+        let mut c = Config::with_secret(&"x".repeat(32));
+        assert!(!c.secret_is_short());
+        c.send_queue_bytes = 65536;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::QueueSmallerThanMessage { .. })
+        ));
     }
 }

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -22,7 +24,15 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds `Retry-After`, rounded up to whole seconds (at least 1).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.retry_after = Some(secs.max(1));
+        self
     }
 
     /// 400: the body is not the JSON the endpoint takes.
@@ -60,6 +70,11 @@ impl ApiError {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
     }
 
+    /// 408: the request body did not arrive within `--handshake-timeout`.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, "timeout", message)
+    }
+
     pub fn not_found() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
     }
@@ -85,6 +100,15 @@ impl From<EngineError> for ApiError {
                 tracing::warn!(error = %e, "engine call failed");
                 Self::unavailable(e.to_string())
             }
+            EngineError::IdempotencyFull { retry_after, .. } => {
+                tracing::warn!(error = %e, "idempotency table full");
+                Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "idempotency_table_full",
+                    e.to_string(),
+                )
+                .retry_after(retry_after)
+            }
         }
     }
 }
@@ -92,6 +116,12 @@ impl From<EngineError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        response
     }
 }

@@ -81,6 +81,31 @@ pub enum Refused {
     ShuttingDown,
 }
 
+impl Outbound {
+    /// Bytes this item puts on the wire (before WebSocket framing).
+    pub fn len(&self) -> usize {
+        match self {
+            Outbound::Event(publication) => publication.frame.len(),
+            // The WebSocket Ping that follows is a two-byte frame.
+            Outbound::Ping(frame) => frame.len() + 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A connection's queue: what the hub pushed and the session has not
+/// taken yet, and the totals of everything not yet written to the socket
+/// (the taken but unwritten frames too), which the bounds apply to.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Outbound>,
+    frames: usize,
+    bytes: usize,
+}
+
 /// The hub's handle on one live connection: identity, what it reads, and
 /// its bounded queue of frames for the session to write.
 ///
@@ -94,8 +119,11 @@ pub struct Conn {
     pub org: OrgId,
     /// The channels this connection reads.
     pub interest: Interest,
-    queue: Mutex<VecDeque<Outbound>>,
-    capacity: usize,
+    queue: Mutex<Queue>,
+    /// Most frames, and most bytes, not yet written (`--send-queue`,
+    /// `--send-queue-bytes`); past either the connection is a slow consumer.
+    max_frames: usize,
+    max_bytes: usize,
     /// Wakes the session: frames were queued, or it must close.
     wake: Notify,
     close_reason: OnceLock<CloseReason>,
@@ -115,23 +143,31 @@ impl std::fmt::Debug for Conn {
     }
 }
 
+/// The bounds of one connection's send queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 impl Conn {
-    /// A connection whose queue holds at most `capacity` frames.
+    /// A connection whose queue holds at most `limits` of unwritten frames.
     pub fn new(
         id: ConnId,
         user: UserId,
         org: OrgId,
         interest: Interest,
         exp: u64,
-        capacity: usize,
+        limits: QueueLimits,
     ) -> Self {
         Self {
             id,
             user,
             org,
             interest,
-            queue: Mutex::new(VecDeque::new()),
-            capacity: capacity.max(1),
+            queue: Mutex::new(Queue::default()),
+            max_frames: limits.frames.max(1),
+            max_bytes: limits.bytes.max(1),
             wake: Notify::new(),
             close_reason: OnceLock::new(),
             expires_at: AtomicU64::new(exp),
@@ -139,20 +175,24 @@ impl Conn {
         }
     }
 
-    /// Queues a frame without waiting; a full queue closes the connection
-    /// as a slow consumer. Returns whether the frame was queued.
+    /// Queues a frame without waiting; a queue over its frame or byte
+    /// bound closes the connection as a slow consumer. Returns whether the
+    /// frame was queued.
     pub fn push(&self, item: Outbound) -> bool {
         if self.close_reason.get().is_some() {
             return false;
         }
+        let len = item.len();
         let mut queue = self.lock();
-        if queue.len() >= self.capacity {
+        if queue.frames >= self.max_frames || queue.bytes.saturating_add(len) > self.max_bytes {
             drop(queue);
             self.close(CloseReason::SLOW_CONSUMER);
             return false;
         }
-        queue.push_back(item);
-        let first = queue.len() == 1;
+        queue.frames += 1;
+        queue.bytes += len;
+        queue.items.push_back(item);
+        let first = queue.items.len() == 1;
         drop(queue);
         // Only the first frame into an empty queue needs to wake the
         // session; it takes everything queued when it runs.
@@ -162,10 +202,22 @@ impl Conn {
         true
     }
 
-    /// Moves every queued frame into `into` (which the session keeps, so
-    /// the two buffers trade places without allocating).
-    pub fn take_queued(&self, into: &mut VecDeque<Outbound>) {
-        std::mem::swap(&mut *self.lock(), into);
+    /// Moves every queued frame into `into`, which must be empty (the
+    /// session keeps it, so the two buffers trade places without
+    /// allocating). Taken frames count against the bounds until a later
+    /// call reports them `written` (frames, bytes) to the socket: one lock
+    /// per batch for both.
+    pub fn take_queued(&self, into: &mut VecDeque<Outbound>, written: (usize, usize)) {
+        let mut queue = self.lock();
+        queue.frames = queue.frames.saturating_sub(written.0);
+        queue.bytes = queue.bytes.saturating_sub(written.1);
+        std::mem::swap(&mut queue.items, into);
+    }
+
+    /// Frames and bytes not yet written.
+    pub fn backlog(&self) -> (usize, usize) {
+        let queue = self.lock();
+        (queue.frames, queue.bytes)
     }
 
     /// Asks the session to close with `reason`; the first reason wins.
@@ -180,8 +232,8 @@ impl Conn {
     }
 
     /// Resolves when frames were queued or the connection must close.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
     }
 
     pub fn expires_at(&self) -> u64 {
@@ -202,7 +254,7 @@ impl Conn {
         self.unanswered_pings.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -271,7 +323,7 @@ impl Hub {
             .push(conn.id);
         inner.conns.insert(conn.id, conn.clone());
         drop(inner);
-        self.metrics.connection_opened(conn.org.as_str());
+        self.metrics.connection_opened();
         Ok(Registration {
             hub: self.clone(),
             conn,
@@ -297,7 +349,7 @@ impl Hub {
             }
         }
         drop(inner);
-        self.metrics.connection_closed(conn.org.as_str());
+        self.metrics.connection_closed();
     }
 
     /// Live connections on this node.
@@ -445,12 +497,16 @@ mod tests {
             channels: vec![ChannelName::org(&org), ChannelName::user(&user)],
             all: false,
         };
-        Arc::new(Conn::new(ConnId(id), user, org, interest, u64::MAX, queue))
+        let limits = QueueLimits {
+            frames: queue,
+            bytes: 1 << 20,
+        };
+        Arc::new(Conn::new(ConnId(id), user, org, interest, u64::MAX, limits))
     }
 
     fn queued(conn: &Conn) -> Vec<Outbound> {
         let mut out = VecDeque::new();
-        conn.take_queued(&mut out);
+        conn.take_queued(&mut out, (0, 0));
         out.into_iter().collect()
     }
 
@@ -534,6 +590,35 @@ mod tests {
         assert_eq!(slow.close_reason(), Some(&CloseReason::SLOW_CONSUMER));
         assert!(fast.close_reason().is_none());
         assert_eq!(queued(&fast).len(), 2);
+    }
+
+    #[test]
+    fn the_byte_bound_counts_frames_until_they_are_written() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let user = UserId::new("1").unwrap();
+        let org = OrgId::new("7").unwrap();
+        let interest = Interest {
+            channels: vec![ChannelName::org(&org)],
+            all: false,
+        };
+        let one = publication("org:7", 1).frame.len();
+        let limits = QueueLimits {
+            frames: 100,
+            bytes: one * 2,
+        };
+        let c = Arc::new(Conn::new(ConnId(1), user, org, interest, u64::MAX, limits));
+        let _r = hub.register(c.clone(), Limits::default()).unwrap();
+        assert_eq!(hub.deliver(&publication("org:7", 1)), 1);
+        assert_eq!(queued(&c).len(), 1);
+        // Taken but not written still counts.
+        assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
+        assert_eq!(c.backlog(), (2, one * 2));
+        let mut none = VecDeque::new();
+        c.take_queued(&mut none, (1, one));
+        assert_eq!(hub.deliver(&publication("org:7", 3)), 1);
+        assert!(c.close_reason().is_none());
+        assert_eq!(hub.deliver(&publication("org:7", 4)), 0);
+        assert_eq!(c.close_reason(), Some(&CloseReason::SLOW_CONSUMER));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{ServerError, run};
 use crate::auth::{Claims, Role, mint};
-use crate::config::Config;
+use crate::config::{Config, MIN_SECRET_BYTES};
 
 /// Sets up `tracing` with `RUST_LOG`-style filtering (default `info`) on
 /// stderr.
@@ -31,8 +31,12 @@ pub async fn launch(mut config: Config) -> Result<(), ServerError> {
         getrandom::fill(&mut secret).map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
         config.jwt_secret = Some(secret.iter().map(|b| format!("{b:02x}")).collect());
     }
-    if config.jwt_secret.is_none() {
-        return Err(ServerError::MissingSecret);
+    config.validate()?;
+    if config.secret_is_short() {
+        tracing::warn!(
+            "the JWT secret is shorter than {MIN_SECRET_BYTES} bytes; \
+             use a long random one (e.g. `openssl rand -hex 32`)"
+        );
     }
     let listener = bind(config.listen).map_err(|source| ServerError::Bind {
         addr: config.listen,

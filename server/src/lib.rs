@@ -15,7 +15,10 @@
 //! - [`engine`]: sequence numbers, history and fan-out between nodes
 //!   ([`engine::memory`] in one process).
 //! - [`api`]: the HTTP endpoints; [`error`]: their JSON errors.
+//! - [`listener`]: accepting and serving HTTP with timeouts and a bounded
+//!   shutdown; [`tasks`]: the supervised background tasks.
 //! - [`launch`]: what the binaries run: secrets, `--dev`, signals.
+//! - [`fuzz`]: the entry points of the fuzz targets (`fuzz/`).
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod api;
@@ -24,11 +27,14 @@ pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fuzz;
 pub mod hub;
 pub mod launch;
+pub mod listener;
 pub mod metrics;
 pub mod protocol;
 pub mod session;
+pub mod tasks;
 
 pub use app::{AppState, ServerError, router, run, serve};
 pub use config::Config;

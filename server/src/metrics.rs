@@ -3,6 +3,12 @@
 //!
 //! Everything here is updated at most once per publish, per connection
 //! event or per socket flush, never once per delivered frame.
+//!
+//! Cardinality is bounded whatever publishers and clients do: event types
+//! are labelled with the six seed types or `other` ([`type_label`]), and
+//! per-org connection gauges are written at scrape time for the
+//! [`METRIC_ORGS`] orgs with the most connections only. `/api/stats` keeps
+//! every org, and up to [`STATS_TYPES`] event types (then `other`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,9 +22,45 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Orgs that get an `hrrt_org_connections` series: the busiest ones.
+pub const METRIC_ORGS: usize = 100;
+
+/// Distinct event types `/api/stats` counts one by one; later ones are
+/// counted under `other`.
+pub const STATS_TYPES: usize = 1000;
+
+/// The event types that get a label of their own; every other type is
+/// `other`. *compat*: the seed's six.
+pub const LABELLED_TYPES: [&str; 6] = [
+    "entity.created",
+    "entity.updated",
+    "entity.deleted",
+    "chat.message",
+    "share.created",
+    "share.revoked",
+];
+
+/// The `type` label of an event type: itself if it is a seed type, else
+/// `other`.
+pub fn type_label(event_type: &str) -> &'static str {
+    LABELLED_TYPES
+        .iter()
+        .find(|t| **t == event_type)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Index into the per-type counter arrays: the seed types, then `other`.
+fn type_index(event_type: &str) -> usize {
+    LABELLED_TYPES
+        .iter()
+        .position(|t| *t == event_type)
+        .unwrap_or(LABELLED_TYPES.len())
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeLabel {
-    r#type: String,
+    r#type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -51,11 +93,14 @@ pub struct TypeCounts {
 pub struct Metrics {
     registry: Registry,
     connections: Gauge,
+    /// Rewritten at every scrape ([`Metrics::set_org_connections`]).
     connections_by_org: Family<OrgLabel, Gauge>,
     connections_opened: Counter,
-    published: Family<TypeLabel, Counter>,
-    delivered: Family<TypeLabel, Counter>,
+    /// Per type label, in [`type_index`] order.
+    published: [Counter; LABELLED_TYPES.len() + 1],
+    delivered: [Counter; LABELLED_TYPES.len() + 1],
     delivery_latency: Histogram,
+    task_restarts: Counter,
     closes: Family<CloseLabel, Counter>,
     slow_consumer_closes: Counter,
     history_events: Gauge,
@@ -63,6 +108,9 @@ pub struct Metrics {
     by_type: Mutex<HashMap<String, TypeCounts>>,
     closes_by_code: Mutex<HashMap<u16, u64>>,
     slow_consumers: AtomicU64,
+    /// Held by a scrape from rewriting the per-org gauges to encoding, so
+    /// two scrapes never see each other's half-written set.
+    scrape: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -77,8 +125,18 @@ impl Metrics {
         let connections = Gauge::default();
         let connections_by_org = Family::<OrgLabel, Gauge>::default();
         let connections_opened = Counter::default();
-        let published = Family::<TypeLabel, Counter>::default();
-        let delivered = Family::<TypeLabel, Counter>::default();
+        let published_family = Family::<TypeLabel, Counter>::default();
+        let delivered_family = Family::<TypeLabel, Counter>::default();
+        // One counter per label, created up front: the hot path indexes
+        // an array instead of hashing a label set.
+        let label = |i: usize| TypeLabel {
+            r#type: LABELLED_TYPES.get(i).copied().unwrap_or("other"),
+        };
+        let published: [Counter; LABELLED_TYPES.len() + 1] =
+            std::array::from_fn(|i| published_family.get_or_create(&label(i)).clone());
+        let delivered: [Counter; LABELLED_TYPES.len() + 1] =
+            std::array::from_fn(|i| delivered_family.get_or_create(&label(i)).clone());
+        let task_restarts = Counter::default();
         // 50 µs to ~26 s: loopback deliveries through multi-second stalls.
         let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let closes = Family::<CloseLabel, Counter>::default();
@@ -101,13 +159,18 @@ impl Metrics {
         );
         registry.register(
             "events_published",
-            "Events published through this node",
-            published.clone(),
+            "Events published through this node, by type (seed types, else other)",
+            published_family,
         );
         registry.register(
             "events_delivered",
-            "Event frames handed to connections of this node",
-            delivered.clone(),
+            "Event frames handed to connections of this node, by type (seed types, else other)",
+            delivered_family,
+        );
+        registry.register(
+            "task_restarts",
+            "Background tasks that ended unexpectedly and were restarted",
+            task_restarts.clone(),
         );
         // Registered without a unit: the `# UNIT` line of OpenMetrics trips
         // up classic Prometheus-text parsers; the name carries the unit.
@@ -139,44 +202,43 @@ impl Metrics {
             published,
             delivered,
             delivery_latency,
+            task_restarts,
             closes,
             slow_consumer_closes,
             history_events,
             by_type: Mutex::default(),
             closes_by_code: Mutex::default(),
             slow_consumers: AtomicU64::new(0),
+            scrape: Mutex::new(()),
         }
     }
 
-    pub fn connection_opened(&self, org: &str) {
+    pub fn connection_opened(&self) {
         self.connections.inc();
         self.connections_opened.inc();
-        self.connections_by_org
-            .get_or_create(&OrgLabel {
-                org: org.to_owned(),
-            })
-            .inc();
     }
 
-    pub fn connection_closed(&self, org: &str) {
+    pub fn connection_closed(&self) {
         self.connections.dec();
-        self.connections_by_org
-            .get_or_create(&OrgLabel {
-                org: org.to_owned(),
-            })
-            .dec();
+    }
+
+    /// Replaces the per-org gauges with `by_org`'s [`METRIC_ORGS`] largest.
+    pub fn set_org_connections(&self, by_org: &[(&str, usize)]) {
+        let mut top: Vec<&(&str, usize)> = by_org.iter().collect();
+        top.sort_unstable_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        self.connections_by_org.clear();
+        for (org, n) in top.into_iter().take(METRIC_ORGS) {
+            self.connections_by_org
+                .get_or_create(&OrgLabel {
+                    org: (*org).to_owned(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn published(&self, event_type: &str) {
-        self.published
-            .get_or_create(&TypeLabel {
-                r#type: event_type.to_owned(),
-            })
-            .inc();
-        lock(&self.by_type)
-            .entry(event_type.to_owned())
-            .or_default()
-            .published += 1;
+        self.published[type_index(event_type)].inc();
+        self.count_type(event_type, |c| c.published += 1);
     }
 
     pub fn delivered(&self, event_type: &str, recipients: usize) {
@@ -184,15 +246,29 @@ impl Metrics {
             return;
         }
         let n = recipients as u64;
-        self.delivered
-            .get_or_create(&TypeLabel {
-                r#type: event_type.to_owned(),
-            })
-            .inc_by(n);
-        lock(&self.by_type)
-            .entry(event_type.to_owned())
-            .or_default()
-            .delivered += n;
+        self.delivered[type_index(event_type)].inc_by(n);
+        self.count_type(event_type, |c| c.delivered += n);
+    }
+
+    /// Counts for `/api/stats` under the type's own name, or `other` once
+    /// [`STATS_TYPES`] names are taken.
+    fn count_type(&self, event_type: &str, f: impl FnOnce(&mut TypeCounts)) {
+        let mut by_type = lock(&self.by_type);
+        if let Some(counts) = by_type.get_mut(event_type) {
+            return f(counts);
+        }
+        // The seed types always count under their own name.
+        let name = if by_type.len() < STATS_TYPES || type_index(event_type) < LABELLED_TYPES.len() {
+            event_type
+        } else {
+            "other"
+        };
+        f(by_type.entry(name.to_owned()).or_default());
+    }
+
+    /// A background task ended unexpectedly and is being restarted.
+    pub fn task_restarted(&self) {
+        self.task_restarts.inc();
     }
 
     /// One observation per flush: the age of the oldest frame flushed.
@@ -236,6 +312,19 @@ impl Metrics {
         self.slow_consumers.load(Ordering::Relaxed)
     }
 
+    /// The exposition of a scrape: the gauges that are read, not counted
+    /// (history size, connections of the busiest orgs), then everything.
+    pub fn scrape(
+        &self,
+        history_events: u64,
+        by_org: &[(&str, usize)],
+    ) -> Result<String, std::fmt::Error> {
+        let _one_at_a_time = lock(&self.scrape);
+        self.set_history_events(history_events);
+        self.set_org_connections(by_org);
+        self.encode()
+    }
+
     /// The OpenMetrics text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -246,4 +335,41 @@ impl Metrics {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cardinality_is_bounded() {
+        let m = Metrics::new();
+        for i in 0..(STATS_TYPES + 50) {
+            m.published(&format!("custom.t{i}"));
+        }
+        m.published("entity.created");
+        let text = m.encode().unwrap();
+        let published: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("hrrt_events_published_total{"))
+            .collect();
+        assert_eq!(published.len(), 7, "{published:?}");
+        assert!(text.contains(r#"hrrt_events_published_total{type="other"} 1050"#));
+        let by_type = m.by_type();
+        assert_eq!(by_type.len(), STATS_TYPES + 2);
+        assert_eq!(by_type["entity.created"].published, 1);
+        assert_eq!(by_type["other"].published, 50);
+
+        let orgs: Vec<(String, usize)> = (0..300).map(|i| (format!("o{i}"), i)).collect();
+        let orgs: Vec<(&str, usize)> = orgs.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        m.set_org_connections(&orgs);
+        let text = m.encode().unwrap();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("hrrt_org_connections{"))
+            .count();
+        assert_eq!(series, METRIC_ORGS);
+        assert!(text.contains(r#"hrrt_org_connections{org="o299"} 299"#));
+        assert!(!text.contains(r#"org="o199""#));
+    }
 }

@@ -273,8 +273,11 @@ pub fn timestamp(at: SystemTime) -> String {
     humantime::format_rfc3339_micros(at).to_string()
 }
 
-/// A UNIX time in seconds as RFC 3339 (for `expires_at`).
+/// A UNIX time in seconds as RFC 3339 (for `expires_at`). Times past
+/// year 9999 are written as its last second: RFC 3339 has no later year,
+/// and verified tokens never carry one ([`crate::auth::MAX_TIMESTAMP`]).
 pub fn unix_to_rfc3339(secs: u64) -> String {
+    let secs = secs.min(crate::auth::MAX_TIMESTAMP);
     humantime::format_rfc3339_seconds(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         .to_string()
 }
@@ -381,6 +384,9 @@ pub struct Resync<'a> {
     pub requested: u64,
     pub oldest: u64,
     pub reason: ResyncReason,
+    /// The current epoch, for `epoch_changed`: the client adopts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<&'a str>,
 }
 
 pub fn resync_frame(resync: &Resync<'_>) -> Utf8Bytes {
@@ -570,6 +576,12 @@ mod tests {
     fn timestamp_has_six_fraction_digits_and_z() {
         let t = timestamp(SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1500));
         assert_eq!(t, "1970-01-01T00:00:01.500000Z");
+    }
+
+    #[test]
+    fn far_future_times_do_not_panic() {
+        assert_eq!(unix_to_rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(unix_to_rfc3339(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `POST /api/disconnect`: close every connection of a user at once (a user
-//! removed from an org), without waiting for the token to expire.
+//! removed from an org), without waiting for the token to expire; with
+//! `"revoke": true`, also refuse the user's tokens issued until now for
+//! `--revocation-ttl`.
 
 use axum::Json;
 use axum::body::Body;
@@ -8,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ServiceCaller, parse_json, read_body};
 use crate::app::AppState;
+use crate::auth::unix_now;
 use crate::error::ApiError;
 use crate::hub::CloseReason;
 use crate::protocol::{IdValue, UserId, close};
@@ -20,6 +23,8 @@ pub const MAX_REASON_BYTES: usize = 123;
 struct DisconnectIn {
     user_id: IdValue,
     reason: Option<String>,
+    #[serde(default)]
+    revoke: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -32,7 +37,7 @@ pub async fn disconnect(
     ServiceCaller(caller): ServiceCaller,
     body: Body,
 ) -> Result<Json<Disconnected>, ApiError> {
-    let input: DisconnectIn = parse_json(&read_body(body, 64 << 10).await?)?;
+    let input: DisconnectIn = parse_json(&read_body(&state, body, 64 << 10).await?)?;
     let user = UserId::new(&input.user_id.into_string())
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let reason = input.reason.unwrap_or_else(|| "disconnected".to_owned());
@@ -41,6 +46,14 @@ pub async fn disconnect(
             "reason is over {MAX_REASON_BYTES} bytes (the WebSocket limit)"
         )));
     }
+    if input.revoke {
+        // Recorded before the close: a tab that registers after the close
+        // below re-checks revocation and is refused (session setup).
+        state
+            .engine
+            .revoke(&user, unix_now(), state.config.revocation_ttl)
+            .await?;
+    }
     let closed = state.hub.close_user(
         &user,
         &CloseReason {
@@ -48,6 +61,6 @@ pub async fn disconnect(
             reason: reason.into(),
         },
     );
-    tracing::info!(user = %user, closed, by = %caller.user, "disconnected user");
+    tracing::info!(user = %user, closed, revoked = input.revoke, by = %caller.user, "disconnected user");
     Ok(Json(Disconnected { closed }))
 }

@@ -1,4 +1,5 @@
-//! `GET /healthz` (the process runs) and `GET /readyz` (the engine answers).
+//! `GET /healthz` (the process runs) and `GET /readyz` (the engine answers
+//! and every background task runs).
 
 use axum::Json;
 use axum::extract::State;
@@ -12,6 +13,11 @@ pub async fn healthz() -> Json<Value> {
 }
 
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if let Some(task) = state.tasks.first_down() {
+        return Err(ApiError::unavailable(format!(
+            "the background task '{task}' stopped and is being restarted"
+        )));
+    }
     if state.engine.ready().await {
         Ok(Json(
             json!({"status": "ready", "engine": state.engine.kind()}),

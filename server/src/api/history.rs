@@ -17,9 +17,9 @@ pub const DEFAULT_LIMIT: usize = 100;
 
 #[derive(Debug, Deserialize)]
 pub struct HistoryParams {
-    channel: Option<String>,
-    since: Option<u64>,
-    limit: Option<usize>,
+    pub channel: Option<String>,
+    pub since: Option<u64>,
+    pub limit: Option<usize>,
 }
 
 #[derive(Serialize)]

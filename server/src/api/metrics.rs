@@ -8,10 +8,10 @@ use crate::app::AppState;
 use crate::error::ApiError;
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    state
-        .metrics
-        .set_history_events(state.engine.retained_events());
-    let body = state.metrics.encode().map_err(|e| {
+    let (by_org, _) = state.hub.census();
+    let by_org: Vec<(&str, usize)> = by_org.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+    let retained = state.engine.retained_events();
+    let body = state.metrics.scrape(retained, &by_org).map_err(|e| {
         tracing::error!(error = %e, "encoding metrics failed");
         ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -6,6 +6,7 @@ pub mod health;
 pub mod history;
 pub mod limit;
 pub mod metrics;
+pub mod nodes;
 pub mod publish;
 pub mod stats;
 
@@ -19,11 +20,21 @@ use crate::auth::{AuthError, Identity, Role};
 use crate::error::ApiError;
 use crate::session::bearer;
 
-/// Reads a request body of at most `limit` bytes (413 over it).
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::too_large(format!("request body is over {limit} bytes")))
+/// Reads a request body of at most `limit` bytes (413 over it) within
+/// `--handshake-timeout` (408 past it): a publisher that sends half a body
+/// and stalls must not hold a connection and its buffer for ever.
+pub async fn read_body(state: &AppState, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let timeout = state.config.handshake_timeout;
+    match tokio::time::timeout(timeout, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError::too_large(format!(
+            "request body is over {limit} bytes"
+        ))),
+        Err(_) => Err(ApiError::timeout(format!(
+            "the request body did not arrive within {}",
+            humantime::format_duration(timeout)
+        ))),
+    }
 }
 
 /// Parses JSON; the error names line and column.
@@ -43,8 +54,9 @@ impl FromRequestParts<AppState> for ServiceCaller {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("missing token: send Authorization: Bearer <service token>")
         })?;
-        let identity = state.verifier.verify(token).map_err(|e| match e {
+        let identity = state.authenticate(token).map_err(|e| match e {
             AuthError::Expired => ApiError::unauthorized("token expired"),
+            AuthError::Revoked => ApiError::unauthorized("token revoked"),
             _ => ApiError::unauthorized("invalid token"),
         })?;
         match identity.role {

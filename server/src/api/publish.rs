@@ -37,20 +37,25 @@ struct EventIn {
     idempotency_key: Option<String>,
 }
 
-pub async fn publish(
-    State(state): State<AppState>,
-    ServiceCaller(caller): ServiceCaller,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let body = read_body(body, MAX_BODY_BYTES).await?;
+/// What a publish request holds, validated whole.
+#[derive(Debug)]
+pub struct Batch {
+    pub events: Vec<NewEvent>,
+    /// Whether the body was a JSON array (answered with an array).
+    pub is_batch: bool,
+}
+
+/// Parses and validates a `POST /api/events` body: one event object or an
+/// array of them. Any bad event fails the whole body. Pure, for the fuzzer.
+pub fn parse_events(body: &[u8], max_payload: usize) -> Result<Batch, ApiError> {
     let is_batch = body
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'[');
     let raw: Vec<EventIn> = if is_batch {
-        parse_json(&body)?
+        parse_json(body)?
     } else {
-        vec![parse_json(&body)?]
+        vec![parse_json(body)?]
     };
     if raw.is_empty() {
         return Err(ApiError::bad_event("the batch is empty"));
@@ -61,7 +66,6 @@ pub async fn publish(
             raw.len()
         )));
     }
-    let max_payload = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
     let events = raw
         .into_iter()
         .enumerate()
@@ -74,24 +78,28 @@ pub async fn publish(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    Ok(Batch { events, is_batch })
+}
+
+pub async fn publish(
+    State(state): State<AppState>,
+    ServiceCaller(caller): ServiceCaller,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let body = read_body(&state, body, MAX_BODY_BYTES).await?;
+    let max_payload = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
+    let Batch { events, is_batch } = parse_events(&body, max_payload)?;
 
     if let Err(wait) =
         state
             .publish_limiter
             .check(&caller.user, events.len(), std::time::Instant::now())
     {
-        let mut response = ApiError::rate_limited(format!(
+        return Err(ApiError::rate_limited(format!(
             "over {} events/s for publisher '{}'; retry in {wait:.1} s",
             state.config.publish_rate, caller.user
         ))
-        .into_response();
-        let seconds = wait.ceil().max(1.0).to_string();
-        if let Ok(value) = axum::http::HeaderValue::from_str(&seconds) {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, value);
-        }
-        return Ok(response);
+        .retry_after(std::time::Duration::from_secs_f64(wait.clamp(0.0, 3600.0))));
     }
     let types: Vec<_> = events.iter().map(|e| e.event_type.clone()).collect();
     let acks = state.engine.publish(events).await?;

@@ -6,8 +6,10 @@
 //! The memory engine is one process; a Redis engine is a second
 //! implementation of the same trait and changes no caller.
 
+pub mod idempotency;
 pub mod memory;
 pub mod redis;
+pub mod revocation;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,7 +19,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{ChannelName, EventType};
+use crate::protocol::{ChannelName, EventType, UserId};
 
 pub use memory::MemoryEngine;
 pub use redis::RedisEngine;
@@ -95,6 +97,27 @@ pub enum EngineError {
     /// The backing store cannot be reached; the call may be retried.
     #[error("engine unavailable: {0}")]
     Unavailable(String),
+    /// The idempotency table holds `--idempotency-keys` keys, none of
+    /// them older than the window; a key is never forgotten early, so a
+    /// new one waits until the oldest expires.
+    #[error("the idempotency table is full ({capacity} keys); retry in {} s", retry_after.as_secs().max(1))]
+    IdempotencyFull {
+        capacity: usize,
+        retry_after: std::time::Duration,
+    },
+}
+
+/// One node of the cluster as `GET /api/nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    pub node_id: String,
+    /// `memory` or `redis`.
+    pub engine: String,
+    pub connections: usize,
+    pub users: usize,
+    pub uptime_s: u64,
+    /// When the node last said it was alive (RFC 3339).
+    pub last_seen: String,
 }
 
 /// The contract every engine keeps:
@@ -154,5 +177,31 @@ pub trait Engine: Send + Sync + 'static {
     /// Events held in history, for the metrics.
     fn retained_events(&self) -> u64 {
         0
+    }
+
+    /// Housekeeping the node runs about once a second: drop what outlived
+    /// its time (history past `--history-ttl`, idempotency keys,
+    /// revocations) and free what nothing uses. Must not block.
+    fn sweep(&self) {}
+
+    /// Refuses `user`'s tokens issued at or before `at` (UNIX seconds), or
+    /// without `iat`, for `ttl`, on every node that shares this engine.
+    async fn revoke(
+        &self,
+        user: &UserId,
+        at: u64,
+        ttl: std::time::Duration,
+    ) -> Result<(), EngineError>;
+
+    /// When `user`'s tokens were last revoked (UNIX seconds), if that is
+    /// within the revocation's ttl: tokens issued at or before it are
+    /// refused. Checked on every handshake, refresh and API call, so it
+    /// answers from memory and never blocks.
+    fn revoked_at(&self, user: &UserId) -> Option<u64>;
+
+    /// The live nodes sharing this engine; `local` is this node as it is
+    /// now (the memory engine has no other).
+    async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, EngineError> {
+        Ok(vec![local])
     }
 }

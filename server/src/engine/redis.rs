@@ -7,7 +7,7 @@
 //! | `hrrt:epoch` | string | the current epoch; gone when Redis lost its data |
 //! | `hrrt:seq:<channel>` | string (integer) | the channel's latest seq; never expires |
 //! | `hrrt:h:<channel>` | stream | the history: id `<seq>-0`, fields `f` (frame), `y` (type), `t` (ms); `MAXLEN --history-size`, expires `--history-ttl` after the last publish |
-//! | `hrrt:idem:<key>` | string | the first answer to an idempotency key, 5 minutes |
+//! | `hrrt:idem:<channel>:<key>` | string | the first answer to an idempotency key on that channel, 5 minutes |
 //! | `hrrt:ch:<channel>` | pub/sub channel | `<epoch>|<seq>|<type>|<frame>` |
 //!
 //! A publish is one Lua script per batch: next seq, append to the stream,
@@ -31,11 +31,12 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::revocation::Revocations;
 use super::{
     Deliver, Engine, EngineError, Epoch, HistoryPage, IDEMPOTENCY_WINDOW, NewEvent, Publication,
     PublishAck,
 };
-use crate::protocol::{ChannelName, EventType, encode_event_prefix};
+use crate::protocol::{ChannelName, EventType, UserId, encode_event_prefix};
 
 const PREFIX: &str = "hrrt:";
 /// How long one Redis call may take before it counts as unavailable.
@@ -212,6 +213,9 @@ pub struct RedisEngine {
     publish: Script,
     history_size: usize,
     control: mpsc::UnboundedSender<Control>,
+    /// This node's revocations. Not yet shared between nodes: a
+    /// revocation holds on the node that received it.
+    revocations: Revocations,
 }
 
 /// What the node asks of its subscriber task.
@@ -255,6 +259,7 @@ impl RedisEngine {
             publish: Script::new(PUBLISH_SCRIPT),
             history_size: history_size.max(1),
             control,
+            revocations: Revocations::default(),
         })
     }
 }
@@ -289,7 +294,9 @@ impl Engine for RedisEngine {
                 event
                     .idempotency_key
                     .as_ref()
-                    .map_or_else(String::new, |k| format!("{PREFIX}idem:{k}")),
+                    .map_or_else(String::new, |k| {
+                        format!("{PREFIX}idem:{}:{k}", event.channel)
+                    }),
             );
             invocation
                 .arg(encode_event_prefix(
@@ -392,6 +399,19 @@ impl Engine for RedisEngine {
 
     fn unsubscribe_all(&self) {
         let _ = self.control.send(Control::UnsubscribeAll);
+    }
+
+    fn sweep(&self) {
+        self.revocations.sweep(Instant::now());
+    }
+
+    async fn revoke(&self, user: &UserId, at: u64, ttl: Duration) -> Result<(), EngineError> {
+        self.revocations.revoke(user, at, ttl, Instant::now());
+        Ok(())
+    }
+
+    fn revoked_at(&self, user: &UserId) -> Option<u64> {
+        self.revocations.revoked_at(user, Instant::now())
     }
 }
 

@@ -5,8 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hrrt_server::engine::memory::MemoryLimits;
 use hrrt_server::engine::{Deliver, Engine, MemoryEngine, NewEvent, Publication, RedisEngine};
-use hrrt_server::protocol::{ChannelName, EventType};
+use hrrt_server::protocol::{ChannelName, EventType, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
@@ -82,7 +83,12 @@ impl Maker for Memory {
         ttl: Duration,
         deliver: Arc<Recorder>,
     ) -> Arc<dyn Engine> {
-        Arc::new(MemoryEngine::new(history_size, ttl, deliver))
+        let limits = MemoryLimits {
+            history_size,
+            history_ttl: ttl,
+            idempotency_keys: 1000,
+        };
+        Arc::new(MemoryEngine::new(limits, deliver))
     }
 }
 
@@ -168,7 +174,23 @@ async fn conformance(maker: &dyn Maker, prefix: &str) {
     let again = engine.publish(vec![event(&b, Some(&key))]).await.unwrap();
     assert_eq!(first[0].seq, again[0].seq);
     assert_eq!(engine.latest(&[ch(&b)]).await.unwrap(), [2]);
+    // Keys are scoped by channel: the same key on another channel is
+    // another publish.
+    let elsewhere = engine.publish(vec![event(&a, Some(&key))]).await.unwrap();
+    assert_eq!(
+        (elsewhere[0].channel.to_string(), elsewhere[0].seq),
+        (a.clone(), 6)
+    );
     engine.unsubscribe(&[ch(&a), ch(&b)]);
+
+    // Revocation: tokens up to a moment are refused for the ttl.
+    let user = UserId::new(&format!("{prefix}-revoked")).unwrap();
+    assert_eq!(engine.revoked_at(&user), None);
+    engine
+        .revoke(&user, 1_000, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(engine.revoked_at(&user), Some(1_000));
 }
 
 /// Events older than history_ttl leave the history; seqs go on.

@@ -1,0 +1,545 @@
+//! One WebSocket connection, from handshake to close.
+//!
+//! The handshake authenticates; the session then registers the connection
+//! in the hub *before* reading positions, so an event published meanwhile
+//! is either at or below the snapshot (and replayed from history) or in the
+//! queue. Events from the queue whose seq the snapshot already covered are
+//! dropped: no gap, no duplicate.
+//!
+//! Setup (admission, registration, subscription, positions) must finish
+//! within `--handshake-timeout`. Then [`live`] runs the connection: one
+//! loop that reads what the client sends, writes what is queued and
+//! watches the close signal, so neither side waits for the other.
+
+mod live;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::app::AppState;
+use crate::auth::{AuthError, Identity, Role};
+use crate::config::ENVELOPE_OVERHEAD;
+use crate::engine::{EngineError, Publication};
+use crate::error::ApiError;
+use crate::hub::{CloseReason, Conn, ConnId, Interest, Limits, QueueLimits, Refused, Registration};
+use crate::metrics::ClosedBy;
+use crate::protocol::{self, ChannelName, Connected, OrgId, Resync, ResyncReason, close};
+
+use live::{Live, Replay, ReplayChannel};
+
+/// How long a close frame (and the peer's answer) may take before the
+/// socket is dropped regardless; a client that stopped reading cannot
+/// stall shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// tungstenite's read buffer per connection. Its default (128 KiB) is
+/// zero-filled on the first read, so every idle connection would hold
+/// 128 KiB of RSS; clients send only small frames (pongs, refreshes), and
+/// a larger one still fits because the buffer grows to the frame's length.
+/// Measured with `scripts/bench.sh` (idle row of docs/benchmarks.md).
+const READ_BUFFER: usize = 512;
+
+/// Query parameters of `GET /ws`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WsParams {
+    /// The JWT. *compat* (also accepted as `Authorization: Bearer`)
+    pub token: Option<String>,
+    /// Resume cursor: `org:7@41,user:42@3`.
+    pub since: Option<String>,
+    /// The epoch the cursor belongs to.
+    pub epoch: Option<String>,
+    /// Admin watch: `7,9` or `*`.
+    pub orgs: Option<String>,
+}
+
+/// `GET /ws`: authenticates, upgrades, and runs the session. Failures are
+/// reported after the upgrade as close 1008 so browsers can read the reason.
+pub async fn handler(
+    State(state): State<AppState>,
+    query: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return ApiError::new(
+                rejection.status(),
+                "upgrade_required",
+                format!(
+                    "/ws takes WebSocket handshakes only: {}",
+                    rejection.body_text()
+                ),
+            )
+            .into_response();
+        }
+    };
+    if !origin_allowed(&state.config.allowed_origins, &headers) {
+        // Refused before the upgrade: a page on another site must not get a
+        // socket that rides on the user's credentials (cross-site WebSocket
+        // hijacking).
+        return ApiError::forbidden("origin not allowed").into_response();
+    }
+    let params = query.map(|q| q.0).unwrap_or_default();
+    let token = params
+        .token
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .or_else(|| bearer(&headers));
+    let auth = match token {
+        None => Err(AuthError::Missing),
+        Some(token) => state.authenticate(token).and_then(|id| match id.role {
+            Role::Service => Err(AuthError::Forbidden),
+            Role::User | Role::Admin => Ok(id),
+        }),
+    };
+    let max = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
+    upgrade
+        .read_buffer_size(READ_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            let hard_stop = state.hard_stop.clone();
+            tracker.track_future(async move {
+                tokio::select! {
+                    () = run(socket, state, auth, params) => {}
+                    // The shutdown grace is over: drop the socket as it is.
+                    () = hard_stop.cancelled() => {}
+                }
+            })
+        })
+}
+
+/// Whether the handshake's `Origin` is on the allow-list. An empty list
+/// allows any origin; a request without `Origin` is not from a browser
+/// (browsers always send it) and is allowed.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    let allowed: Vec<&str> = allowed
+        .iter()
+        .map(|o| o.trim().trim_end_matches('/'))
+        .filter(|o| !o.is_empty())
+        .collect();
+    if allowed.is_empty() {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    let origin = origin.trim_end_matches('/');
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Sets the session up within `--handshake-timeout`, then runs it.
+async fn run(
+    mut socket: WebSocket,
+    state: AppState,
+    auth: Result<Identity, AuthError>,
+    params: WsParams,
+) {
+    let timeout = state.config.handshake_timeout;
+    // Boxed and awaited here, so setup's (larger) future is freed before
+    // the live loop starts: an idle connection costs only the loop.
+    let prepared = tokio::time::timeout(timeout, Box::pin(setup(&state, auth, &params))).await;
+    let start = match prepared {
+        Ok(Ok(start)) => start,
+        Ok(Err(reason)) => {
+            refuse(&state, &mut socket, &reason).await;
+            return;
+        }
+        Err(_) => {
+            tracing::warn!("websocket setup took longer than --handshake-timeout; closing");
+            refuse(&state, &mut socket, &CloseReason::ENGINE_UNAVAILABLE).await;
+            return;
+        }
+    };
+    Live::new(socket, state, start).run().await;
+}
+
+/// A connection ready to go live: registered, subscribed, its first frames
+/// and its replay planned.
+struct Start {
+    conn: Arc<Conn>,
+    identity: Identity,
+    registration: Registration,
+    subscription: Subscription,
+    sent: Sent,
+    /// `connected`, then the resyncs known at once.
+    first: VecDeque<Utf8Bytes>,
+    replay: Replay,
+}
+
+/// Admits, registers and subscribes the connection and plans its first
+/// frames. An `Err` is the close the socket gets.
+async fn setup(
+    state: &AppState,
+    auth: Result<Identity, AuthError>,
+    params: &WsParams,
+) -> Result<Start, CloseReason> {
+    let Admitted {
+        identity,
+        org,
+        interest,
+        cursor,
+    } = admit(state, auth, params).inspect_err(|reason| {
+        tracing::debug!(code = reason.code, reason = %reason.reason, "refused websocket");
+    })?;
+    let id = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
+    let conn = Arc::new(Conn::new(
+        id,
+        identity.user.clone(),
+        org,
+        interest,
+        identity.exp,
+        QueueLimits {
+            frames: usize::try_from(state.config.send_queue).unwrap_or(usize::MAX),
+            bytes: usize::try_from(state.config.send_queue_bytes).unwrap_or(usize::MAX),
+        },
+    ));
+    let limits = Limits {
+        max_connections: state.config.max_connections,
+        max_per_user: state.config.max_connections_per_user,
+    };
+    let registration = state.hub.register(conn.clone(), limits).map_err(|refused| {
+        let reason = match refused {
+            Refused::LimitReached => CloseReason::CONNECTION_LIMIT,
+            Refused::ShuttingDown => CloseReason::SHUTDOWN,
+        };
+        tracing::info!(user = %conn.user, org = %conn.org, reason = %reason.reason, "refused websocket");
+        reason
+    })?;
+    // Checked again now that the connection is in the hub: a revocation
+    // made after the handshake's check either sees this connection (and
+    // closes it) or is seen here.
+    state
+        .check_revocation(&identity)
+        .map_err(|e| policy(e.to_string()))?;
+    let engine_down = |e: EngineError| {
+        tracing::warn!(conn = id.0, error = %e, "engine unavailable during websocket setup");
+        CloseReason::ENGINE_UNAVAILABLE
+    };
+    let subscription = Subscription::new(state, &conn).await.map_err(engine_down)?;
+    let (sent, first, replay) = plan(state, &conn, &cursor, params.epoch.as_deref())
+        .await
+        .map_err(engine_down)?;
+    tracing::info!(
+        conn = id.0,
+        user = %conn.user,
+        org = %conn.org,
+        role = identity.role.as_str(),
+        resumed = !cursor.is_empty(),
+        "connected"
+    );
+    Ok(Start {
+        conn,
+        identity,
+        registration,
+        subscription,
+        sent,
+        first,
+        replay,
+    })
+}
+
+/// A handshake that passed every check.
+struct Admitted {
+    identity: Identity,
+    org: OrgId,
+    interest: Interest,
+    cursor: Vec<(ChannelName, u64)>,
+}
+
+/// Checks token, cursor and `orgs=`, and works out what the connection reads.
+fn admit(
+    state: &AppState,
+    auth: Result<Identity, AuthError>,
+    params: &WsParams,
+) -> Result<Admitted, CloseReason> {
+    if state.shutdown.is_cancelled() {
+        return Err(CloseReason::SHUTDOWN);
+    }
+    let identity = auth.map_err(|e| policy(e.to_string()))?;
+    let cursor = match params.since.as_deref().map(protocol::parse_cursor) {
+        None => Vec::new(),
+        Some(Ok(cursor)) => cursor,
+        Some(Err(_)) => return Err(policy("invalid since".to_owned())),
+    };
+    let forbidden = || policy(AuthError::Forbidden.to_string());
+    let org = identity.org.clone().ok_or_else(forbidden)?;
+    let interest = match params.orgs.as_deref() {
+        None => Interest {
+            channels: vec![ChannelName::org(&org), ChannelName::user(&identity.user)],
+            all: false,
+        },
+        Some(_) if identity.role != Role::Admin => return Err(forbidden()),
+        Some(orgs) => parse_orgs(orgs).ok_or_else(|| policy("invalid orgs".to_owned()))?,
+    };
+    Ok(Admitted {
+        identity,
+        org,
+        interest,
+        cursor,
+    })
+}
+
+/// The most orgs one admin connection may list.
+const MAX_WATCHED_ORGS: usize = 1000;
+
+/// `*` (every channel) or a comma list of org ids.
+pub(crate) fn parse_orgs(orgs: &str) -> Option<Interest> {
+    if orgs.trim() == "*" {
+        return Some(Interest {
+            channels: Vec::new(),
+            all: true,
+        });
+    }
+    let mut channels = Vec::new();
+    for org in orgs.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        let channel = ChannelName::org(&OrgId::new(org).ok()?);
+        if !channels.contains(&channel) {
+            channels.push(channel);
+        }
+        if channels.len() > MAX_WATCHED_ORGS {
+            return None;
+        }
+    }
+    (!channels.is_empty()).then_some(Interest {
+        channels,
+        all: false,
+    })
+}
+
+/// Closes a connection that never started, and counts it.
+async fn refuse(state: &AppState, socket: &mut WebSocket, reason: &CloseReason) {
+    state.metrics.closed(reason.code, ClosedBy::Server);
+    close_socket(socket, reason).await;
+}
+
+/// Holds the engine subscription of a connection; released on drop.
+struct Subscription {
+    state: AppState,
+    conn: Arc<Conn>,
+}
+
+impl Subscription {
+    async fn new(state: &AppState, conn: &Arc<Conn>) -> Result<Self, EngineError> {
+        let interest = &conn.interest;
+        state.engine.subscribe(&interest.channels).await?;
+        if interest.all
+            && let Err(e) = state.engine.subscribe_all().await
+        {
+            state.engine.unsubscribe(&interest.channels);
+            return Err(e);
+        }
+        Ok(Self {
+            state: state.clone(),
+            conn: conn.clone(),
+        })
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let interest = &self.conn.interest;
+        self.state.engine.unsubscribe(&interest.channels);
+        if interest.all {
+            self.state.engine.unsubscribe_all();
+        }
+    }
+}
+
+/// Per channel, the last seq this connection was sent; events at or below
+/// it are duplicates of the replay and are dropped.
+struct Sent {
+    /// The channels the connection was registered for (a handful).
+    fixed: Vec<(ChannelName, u64)>,
+    /// Whether the connection reads every channel (`orgs=*`).
+    all: bool,
+    /// For `all` connections, every other channel seen so far.
+    others: HashMap<ChannelName, u64>,
+}
+
+impl Sent {
+    fn last_mut(&mut self, channel: &ChannelName) -> Option<&mut u64> {
+        match self.fixed.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, last)) => Some(last),
+            None if self.all => Some(self.others.entry(channel.clone()).or_insert(0)),
+            None => None,
+        }
+    }
+
+    /// Whether the client lacks this event; records it as sent.
+    fn is_new(&mut self, publication: &Publication) -> bool {
+        let Some(last) = self.last_mut(&publication.channel) else {
+            return false;
+        };
+        if publication.seq <= *last {
+            return false;
+        }
+        *last = publication.seq;
+        true
+    }
+}
+
+/// Events per replay page: as many of the largest possible frame as fit in
+/// `--send-queue-bytes`, so a page never holds more than that.
+fn replay_page_events(state: &AppState) -> usize {
+    let largest = state
+        .config
+        .max_message_bytes
+        .saturating_add(ENVELOPE_OVERHEAD);
+    usize::try_from(state.config.send_queue_bytes / largest.max(1))
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+/// Reads the positions, decides per cursor channel between a resync and a
+/// replay, and builds `connected`. The replay itself streams later, page
+/// by page as the socket drains.
+async fn plan(
+    state: &AppState,
+    conn: &Conn,
+    cursor: &[(ChannelName, u64)],
+    epoch: Option<&str>,
+) -> Result<(Sent, VecDeque<Utf8Bytes>, Replay), EngineError> {
+    let engine = &state.engine;
+    let current_epoch = engine.epoch();
+    let epoch_changed = epoch.is_some_and(|e| e != &*current_epoch);
+
+    let channels = &conn.interest.channels;
+    let latest = engine.latest(channels).await?;
+    let mut sent = Sent {
+        fixed: channels.iter().cloned().zip(latest).collect(),
+        all: conn.interest.all,
+        others: HashMap::new(),
+    };
+    let mut resyncs = Vec::new();
+    let mut replay = Replay::new(replay_page_events(state));
+    for (channel, since) in cursor {
+        // A cursor for a channel this connection does not read (say, an org
+        // the user has left) is ignored rather than refused, so a stale
+        // cursor cannot lock a client out.
+        let Some(last) = sent.last_mut(channel) else {
+            continue;
+        };
+        let since = *since;
+        // Positions only (no events): taken after registration, so every
+        // later event is live in the queue.
+        let positions = engine.history(channel, since, 0).await?;
+        let reason = if epoch_changed {
+            Some(ResyncReason::EpochChanged)
+        } else if since > positions.latest {
+            Some(ResyncReason::PositionAhead)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => resyncs.push(protocol::resync_frame(&Resync {
+                channel,
+                requested: since,
+                oldest: positions.oldest,
+                reason,
+                epoch: (reason == ResyncReason::EpochChanged).then_some(&*current_epoch),
+            })),
+            // `history_trimmed` is found while paging, where it may also
+            // happen mid-replay.
+            None if since < positions.latest => replay.push(ReplayChannel {
+                channel: channel.clone(),
+                next: since,
+                target: positions.latest,
+            }),
+            None => {}
+        }
+        *last = positions.latest;
+    }
+
+    let positions = sent
+        .fixed
+        .iter()
+        .map(|(c, seq)| (c, seq))
+        .chain(&sent.others)
+        .map(|(c, seq)| (c.to_string(), serde_json::Value::from(*seq)))
+        .collect();
+    let connection_id = format!("{}-{}", state.node_id, conn.id.0);
+    let connected = protocol::connected_frame(&Connected {
+        connection_id: &connection_id,
+        user_id: &conn.user,
+        org_id: &conn.org,
+        expires_at: protocol::unix_to_rfc3339(conn.expires_at()),
+        epoch: &current_epoch,
+        positions,
+    });
+    let mut first = VecDeque::with_capacity(resyncs.len() + 1);
+    first.push_back(connected);
+    first.extend(resyncs);
+    Ok((sent, first, replay))
+}
+
+/// Checks a refresh token: valid, not revoked, and the same identity as
+/// the session's.
+fn refresh(state: &AppState, identity: &Identity, token: &str) -> Result<u64, AuthError> {
+    let new = state.authenticate(token)?;
+    if new.user != identity.user || new.org != identity.org || new.role != identity.role {
+        return Err(AuthError::Forbidden);
+    }
+    Ok(new.exp)
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn policy(reason: String) -> CloseReason {
+    CloseReason {
+        code: close::POLICY,
+        reason: reason.into(),
+    }
+}
+
+/// Sends a close frame and waits briefly for the peer's answer, so the
+/// frame is not lost to a reset; gives up after [`CLOSE_GRACE`].
+async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code,
+        reason: Utf8Bytes::from(reason.reason.as_ref()),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,160 @@
+//! The node's background tasks — keep-alive, token expiry, the engine's
+//! sweep — one each for the whole node, not one per connection.
+//!
+//! Each runs under [`supervise`]: a task that ends or panics while the
+//! node is up is logged, counted (`hrrt_task_restarts_total`) and started
+//! again after a backoff, and `/readyz` answers 503 until it is back. A
+//! node whose keep-alive timer died would otherwise keep every connection
+//! but never notice a dead one again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::task::AbortHandle;
+
+use crate::app::AppState;
+use crate::auth::unix_now;
+use crate::protocol;
+
+/// How long a dead task waits before its first restart, doubling up to
+/// [`RESTART_MAX`] while it keeps dying within [`HEALTHY_RUN`].
+const RESTART_FIRST: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(10);
+/// A task that ran this long before dying starts over at [`RESTART_FIRST`].
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// How often the engine sweeps expired history, idempotency keys and
+/// revocations: an event is dropped at most this long (plus the sweep's
+/// own time) after it outlived `--history-ttl`.
+pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// Which supervised tasks run, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Tasks {
+    /// Tasks that died and wait for their restart.
+    down: Mutex<Vec<&'static str>>,
+    /// The running instance of each task.
+    running: Mutex<HashMap<&'static str, AbortHandle>>,
+}
+
+impl Tasks {
+    /// A task that is down, if any.
+    pub fn first_down(&self) -> Option<&'static str> {
+        lock(&self.down).first().copied()
+    }
+
+    /// Kills the running instance of `name`, as a crash would; the
+    /// supervisor restarts it. For tests of supervision.
+    #[doc(hidden)]
+    pub fn kill(&self, name: &str) -> bool {
+        lock(&self.running)
+            .get(name)
+            .map(AbortHandle::abort)
+            .is_some()
+    }
+
+    fn set_down(&self, name: &'static str, down: bool) {
+        let mut list = lock(&self.down);
+        list.retain(|n| *n != name);
+        if down {
+            list.push(name);
+        }
+    }
+}
+
+/// Starts every background task of the node.
+pub fn spawn_all(state: &AppState) {
+    supervise(state, "keepalive", keepalive);
+    supervise(state, "token-expiry", token_expiry);
+    supervise(state, "sweep", sweep);
+}
+
+/// Runs `task(state)` on the node's tracker until shutdown, restarting it
+/// whenever it ends or panics before then.
+pub fn supervise<F, Fut>(state: &AppState, name: &'static str, task: F)
+where
+    F: Fn(AppState) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let s = state.clone();
+    state.tracker.spawn(async move {
+        let mut backoff = RESTART_FIRST;
+        loop {
+            let started = Instant::now();
+            let run = tokio::spawn(task(s.clone()));
+            lock(&s.tasks.running).insert(name, run.abort_handle());
+            s.tasks.set_down(name, false);
+            let ended = tokio::select! {
+                ended = run => ended,
+                () = s.shutdown.cancelled() => {
+                    if let Some(handle) = lock(&s.tasks.running).remove(name) {
+                        handle.abort();
+                    }
+                    return;
+                }
+            };
+            if s.shutdown.is_cancelled() {
+                return;
+            }
+            s.tasks.set_down(name, true);
+            s.metrics.task_restarted();
+            match ended {
+                Ok(()) => tracing::error!(task = name, "background task ended; restarting"),
+                Err(e) if e.is_panic() => {
+                    tracing::error!(task = name, "background task panicked; restarting");
+                }
+                Err(_) => tracing::error!(task = name, "background task was killed; restarting"),
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff = RESTART_FIRST;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = s.shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(RESTART_MAX);
+        }
+    });
+}
+
+/// Ticks every `period` (the first after one period) until shutdown.
+async fn every(state: &AppState, period: Duration, mut tick: impl FnMut()) {
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = interval.tick() => tick(),
+        }
+    }
+}
+
+/// The JSON `ping` (serialised once per tick) and a WebSocket Ping to every
+/// connection; two unanswered close it.
+async fn keepalive(state: AppState) {
+    every(&state, state.config.ping_interval, || {
+        state.hub.ping_all(protocol::ping_frame());
+    })
+    .await;
+}
+
+/// Closes connections whose token expired.
+async fn token_expiry(state: AppState) {
+    every(&state, state.config.token_check_interval, || {
+        let closed = state.hub.close_expired(unix_now());
+        if closed > 0 {
+            tracing::info!(closed, "closed connections with expired tokens");
+        }
+    })
+    .await;
+}
+
+/// The engine's housekeeping.
+async fn sweep(state: AppState) {
+    every(&state, SWEEP_PERIOD, || state.engine.sweep()).await;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
