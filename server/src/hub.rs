@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -19,16 +19,6 @@ use crate::protocol::{ChannelName, OrgId, UserId, close};
 /// A connection's id, unique within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId(pub u64);
-
-/// What a connection's queue carries to its socket.
-#[derive(Debug, Clone)]
-pub enum Outbound {
-    /// A published event; dropped by the session if already sent by replay.
-    Event(Arc<Publication>),
-    /// The keep-alive: the JSON `ping` frame, followed by a WebSocket Ping.
-    /// Serialised once per tick and shared.
-    Ping(Arc<Utf8Bytes>),
-}
 
 /// Why the server closes a connection: a close code and a short reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,29 +71,16 @@ pub enum Refused {
     ShuttingDown,
 }
 
-impl Outbound {
-    /// Bytes this item puts on the wire (before WebSocket framing).
-    pub fn len(&self) -> usize {
-        match self {
-            Outbound::Event(publication) => publication.frame.len(),
-            // The WebSocket Ping that follows is a two-byte frame.
-            Outbound::Ping(frame) => frame.len() + 2,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
-
 /// A connection's queue: what the hub pushed and the session has not
 /// taken yet, and the totals of everything not yet written to the socket
 /// (the taken but unwritten frames too), which the bounds apply to.
 #[derive(Default)]
 struct Queue {
-    items: VecDeque<Outbound>,
+    items: VecDeque<Arc<Publication>>,
     frames: usize,
     bytes: usize,
+    /// The keep-alive due, if the session has not written it yet.
+    ping: Option<Utf8Bytes>,
 }
 
 /// The hub's handle on one live connection: identity, what it reads, and
@@ -131,6 +108,9 @@ pub struct Conn {
     expires_at: AtomicU64,
     /// Pings sent since the last Pong; two unanswered drop the connection.
     unanswered_pings: AtomicU32,
+    /// Whether `Queue::ping` holds a keep-alive: checked by the session
+    /// before every frame it writes, without the lock.
+    ping_due: AtomicBool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -172,17 +152,18 @@ impl Conn {
             close_reason: OnceLock::new(),
             expires_at: AtomicU64::new(exp),
             unanswered_pings: AtomicU32::new(0),
+            ping_due: AtomicBool::new(false),
         }
     }
 
-    /// Queues a frame without waiting; a queue over its frame or byte
+    /// Queues an event without waiting; a queue over its frame or byte
     /// bound closes the connection as a slow consumer. Returns whether the
-    /// frame was queued.
-    pub fn push(&self, item: Outbound) -> bool {
+    /// event was queued.
+    pub fn push(&self, item: Arc<Publication>) -> bool {
         if self.close_reason.get().is_some() {
             return false;
         }
-        let len = item.len();
+        let len = item.frame.len();
         let mut queue = self.lock();
         if queue.frames >= self.max_frames || queue.bytes.saturating_add(len) > self.max_bytes {
             drop(queue);
@@ -207,11 +188,34 @@ impl Conn {
     /// allocating). Taken frames count against the bounds until a later
     /// call reports them `written` (frames, bytes) to the socket: one lock
     /// per batch for both.
-    pub fn take_queued(&self, into: &mut VecDeque<Outbound>, written: (usize, usize)) {
+    pub fn take_queued(&self, into: &mut VecDeque<Arc<Publication>>, written: (usize, usize)) {
         let mut queue = self.lock();
         queue.frames = queue.frames.saturating_sub(written.0);
         queue.bytes = queue.bytes.saturating_sub(written.1);
         std::mem::swap(&mut queue.items, into);
+    }
+
+    /// Asks the session to send the keep-alive `frame` (the JSON `ping`,
+    /// then a WebSocket Ping) ahead of anything queued: a client that
+    /// reads steadily but is behind on events still sees (and answers) it
+    /// within the interval. A ping not yet written is replaced, not added.
+    pub fn ping(&self, frame: Utf8Bytes) {
+        self.lock().ping = Some(frame);
+        self.ping_due.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether a keep-alive waits to be written.
+    pub fn ping_pending(&self) -> bool {
+        self.ping_due.load(Ordering::Acquire)
+    }
+
+    /// The keep-alive to write now, if one is due.
+    pub fn take_ping(&self) -> Option<Utf8Bytes> {
+        if !self.ping_due.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.lock().ping.take()
     }
 
     /// Frames and bytes not yet written.
@@ -402,12 +406,11 @@ impl Hub {
     /// Sends the keep-alive to every connection and closes those that left
     /// two pings unanswered.
     pub fn ping_all(&self, frame: Utf8Bytes) {
-        let frame = Arc::new(frame);
         self.for_each(|conn| {
             if conn.ping_sent() >= 2 {
                 conn.close(CloseReason::PING_TIMEOUT);
             } else {
-                conn.push(Outbound::Ping(frame.clone()));
+                conn.ping(frame.clone());
             }
         });
     }
@@ -445,7 +448,7 @@ impl Deliver for Hub {
             .into_iter()
             .flat_map(HashMap::values)
             .chain(inner.watch_all.values())
-            .filter(|conn| conn.push(Outbound::Event(publication.clone())))
+            .filter(|conn| conn.push(publication.clone()))
             .count();
         drop(inner);
         self.metrics
@@ -504,7 +507,7 @@ mod tests {
         Arc::new(Conn::new(ConnId(id), user, org, interest, u64::MAX, limits))
     }
 
-    fn queued(conn: &Conn) -> Vec<Outbound> {
+    fn queued(conn: &Conn) -> Vec<Arc<Publication>> {
         let mut out = VecDeque::new();
         conn.take_queued(&mut out, (0, 0));
         out.into_iter().collect()
@@ -538,7 +541,7 @@ mod tests {
         assert_eq!(hub.deliver(&publication("user:3", 1)), 1);
         assert_eq!(queued(&a).len(), 1);
         assert_eq!(queued(&b).len(), 1);
-        assert!(matches!(&queued(&c)[..], [Outbound::Event(p)] if p.channel.as_str() == "user:3"));
+        assert!(matches!(&queued(&c)[..], [p] if p.channel.as_str() == "user:3"));
         drop(rb);
         assert_eq!(hub.len(), 2);
         assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
@@ -630,6 +633,11 @@ mod tests {
         hub.ping_all(frame.clone());
         hub.ping_all(frame.clone());
         assert!(c.close_reason().is_none());
+        // Pings are not queued behind events, and one not yet written is
+        // replaced rather than doubled.
+        assert!(queued(&c).is_empty());
+        assert_eq!(c.take_ping(), Some(frame.clone()));
+        assert_eq!(c.take_ping(), None);
         hub.ping_all(frame.clone());
         assert_eq!(c.close_reason(), Some(&CloseReason::PING_TIMEOUT));
         let d = conn(2, "2", "7", 8);

@@ -532,7 +532,10 @@ mod tests {
         assert_eq!(engine.retained_events(), 0);
         // org:1 has a subscriber and stays; org:2 and org:3 are freed.
         assert_eq!(engine.channel_count(), 1);
-        assert_eq!(engine.latest(std::slice::from_ref(&watched)).await.unwrap(), [1]);
+        assert_eq!(
+            engine.latest(std::slice::from_ref(&watched)).await.unwrap(),
+            [1]
+        );
         // A freed channel used again continues above every seq it had, so
         // an old cursor is told its events are gone.
         let page = engine.history(&name("org:3"), 40, 10).await.unwrap();

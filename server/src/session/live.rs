@@ -24,13 +24,14 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::{Sink, Stream};
+use futures_util::{Sink, SinkExt, Stream};
 
 use super::{Sent, Start, Subscription, close_socket, is_too_big, policy, refresh};
 use crate::app::AppState;
 use crate::auth::Identity;
+use crate::engine::Publication;
 use crate::engine::{Engine, EngineError, HistoryPage};
-use crate::hub::{CloseReason, Conn, Outbound, Registration};
+use crate::hub::{CloseReason, Conn, Registration};
 use crate::metrics::ClosedBy;
 use crate::protocol::{self, ChannelName, ClientFrame, Resync, ResyncReason, close, error_code};
 
@@ -146,7 +147,7 @@ pub(super) struct Live {
     /// The fetched page, not yet written.
     replayed: VecDeque<Utf8Bytes>,
     /// Live frames taken from the queue, not yet written.
-    batch: VecDeque<Outbound>,
+    batch: VecDeque<Arc<Publication>>,
     /// Taken frames (count, bytes) handed to the socket and not yet
     /// reported to the queue's bounds.
     written: (usize, usize),
@@ -295,6 +296,7 @@ impl Live {
     fn has_pending(&self) -> bool {
         self.ping_next
             || !self.own.is_empty()
+            || self.conn.ping_pending()
             || !self.replayed.is_empty()
             || !self.batch.is_empty()
     }
@@ -308,26 +310,22 @@ impl Live {
         if let Some(frame) = self.own.pop_front() {
             return Some(Message::Text(frame));
         }
+        if let Some(ping) = self.conn.take_ping() {
+            self.ping_next = true;
+            return Some(Message::Text(ping));
+        }
         if let Some(frame) = self.replayed.pop_front() {
             return Some(Message::Text(frame));
         }
-        let item = self.batch.pop_front()?;
+        let publication = self.batch.pop_front()?;
         self.written.0 += 1;
-        self.written.1 += item.len();
-        match item {
-            Outbound::Event(publication) => {
-                if !self.sent.is_new(&publication) {
-                    return None;
-                }
-                let received = publication.received;
-                self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
-                Some(Message::Text(publication.frame.clone()))
-            }
-            Outbound::Ping(frame) => {
-                self.ping_next = true;
-                Some(Message::Text((*frame).clone()))
-            }
+        self.written.1 += publication.frame.len();
+        if !self.sent.is_new(&publication) {
+            return None;
         }
+        let received = publication.received;
+        self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
+        Some(Message::Text(publication.frame.clone()))
     }
 
     /// After a flush: the latency metric, and memory back after a burst
@@ -415,6 +413,11 @@ impl Live {
             }
             // 1006: the connection ended without a close frame.
             Ending::PeerGone => {
+                if peer_code.is_some() {
+                    // tungstenite queued the answer to the peer's close;
+                    // it may sit behind frames the socket had not taken.
+                    let _ = tokio::time::timeout(super::CLOSE_GRACE, socket.flush()).await;
+                }
                 let code = peer_code.unwrap_or(1006);
                 state.metrics.closed(code, ClosedBy::Client);
                 (code, ClosedBy::Client)
@@ -428,5 +431,84 @@ impl Live {
             by = if by == ClosedBy::Server { "server" } else { "client" },
             "disconnected"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::value::RawValue;
+
+    use super::*;
+    use crate::protocol::{EventType, encode_event};
+
+    fn page(
+        channel: &ChannelName,
+        seqs: std::ops::RangeInclusive<u64>,
+        latest: u64,
+    ) -> HistoryPage {
+        let event_type = EventType::parse("entity.created").unwrap();
+        let payload = RawValue::from_string("{}".to_owned()).unwrap();
+        let events: Vec<Arc<Publication>> = seqs
+            .map(|seq| {
+                Arc::new(Publication {
+                    frame: encode_event(&event_type, &payload, channel, seq),
+                    channel: channel.clone(),
+                    seq,
+                    event_type: event_type.clone(),
+                    received: Instant::now(),
+                })
+            })
+            .collect();
+        HistoryPage {
+            oldest: events.first().map_or(latest + 1, |p| p.seq),
+            events,
+            latest,
+        }
+    }
+
+    fn kinds(out: &VecDeque<Utf8Bytes>) -> Vec<String> {
+        out.iter()
+            .map(|f| {
+                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                match v["seq"].as_u64() {
+                    Some(seq) => seq.to_string(),
+                    None => format!("resync@{}", v["payload"]["requested"]),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pages_on_to_the_target_and_resyncs_when_trimmed_meanwhile() {
+        let org = ChannelName::parse("org:7").unwrap();
+        let mut replay = Replay::new(2);
+        replay.push(ReplayChannel {
+            channel: org.clone(),
+            next: 3,
+            target: 9,
+        });
+        let mut out = VecDeque::new();
+        replay.take_page(page(&org, 4..=5, 12), &mut out);
+        assert!(!replay.is_done());
+        // Publishing went on while the client read: 6 and 7 were trimmed.
+        replay.take_page(page(&org, 8..=9, 12), &mut out);
+        assert!(replay.is_done(), "9 is the target; later events come live");
+        assert_eq!(kinds(&out), ["4", "5", "resync@5", "8", "9"]);
+    }
+
+    #[test]
+    fn an_empty_page_ends_the_channel() {
+        let org = ChannelName::parse("org:7").unwrap();
+        let mut replay = Replay::new(10);
+        replay.push(ReplayChannel {
+            channel: org.clone(),
+            next: 3,
+            target: 9,
+        });
+        let mut out = VecDeque::new();
+        // Everything expired: the history is empty after 9.
+        replay.take_page(page(&org, 1..=0, 9), &mut out);
+        assert!(replay.is_done());
+        assert_eq!(kinds(&out), ["resync@3"]);
     }
 }

@@ -47,6 +47,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Measured with `scripts/bench.sh` (idle row of docs/benchmarks.md).
 const READ_BUFFER: usize = 512;
 
+/// tungstenite's write buffer: frames gather here and go to the socket in
+/// one `send` once it holds this much (or at a flush). Its default, 128 KiB,
+/// is kept at its peak by every connection that ever had a burst, and sits
+/// in front of a keep-alive Ping or an `auth.refreshed` that the session
+/// writes ahead of queued events; 16 KiB still makes one `send` of a
+/// typical batch.
+const WRITE_BUFFER: usize = 16 << 10;
+
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]
 pub struct WsParams {
@@ -104,6 +112,7 @@ pub async fn handler(
     let max = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
     upgrade
         .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
