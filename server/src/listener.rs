@@ -32,6 +32,16 @@ use tokio_util::task::TaskTracker;
 /// enough that accepting resumes soon after sockets are freed.
 pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// The most bytes the kernel holds unsent per socket (`TCP_NOTSENT_LOWAT`).
+/// Without it Linux grows a socket's send buffer up to `tcp_wmem`'s 4 MiB,
+/// where frames escape `--send-queue-bytes` and a keep-alive Ping or an
+/// `auth.refreshed`, written ahead of queued events, still waits behind
+/// megabytes of them (a client reading at 1 MB/s: seconds). At 16 KiB the
+/// backlog stays in the connection's queue, where it is bounded and
+/// ordered; a connection that keeps up is not slowed (measured in
+/// docs/benchmarks.md).
+pub const NOTSENT_LOWAT: u32 = 16 << 10;
+
 /// What the accept loop serves and how it stops.
 pub struct HttpServer {
     pub router: Router,
@@ -94,6 +104,8 @@ impl HttpServer {
         // can wait for the ACK of the previous one (tens of ms with
         // delayed ACKs).
         let _ = tcp.set_nodelay(true);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&tcp).set_tcp_notsent_lowat(NOTSENT_LOWAT);
         let service = TowerToHyperService::new(self.router.clone());
         let header_timeout = self.header_timeout;
         let graceful = self.graceful.clone();

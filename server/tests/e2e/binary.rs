@@ -7,9 +7,9 @@ use tokio::process::{Child, Command};
 
 use crate::harness::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_hrrt-server");
+pub const BIN: &str = env!("CARGO_BIN_EXE_hrrt-server");
 
-fn server_command() -> Command {
+pub fn server_command() -> Command {
     let mut cmd = Command::new(BIN);
     cmd.env_remove("HRRT_JWT_SECRET")
         .env_remove("HRRT_LISTEN")
@@ -22,7 +22,7 @@ fn server_command() -> Command {
     cmd
 }
 
-async fn output(args: &[&str]) -> (i32, String) {
+pub async fn output(args: &[&str]) -> (i32, String) {
     let out = within(server_command().args(args).output()).await.unwrap();
     (
         out.status.code().unwrap_or(-1),

@@ -92,6 +92,63 @@ impl Server {
         client
     }
 
+    /// Like [`Server::start`] with a state the test keeps (to reach the
+    /// hub or the background tasks).
+    pub async fn with_state(configure: impl FnOnce(&mut Config)) -> (Self, hrrt_server::AppState) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut config = Config::with_secret(SECRET);
+        config.listen = addr;
+        configure(&mut config);
+        let state = hrrt_server::AppState::new(config).await.unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(hrrt_server::serve(listener, state.clone(), async {
+            let _ = stopped.await;
+        }));
+        let server = Self {
+            addr,
+            stop: Some(stop),
+            task,
+            http: http_client(),
+        };
+        (server, state)
+    }
+
+    /// A client whose socket receive buffer is tiny (4 KiB), so the
+    /// server's writes block as soon as it stops reading, and a backlog
+    /// builds on the server while it reads slowly.
+    pub async fn open_with_small_buffer(&self, query: &str) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = within(socket.connect(self.addr)).await.unwrap();
+        let request =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                self.ws_url(query),
+            )
+            .unwrap();
+        let (ws, _) = within(tokio_tungstenite::client_async(
+            request,
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ))
+        .await
+        .unwrap();
+        Client {
+            ws,
+            connected: Value::Null,
+        }
+    }
+
+    /// POSTs a raw body to /api/events with a service token; the whole
+    /// response (for its headers).
+    pub async fn publish_response(&self, body: Value) -> reqwest::Response {
+        let req = self
+            .http
+            .post(self.url("/api/events"))
+            .bearer_auth(service_token())
+            .json(&body);
+        within(req.send()).await.unwrap()
+    }
+
     /// Opens a WebSocket without reading anything.
     pub async fn open(&self, query: &str) -> Client {
         let (ws, _) = within(tokio_tungstenite::connect_async(self.ws_url(query)))

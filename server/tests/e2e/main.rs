@@ -10,6 +10,7 @@ mod client_frames;
 mod delivery;
 mod engines;
 mod harness;
+mod hostile;
 mod keepalive;
 mod protection;
 mod publish;

@@ -4,36 +4,18 @@ use std::time::{Duration, SystemTime};
 
 use hrrt_server::auth::{Claims, Role, mint, unix_now};
 use serde_json::json;
-use tokio::net::TcpSocket;
+
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::*;
-
-/// A client whose socket receive buffer is tiny, so the server's writes
-/// block as soon as it stops reading.
-async fn open_with_small_buffer(server: &Server, query: &str) -> Client {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let stream = within(socket.connect(server.addr)).await.unwrap();
-    let request = server.ws_url(query).into_client_request().unwrap();
-    let (ws, _) = within(tokio_tungstenite::client_async(
-        request,
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-    ))
-    .await
-    .unwrap();
-    Client {
-        ws,
-        connected: serde_json::Value::Null,
-    }
-}
 
 #[tokio::test]
 async fn a_slow_client_is_closed_1013_and_the_others_get_everything() {
     const EVENTS: u64 = 120;
     let server = Server::with(|c| c.send_queue = 8).await;
-    let mut slow =
-        open_with_small_buffer(&server, &format!("token={}", token("9", "7", Role::User))).await;
+    let mut slow = server
+        .open_with_small_buffer(&format!("token={}", token("9", "7", Role::User)))
+        .await;
     let connected = slow.next_json().await;
     let epoch = connected["payload"]["epoch"].as_str().unwrap().to_owned();
     let mut fast = server.connect("1", "7").await;
