@@ -429,3 +429,38 @@ async fn two_server_processes_behave_as_one() {
         (Some(1), Some("a"))
     );
 }
+
+#[tokio::test]
+async fn a_resume_pages_past_a_smaller_history_size_of_its_own_node() {
+    const EVENTS: u64 = 250;
+    let redis = TestRedis::start(false).await;
+    let big = node(&redis).await;
+    let url = redis.url();
+    // This node keeps less per channel, and pages of 15 events.
+    let small = Server::with(move |c| {
+        c.redis_url = Some(url);
+        c.history_size = 20;
+    })
+    .await;
+    let first = small.connect("1", "7").await;
+    let epoch = epoch_of(&first);
+    drop(first);
+    for chunk in 0..EVENTS / 50 {
+        let events: Vec<Value> = (0..50)
+            .map(|i| json!({"type": "entity.created", "org_id": "7", "payload": {"n": chunk * 50 + i}}))
+            .collect();
+        let (status, body) = big.publish(Value::Array(events)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The stream kept everything the publishing node's history size allows;
+    // a resume through the small node gets all of it, not its first 20.
+    let q = format!(
+        "token={}&since=org:7@0&epoch={epoch}",
+        token("1", "7", Role::User)
+    );
+    let mut again = small.connect_query(&q).await;
+    for seq in 1..=EVENTS {
+        let e = again.next_event().await;
+        assert_eq!(e["seq"], seq, "{e}");
+    }
+}
