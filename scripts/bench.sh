@@ -8,6 +8,8 @@
 #
 #   scripts/bench.sh            # the whole matrix (about 4 minutes)
 #   scripts/bench.sh idle fanout-50   # some rows only
+#   BENCH_BIN_DIR=/tmp/old BENCH_OUT=/tmp/old.md scripts/bench.sh   # other binaries,
+#                               # e.g. a previous build, for a before/after pair
 #
 # Needs: Linux, 2+ cores, taskset (util-linux), python3, curl. Traffic stays
 # on 127.0.0.1. Not run by CI.
@@ -26,7 +28,14 @@ for tool in taskset python3 curl; do
   command -v "$tool" >/dev/null || { echo "bench.sh needs $tool" >&2; exit 2; }
 done
 
-cargo build --release --locked -p hrrt -p hrrt-server
+BIN_DIR=${BENCH_BIN_DIR:-target/release}
+if [ -z "${BENCH_BIN_DIR:-}" ]; then
+  cargo build --release --locked -p hrrt -p hrrt-server
+fi
+# The load generator is always this build's, so both servers face the same client.
+LOAD_BIN=target/release/hrrt
+[ -x "$LOAD_BIN" ] || cargo build --release --locked -p hrrt
+OUT_DIR=${BENCH_RUN_DIR:-$OUT_DIR}
 mkdir -p "$OUT_DIR"
 # Both processes hold tens of thousands of sockets.
 ulimit -n "$(ulimit -Hn)"
@@ -43,7 +52,7 @@ trap stop_server EXIT
 
 start_server() {
   HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c "$SERVER_CPU" \
-    target/release/hrrt-server --listen "127.0.0.1:$PORT" "$@" \
+    "$BIN_DIR/hrrt-server" --listen "127.0.0.1:$PORT" "$@" \
     >"$OUT_DIR/server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 1 100); do
@@ -61,7 +70,7 @@ run() {
   echo "== $name: hrrt load $*" >&2
   start_server --send-queue 4096
   # A failed row (loss, thresholds) is recorded, not fatal.
-  HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" target/release/hrrt --url "$URL" load \
+  HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
     --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$name.json" "$@" \
     | tee "$OUT_DIR/$name.txt" || true
   echo "hrrt load $*" >"$OUT_DIR/$name.cmd"

@@ -385,14 +385,18 @@ struct Sent {
     fixed: Vec<(ChannelName, u64)>,
     /// Whether the connection reads every channel (`orgs=*`).
     all: bool,
-    /// For `all` connections, every other channel seen so far.
+    /// For `all` connections, the other channels of the resume cursor.
+    /// Only those: a watcher of every channel that recorded each one it saw
+    /// would grow for as long as it stays connected.
     others: HashMap<ChannelName, u64>,
 }
 
 impl Sent {
-    fn last_mut(&mut self, channel: &ChannelName) -> Option<&mut u64> {
-        match self.fixed.iter_mut().find(|(c, _)| c == channel) {
-            Some((_, last)) => Some(last),
+    /// Where the resume of `channel` starts from, if the connection reads
+    /// it (a watcher of every channel reads any).
+    fn cursor_mut(&mut self, channel: &ChannelName) -> Option<&mut u64> {
+        match self.fixed.iter().position(|(c, _)| c == channel) {
+            Some(i) => self.fixed.get_mut(i).map(|(_, last)| last),
             None if self.all => Some(self.others.entry(channel.clone()).or_insert(0)),
             None => None,
         }
@@ -400,8 +404,15 @@ impl Sent {
 
     /// Whether the client lacks this event; records it as sent.
     fn is_new(&mut self, publication: &Publication) -> bool {
-        let Some(last) = self.last_mut(&publication.channel) else {
-            return false;
+        let channel = &publication.channel;
+        let last = match self.fixed.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, last)) => last,
+            None => match self.others.get_mut(channel) {
+                Some(last) => last,
+                // A channel a watcher of everything did not resume: nothing
+                // was replayed, so nothing can be a duplicate.
+                None => return self.all,
+            },
         };
         if publication.seq <= *last {
             return false;
@@ -449,7 +460,7 @@ async fn plan(
         // A cursor for a channel this connection does not read (say, an org
         // the user has left) is ignored rather than refused, so a stale
         // cursor cannot lock a client out.
-        let Some(last) = sent.last_mut(channel) else {
+        let Some(last) = sent.cursor_mut(channel) else {
             continue;
         };
         let since = *since;
