@@ -1,5 +1,6 @@
 //! The node's background tasks — keep-alive, token expiry, the engine's
-//! sweep — one each for the whole node, not one per connection.
+//! sweep, and the engine's own (the Redis subscriber) — one each for the
+//! whole node, not one per connection.
 //!
 //! Each runs under [`supervise`]: a task that ends or panics while the
 //! node is up is logged, counted (`hrrt_task_restarts_total`) and started
@@ -68,6 +69,9 @@ pub fn spawn_all(state: &AppState) {
     supervise(state, "keepalive", keepalive);
     supervise(state, "token-expiry", token_expiry);
     supervise(state, "sweep", sweep);
+    for (name, task) in state.engine.background_tasks() {
+        supervise(state, name, move |_| task());
+    }
 }
 
 /// Runs `task(state)` on the node's tracker until shutdown, restarting it

@@ -107,6 +107,10 @@ pub enum EngineError {
     },
 }
 
+/// A long-running task of an engine, made afresh for every (re)start.
+pub type BackgroundTask =
+    Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
 /// One node of the cluster as `GET /api/nodes` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct NodeInfo {
@@ -198,6 +202,14 @@ pub trait Engine: Send + Sync + 'static {
     /// refused. Checked on every handshake, refresh and API call, so it
     /// answers from memory and never blocks.
     fn revoked_at(&self, user: &UserId) -> Option<u64>;
+
+    /// The engine's own long-running tasks (the Redis subscriber). The node
+    /// runs each under supervision: restarted when it ends or panics, with
+    /// `/readyz` 503 meanwhile. Until they run, nothing is delivered from
+    /// other nodes.
+    fn background_tasks(&self) -> Vec<(&'static str, BackgroundTask)> {
+        Vec::new()
+    }
 
     /// The live nodes sharing this engine; `local` is this node as it is
     /// now (the memory engine has no other).

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::revocation::Revocations;
 use super::{
-    Deliver, Engine, EngineError, Epoch, HistoryPage, IDEMPOTENCY_WINDOW, NewEvent, Publication,
-    PublishAck,
+    BackgroundTask, Deliver, Engine, EngineError, Epoch, HistoryPage, IDEMPOTENCY_WINDOW, NewEvent,
+    Publication, PublishAck,
 };
 use crate::protocol::{ChannelName, EventType, UserId, encode_event_prefix};
 
@@ -140,6 +140,12 @@ struct Shared {
     /// Whether the subscriber connection is up.
     subscribed: AtomicBool,
     history: Script,
+    /// The subscriber task's requests and state, behind locks it holds for
+    /// its whole run: when it dies (a panic, or killed) the locks are
+    /// released and its restarted successor takes both over, subscriptions
+    /// and delivered seqs included.
+    commands: tokio::sync::Mutex<mpsc::UnboundedReceiver<Control>>,
+    subs: tokio::sync::Mutex<Subscriptions>,
 }
 
 impl Shared {
@@ -227,7 +233,8 @@ enum Control {
 }
 
 impl RedisEngine {
-    /// Connects to Redis at `url` and starts the subscriber task.
+    /// Connects to Redis at `url`. Its subscriber is one of
+    /// [`Engine::background_tasks`], which the node runs (and restarts).
     pub async fn connect(
         url: &str,
         history_size: usize,
@@ -242,6 +249,7 @@ impl RedisEngine {
             .set_number_of_retries(1)
             .set_max_delay(BACKOFF_MAX);
         let conn = call(client.get_connection_manager_with_config(config)).await?;
+        let (control, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             client,
             conn,
@@ -250,10 +258,10 @@ impl RedisEngine {
             history_ttl,
             subscribed: AtomicBool::new(false),
             history: Script::new(HISTORY_SCRIPT),
+            commands: tokio::sync::Mutex::new(commands),
+            subs: tokio::sync::Mutex::default(),
         });
         shared.load_epoch().await?;
-        let (control, commands) = mpsc::unbounded_channel();
-        tokio::spawn(subscriber(shared.clone(), commands));
         Ok(Self {
             shared,
             publish: Script::new(PUBLISH_SCRIPT),
@@ -405,6 +413,14 @@ impl Engine for RedisEngine {
         self.revocations.sweep(Instant::now());
     }
 
+    fn background_tasks(&self) -> Vec<(&'static str, BackgroundTask)> {
+        let shared = self.shared.clone();
+        vec![(
+            "redis-subscriber",
+            Arc::new(move || Box::pin(subscriber(shared.clone()))),
+        )]
+    }
+
     async fn revoke(&self, user: &UserId, at: u64, ttl: Duration) -> Result<(), EngineError> {
         self.revocations.revoke(user, at, ttl, Instant::now());
         Ok(())
@@ -532,8 +548,11 @@ impl Subscriptions {
 
 /// Owns the pub/sub connection: (re)subscribes, delivers in seq order,
 /// repairs gaps from the stream, reconnects with backoff.
-async fn subscriber(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<Control>) {
-    let mut subs = Subscriptions::default();
+async fn subscriber(shared: Arc<Shared>) {
+    shared.subscribed.store(false, Ordering::Relaxed);
+    let mut commands = shared.commands.lock().await;
+    let mut subs = shared.subs.lock().await;
+    let subs = &mut *subs;
     let mut backoff = BACKOFF_FIRST;
     loop {
         let connected = call(shared.client.get_async_pubsub()).await;
@@ -550,7 +569,7 @@ async fn subscriber(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<C
                         () = &mut deadline => break,
                         command = commands.recv() => match command {
                             None => return,
-                            Some(command) => refuse_while_down(&mut subs, command),
+                            Some(command) => refuse_while_down(subs, command),
                         },
                     }
                 }
@@ -583,7 +602,7 @@ async fn subscriber(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<C
             }
         }
         // What was published while this node was not listening.
-        repair_all(&shared, &mut subs).await;
+        repair_all(&shared, subs).await;
         shared.subscribed.store(true, Ordering::Relaxed);
         backoff = BACKOFF_FIRST;
         tracing::info!(channels = subs.counts.len(), "redis subscriber connected");
@@ -592,7 +611,7 @@ async fn subscriber(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<C
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    if let Err(e) = apply(&mut sink, &mut subs, command).await {
+                    if let Err(e) = apply(&mut sink, subs, command).await {
                         tracing::warn!(error = %e, "redis subscribe failed");
                         break;
                     }
@@ -608,7 +627,7 @@ async fn subscriber(shared: Arc<Shared>, mut commands: mpsc::UnboundedReceiver<C
                         shared.observe_epoch(&epoch);
                         subs.enter_epoch(&epoch);
                     }
-                    deliver_in_order(&shared, &mut subs, publication).await;
+                    deliver_in_order(&shared, subs, publication).await;
                 }
             }
         }

@@ -102,11 +102,14 @@ impl Maker for Redis {
         ttl: Duration,
         deliver: Arc<Recorder>,
     ) -> Arc<dyn Engine> {
-        Arc::new(
-            RedisEngine::connect(&self.0, history_size, ttl, deliver)
-                .await
-                .unwrap(),
-        )
+        let engine = RedisEngine::connect(&self.0, history_size, ttl, deliver)
+            .await
+            .unwrap();
+        // What a node does: run the engine's tasks (its subscriber).
+        for (_, task) in engine.background_tasks() {
+            tokio::spawn(task());
+        }
+        Arc::new(engine)
     }
 }
 

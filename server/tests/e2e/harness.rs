@@ -287,6 +287,16 @@ impl Client {
         within(self.ws.send(Message::text(text))).await.unwrap();
     }
 
+    /// Has `publisher` publish one event to `org` and answers its seq once
+    /// this client received it.
+    pub async fn next_event_after(&mut self, publisher: &Server, org: &str) -> u64 {
+        let seq = publisher
+            .publish_org(org, "entity.created", serde_json::json!({}))
+            .await;
+        assert_eq!(self.next_event().await["seq"], seq);
+        seq
+    }
+
     pub fn position(&self, channel: &str) -> u64 {
         self.connected["payload"]["positions"][channel]
             .as_u64()

@@ -464,3 +464,36 @@ async fn a_resume_pages_past_a_smaller_history_size_of_its_own_node() {
         assert_eq!(e["seq"], seq, "{e}");
     }
 }
+
+#[tokio::test]
+async fn a_killed_subscriber_is_restarted_and_delivery_resumes_without_loss() {
+    let redis = TestRedis::start(false).await;
+    let publisher = node(&redis).await;
+    let url = redis.url();
+    let (reader, state) = Server::with_state(move |c| c.redis_url = Some(url)).await;
+    let mut client = reader.connect("1", "7").await;
+    assert_eq!(client.next_event_after(&publisher, "7").await, 1);
+    assert!(state.tasks.kill("redis-subscriber"));
+    // Published while the subscriber is dead (it restarts after 0.5 s).
+    let missed = publisher
+        .publish_org("7", "entity.created", json!({}))
+        .await;
+    let mut saw_down = false;
+    within(async {
+        loop {
+            let (status, _) = reader.get("/readyz", None).await;
+            if status == 503 {
+                saw_down = true;
+            } else if saw_down {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let after = publisher
+        .publish_org("7", "entity.created", json!({}))
+        .await;
+    assert_eq!(client.next_event().await["seq"], missed);
+    assert_eq!(client.next_event().await["seq"], after);
+}
