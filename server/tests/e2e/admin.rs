@@ -148,11 +148,7 @@ async fn metrics_parse_as_prometheus_text() {
     let mut refused = server.open("token=bad").await;
     refused.expect_close_now().await;
 
-    let text = within(http_client().get(server.url("/metrics")).send())
-        .await
-        .unwrap();
-    assert_eq!(text.status(), 200);
-    let text = within(text.text()).await.unwrap();
+    let text = server.metrics().await;
     let lines = text.lines().map(|l| Ok(l.to_owned()));
     let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
     let value = |name: &str, label: Option<(&str, &str)>| {

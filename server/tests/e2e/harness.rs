@@ -138,6 +138,34 @@ impl Server {
         }
     }
 
+    /// `GET /metrics` as text.
+    pub async fn metrics(&self) -> String {
+        let res = within(self.http.get(self.url("/metrics")).send())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        within(res.text()).await.unwrap()
+    }
+
+    /// Polls `GET /readyz` until it has answered 503 and then 200 again
+    /// (a background task died and was restarted); bounded by `within`.
+    pub async fn until_down_then_up(&self) {
+        let mut saw_down = false;
+        within(async {
+            loop {
+                let (status, _) = self.get("/readyz", None).await;
+                if status == 503 {
+                    saw_down = true;
+                } else if saw_down {
+                    assert_eq!(status, 200);
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+    }
+
     /// POSTs a raw body to /api/events with a service token; the whole
     /// response (for its headers).
     pub async fn publish_response(&self, body: Value) -> reqwest::Response {
@@ -271,6 +299,21 @@ impl Client {
             match self.next_frame().await {
                 Frame::Close(code, reason) => return (code, reason),
                 Frame::Json(_) => continue,
+            }
+        }
+    }
+
+    /// Reads events until the server closes, checking they come in seq
+    /// order right after `last`; answers the close and the last seq read.
+    pub async fn read_in_order_until_close(&mut self, mut last: u64) -> (u16, String, u64) {
+        loop {
+            match self.next_frame().await {
+                Frame::Json(e) if e["type"] == "ping" => {}
+                Frame::Json(e) => {
+                    assert_eq!(e["seq"].as_u64(), Some(last + 1), "{e}");
+                    last += 1;
+                }
+                Frame::Close(code, reason) => return (code, reason, last),
             }
         }
     }

@@ -582,17 +582,7 @@ async fn a_slow_consumer_is_bounded_by_bytes_not_only_frames() {
             .await;
     }
     within(reader).await.unwrap();
-    let mut last = 0;
-    let (code, reason) = loop {
-        match slow.next_frame().await {
-            Frame::Json(e) if e["type"] == "ping" => {}
-            Frame::Json(e) => {
-                assert_eq!(e["seq"].as_u64(), Some(last + 1));
-                last += 1;
-            }
-            Frame::Close(code, reason) => break (code, reason),
-        }
-    };
+    let (code, reason, last) = slow.read_in_order_until_close(0).await;
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
     assert!(last < EVENTS);
     let (_, stats) = server.get("/api/stats", Some(&service_token())).await;
@@ -669,12 +659,7 @@ async fn history_expires_by_itself_and_an_unused_channel_is_freed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = within(http_client().get(server.url("/metrics")).send())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains("hrrt_history_events 0"), "{metrics}");
     // The freed channel comes back above its old seqs: an old cursor is
     // told its events are gone, and a new event does not reuse seq 1.
@@ -812,12 +797,7 @@ async fn metrics_cardinality_is_bounded_and_nodes_lists_this_node() {
         assert_eq!(status, 200);
     }
     server.publish_org("o1", "entity.created", json!({})).await;
-    let metrics = within(http_client().get(server.url("/metrics")).send())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let series = |prefix: &str| metrics.lines().filter(|l| l.starts_with(prefix)).count();
     assert_eq!(series("hrrt_events_published_total{"), 7, "{metrics}");
     assert_eq!(series("hrrt_events_delivered_total{"), 7, "{metrics}");
@@ -853,20 +833,7 @@ async fn a_background_task_that_dies_is_restarted_and_readyz_says_so() {
     let mut client = server.connect("1", "7").await;
     assert!(state.tasks.kill("keepalive"));
     // /readyz answers 503 while the task is down, then 200 again.
-    let mut saw_down = false;
-    within(async {
-        loop {
-            let (status, _) = server.get("/readyz", None).await;
-            if status == 503 {
-                saw_down = true;
-            } else if saw_down {
-                assert_eq!(status, 200);
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    server.until_down_then_up().await;
     // The keep-alive runs again: pings arrive.
     let mut pings = 0;
     while pings < 2 {
@@ -874,11 +841,6 @@ async fn a_background_task_that_dies_is_restarted_and_readyz_says_so() {
             pings += 1;
         }
     }
-    let metrics = within(http_client().get(server.url("/metrics")).send())
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     assert!(metrics.contains("hrrt_task_restarts_total 1"), "{metrics}");
 }

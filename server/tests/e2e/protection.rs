@@ -34,17 +34,7 @@ async fn a_slow_client_is_closed_1013_and_the_others_get_everything() {
     within(reader).await.unwrap();
 
     // The slow client now reads what reached it, then the close.
-    let mut last_seq = 0;
-    let (code, reason) = loop {
-        match slow.next_frame().await {
-            Frame::Json(e) => {
-                let seq = e["seq"].as_u64().unwrap();
-                assert_eq!(seq, last_seq + 1);
-                last_seq = seq;
-            }
-            Frame::Close(code, reason) => break (code, reason),
-        }
-    };
+    let (code, reason, last_seq) = slow.read_in_order_until_close(0).await;
     assert_eq!((code, reason.as_str()), (1013, "slow consumer"));
     assert!(
         last_seq < EVENTS,

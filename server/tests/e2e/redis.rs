@@ -478,19 +478,7 @@ async fn a_killed_subscriber_is_restarted_and_delivery_resumes_without_loss() {
     let missed = publisher
         .publish_org("7", "entity.created", json!({}))
         .await;
-    let mut saw_down = false;
-    within(async {
-        loop {
-            let (status, _) = reader.get("/readyz", None).await;
-            if status == 503 {
-                saw_down = true;
-            } else if saw_down {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    reader.until_down_then_up().await;
     let after = publisher
         .publish_org("7", "entity.created", json!({}))
         .await;
