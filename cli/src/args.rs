@@ -35,12 +35,22 @@ pub struct GlobalArgs {
     pub url: String,
 
     /// The server's JWT secret, so commands can mint their own tokens.
-    #[arg(long, global = true, env = "HRRT_JWT_SECRET", hide_env_values = true)]
+    #[arg(long, global = true, env = "HRRT_JWT_SECRET", hide_env_values = true,
+          value_parser = non_empty_secret)]
     pub secret: Option<String>,
 
     /// A token to use instead of minting one.
     #[arg(long, global = true, env = "HRRT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+/// An empty secret signs tokens that only a misconfigured server accepts
+/// (and hrrt-server refuses to start with one): say so here instead.
+fn non_empty_secret(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the secret is empty (is HRRT_JWT_SECRET set to nothing?)".to_owned());
+    }
+    Ok(s.to_owned())
 }
 
 #[derive(Debug, Subcommand)]

@@ -389,6 +389,20 @@ async fn wait_with(mut child: Child) -> i32 {
 #[tokio::test]
 async fn bad_inputs_get_one_clear_line() {
     let server = Server::start().await;
+    // An empty secret would sign tokens no sane server accepts.
+    let (code, _, stderr) = server
+        .hrrt(&["--secret", "", "token", "mint", "--user", "1", "--org", "7"])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("the secret is empty"), "{stderr}");
+    // And a token that would outlive year 9999 cannot be asked for.
+    let (code, _, stderr) = server
+        .hrrt(&[
+            "token", "mint", "--user", "1", "--org", "7", "--ttl", "10000y",
+        ])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--ttl"), "{stderr}");
     // The server is not running there.
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
