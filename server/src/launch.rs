@@ -26,6 +26,7 @@ pub fn init_tracing() {
 
 /// Runs the server from its flags until a shutdown signal.
 pub async fn launch(mut config: Config) -> Result<(), ServerError> {
+    let shutdown = shutdown_signal();
     if config.dev && config.jwt_secret.is_none() {
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| ServerError::Io(std::io::Error::other(e)))?;
@@ -47,7 +48,7 @@ pub async fn launch(mut config: Config) -> Result<(), ServerError> {
     if config.dev {
         print_dev_banner(&config, addr);
     }
-    run(listener, config, shutdown_signal()).await
+    run(listener, config, shutdown).await
 }
 
 /// The most handshakes waiting to be accepted. tokio's default (1024)
@@ -67,29 +68,47 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
+/// A future that resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are
+/// installed here, not when the future is first polled: a signal that
+/// arrives while the server is still starting must shut it down (exit 0),
+/// not kill it with the default action.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut int = signal(SignalKind::interrupt()).ok();
+        let mut term = signal(SignalKind::terminate()).ok();
+        async move {
+            let int = async {
+                match int.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let term = async {
+                match term.as_mut() {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = int => {}
+                () = term => {}
+            }
+            tracing::info!("shutdown signal received");
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
+        tracing::info!("shutdown signal received");
     }
-    tracing::info!("shutdown signal received");
 }
 
 fn print_dev_banner(config: &Config, addr: SocketAddr) {

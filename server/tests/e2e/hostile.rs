@@ -318,8 +318,9 @@ async fn durations_past_a_century_are_flag_errors() {
 // ---------------------------------------------------------- stalled peers
 
 #[tokio::test]
-async fn hundreds_of_stalled_sockets_are_closed_while_everyone_else_is_served() {
-    const STALLED: usize = 300;
+async fn a_thousand_stalled_sockets_are_closed_while_everyone_else_is_served() {
+    // SPEC §8's figure.
+    const STALLED: usize = 1000;
     let _ = rlimit::increase_nofile_limit(4 * STALLED as u64 + 256);
     let timeout = Duration::from_secs(1);
     let server = Server::with(|c| c.handshake_timeout = timeout).await;
@@ -335,6 +336,11 @@ async fn hundreds_of_stalled_sockets_are_closed_while_everyone_else_is_served() 
             .await
             .unwrap();
         stalled.push(stream);
+        // Let the server (same runtime) accept as we go: the test's
+        // listener has tokio's default backlog of 1,024.
+        if i % 64 == 0 {
+            tokio::task::yield_now().await;
+        }
     }
     // A request whose head arrived but whose body stalls.
     let mut half_body = within(TcpStream::connect(server.addr)).await.unwrap();
