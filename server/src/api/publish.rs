@@ -14,7 +14,9 @@ use super::{ServiceCaller, parse_json, read_body};
 use crate::app::AppState;
 use crate::engine::NewEvent;
 use crate::error::ApiError;
-use crate::protocol::{ChannelKind, ChannelName, EventType, IdValue, OrgId, UserId, seed_target};
+use crate::protocol::{
+    self, ChannelKind, ChannelName, EventType, IdValue, OrgId, UserId, seed_target,
+};
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
@@ -161,6 +163,7 @@ fn validate(event: EventIn, max_payload: usize) -> Result<NewEvent, ApiError> {
             payload.get().len()
         )));
     }
+    protocol::check_payload(&payload).map_err(ApiError::bad_event)?;
     if let Some(key) = &event.idempotency_key
         && (key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY)
     {

@@ -254,6 +254,20 @@ async fn times_and_numbers_past_their_range_are_refused_never_a_panic() {
         (401, Some("unauthorized"))
     );
 
+    // A number JSON's syntax allows but no client can read back (found by
+    // the publish_body fuzz target): refused, not forwarded.
+    let (status, body) = server
+        .post_raw(
+            Some(&service_token()),
+            r#"{"type":"entity.created","org_id":"7","payload":{"id":1e999}}"#.to_owned(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_event")),
+        "{body}"
+    );
+
     // Cursors at and past u64.
     let q = format!(
         "token={}&since=org:7@{}",
