@@ -212,7 +212,9 @@ impl Conn {
 
     /// The keep-alive to write now, if one is due.
     pub fn take_ping(&self) -> Option<Utf8Bytes> {
-        if !self.ping_due.swap(false, Ordering::Acquire) {
+        // A plain load first: this runs before every frame written, and a
+        // ping is due once per interval.
+        if !self.ping_due.load(Ordering::Acquire) || !self.ping_due.swap(false, Ordering::Acquire) {
             return None;
         }
         self.lock().ping.take()
