@@ -186,7 +186,7 @@ impl Live {
     }
 
     /// Runs the connection until it ends, then closes it.
-    pub(super) async fn run(mut self) {
+    pub(super) async fn run(mut self: Box<Self>) {
         let conn = self.conn.clone();
         let mut wake = std::pin::pin!(conn.woken());
         let ending = std::future::poll_fn(|cx| {
@@ -206,7 +206,9 @@ impl Live {
             Poll::Pending
         })
         .await;
-        self.finish(ending).await;
+        // Boxed: inline, the close path (a second `Live`, the close
+        // handshake's timer) would sit in every idle connection's task.
+        Box::pin(self.finish(ending)).await;
     }
 
     fn turn(&mut self, cx: &mut Context<'_>) -> Turn {
@@ -388,7 +390,7 @@ impl Live {
     }
 
     /// Sends the close frame (if the server ends it) and logs the end.
-    async fn finish(self, ending: Ending) {
+    async fn finish(self: Box<Self>, ending: Ending) {
         let Live {
             mut socket,
             state,
@@ -396,7 +398,7 @@ impl Live {
             peer_code,
             registration,
             ..
-        } = self;
+        } = *self;
         let (code, by) = match ending {
             Ending::Close(reason) => {
                 if reason == CloseReason::SLOW_CONSUMER {

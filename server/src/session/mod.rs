@@ -119,8 +119,18 @@ pub async fn handler(
             let tracker = state.tracker.clone();
             let hard_stop = state.hard_stop.clone();
             tracker.track_future(async move {
+                // Boxed, so setup's larger future and its refusals are
+                // freed before the live loop starts: an idle connection's
+                // task holds only the loop (idle row of docs/benchmarks.md).
+                let prepared = Box::pin(async {
+                    tokio::select! {
+                        live = prepare(socket, state, auth, params) => live,
+                        () = hard_stop.cancelled() => None,
+                    }
+                });
+                let Some(live) = prepared.await else { return };
                 tokio::select! {
-                    () = run(socket, state, auth, params) => {}
+                    () = live.run() => {}
                     // The shutdown grace is over: drop the socket as it is.
                     () = hard_stop.cancelled() => {}
                 }
@@ -160,30 +170,27 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Sets the session up within `--handshake-timeout`, then runs it.
-async fn run(
+/// Sets the session up within `--handshake-timeout`; a connection that
+/// cannot start is closed here.
+async fn prepare(
     mut socket: WebSocket,
     state: AppState,
     auth: Result<Identity, AuthError>,
     params: WsParams,
-) {
+) -> Option<Box<Live>> {
     let timeout = state.config.handshake_timeout;
-    // Boxed and awaited here, so setup's (larger) future is freed before
-    // the live loop starts: an idle connection costs only the loop.
-    let prepared = tokio::time::timeout(timeout, Box::pin(setup(&state, auth, &params))).await;
-    let start = match prepared {
-        Ok(Ok(start)) => start,
-        Ok(Err(reason)) => {
-            refuse(&state, &mut socket, &reason).await;
-            return;
-        }
+    let reason = match tokio::time::timeout(timeout, setup(&state, auth, &params)).await {
+        // On the heap: the task's future then holds a pointer, not a
+        // second copy of the live state next to the loop's.
+        Ok(Ok(start)) => return Some(Box::new(Live::new(socket, state, start))),
+        Ok(Err(reason)) => reason,
         Err(_) => {
             tracing::warn!("websocket setup took longer than --handshake-timeout; closing");
-            refuse(&state, &mut socket, &CloseReason::ENGINE_UNAVAILABLE).await;
-            return;
+            CloseReason::ENGINE_UNAVAILABLE
         }
     };
-    Live::new(socket, state, start).run().await;
+    refuse(&state, &mut socket, &reason).await;
+    None
 }
 
 /// A connection ready to go live: registered, subscribed, its first frames
