@@ -50,6 +50,11 @@ async fn bad_flags_exit_2_naming_the_flag() {
             "--listen",
         ),
         (&["--jwt-secret", "s", "--bogus"][..], "--bogus"),
+        // Parses, but could never send an event of the largest size.
+        (
+            &["--jwt-secret", "s", "--send-queue-bytes", "2048"][..],
+            "--send-queue-bytes",
+        ),
     ] {
         let (code, stderr) = output(args).await;
         assert_eq!(code, 2, "{args:?}: {stderr}");
