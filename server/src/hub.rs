@@ -14,7 +14,8 @@ use tokio::sync::Notify;
 
 use crate::engine::{Deliver, Publication};
 use crate::metrics::Metrics;
-use crate::protocol::{ChannelName, OrgId, UserId, close};
+use crate::protocol::close::{self, reason};
+use crate::protocol::{ChannelName, OrgId, UserId};
 
 /// A connection's id, unique within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,15 +36,16 @@ impl CloseReason {
         }
     }
 
-    pub const SLOW_CONSUMER: Self = Self::new(close::TRY_AGAIN_LATER, "slow consumer");
-    pub const TOKEN_EXPIRED: Self = Self::new(close::POLICY, "token expired");
-    pub const PING_TIMEOUT: Self = Self::new(close::GOING_AWAY, "ping timeout");
-    pub const SHUTDOWN: Self = Self::new(close::GOING_AWAY, "server shutting down");
-    pub const CONNECTION_LIMIT: Self = Self::new(close::TRY_AGAIN_LATER, "connection limit");
-    pub const ENGINE_UNAVAILABLE: Self = Self::new(close::INTERNAL, "engine unavailable");
+    pub const SLOW_CONSUMER: Self = Self::new(close::TRY_AGAIN_LATER, reason::SLOW_CONSUMER);
+    pub const TOKEN_EXPIRED: Self = Self::new(close::POLICY, reason::TOKEN_EXPIRED);
+    pub const PING_TIMEOUT: Self = Self::new(close::GOING_AWAY, reason::PING_TIMEOUT);
+    pub const SHUTDOWN: Self = Self::new(close::GOING_AWAY, reason::SHUTDOWN);
+    pub const CONNECTION_LIMIT: Self = Self::new(close::TRY_AGAIN_LATER, reason::CONNECTION_LIMIT);
+    pub const ENGINE_UNAVAILABLE: Self = Self::new(close::INTERNAL, reason::ENGINE_UNAVAILABLE);
+    pub const MESSAGE_TOO_BIG: Self = Self::new(close::TOO_BIG, reason::MESSAGE_TOO_BIG);
     /// The engine lost track of a channel's sequence: reconnect and resume
     /// (the resume then says `resync.required` if events are gone).
-    pub const RESYNC: Self = Self::new(close::INTERNAL, "resync");
+    pub const RESYNC: Self = Self::new(close::INTERNAL, reason::RESYNC);
 }
 
 /// What a connection reads.

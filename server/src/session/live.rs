@@ -33,7 +33,7 @@ use crate::engine::Publication;
 use crate::engine::{Engine, EngineError, HistoryPage};
 use crate::hub::{CloseReason, Conn, Registration};
 use crate::metrics::ClosedBy;
-use crate::protocol::{self, ChannelName, ClientFrame, Resync, ResyncReason, close, error_code};
+use crate::protocol::{self, ChannelName, ClientFrame, Resync, ResyncReason, error_code};
 
 /// Turns of the loop in one poll before the task yields to others.
 const TURNS: usize = 32;
@@ -97,7 +97,7 @@ impl Replay {
         let before = current.next;
         if page.oldest > current.next.saturating_add(1) {
             out.push_back(protocol::resync_frame(&Resync {
-                channel: &current.channel,
+                channel: current.channel.clone(),
                 requested: current.next,
                 oldest: page.oldest,
                 reason: ResyncReason::HistoryTrimmed,
@@ -352,10 +352,7 @@ impl Live {
         let message = match incoming {
             None => return Some(Ending::PeerGone),
             Some(Err(e)) if is_too_big(&e) => {
-                return Some(Ending::Close(CloseReason::new(
-                    close::TOO_BIG,
-                    "message too big",
-                )));
+                return Some(Ending::Close(CloseReason::MESSAGE_TOO_BIG));
             }
             Some(Err(_)) => return Some(Ending::PeerGone),
             Some(Ok(message)) => message,

@@ -299,7 +299,7 @@ fn admit(
     let cursor = match params.since.as_deref().map(protocol::parse_cursor) {
         None => Vec::new(),
         Some(Ok(cursor)) => cursor,
-        Some(Err(_)) => return Err(policy("invalid since".to_owned())),
+        Some(Err(_)) => return Err(policy(close::reason::INVALID_SINCE.to_owned())),
     };
     let forbidden = || policy(AuthError::Forbidden.to_string());
     let org = identity.org.clone().ok_or_else(forbidden)?;
@@ -309,7 +309,9 @@ fn admit(
             all: false,
         },
         Some(_) if identity.role != Role::Admin => return Err(forbidden()),
-        Some(orgs) => parse_orgs(orgs).ok_or_else(|| policy("invalid orgs".to_owned()))?,
+        Some(orgs) => {
+            parse_orgs(orgs).ok_or_else(|| policy(close::reason::INVALID_ORGS.to_owned()))?
+        }
     };
     Ok(Admitted {
         identity,
@@ -483,11 +485,11 @@ async fn plan(
         };
         match reason {
             Some(reason) => resyncs.push(protocol::resync_frame(&Resync {
-                channel,
+                channel: channel.clone(),
                 requested: since,
                 oldest: positions.oldest,
                 reason,
-                epoch: (reason == ResyncReason::EpochChanged).then_some(&*current_epoch),
+                epoch: (reason == ResyncReason::EpochChanged).then(|| current_epoch.to_string()),
             })),
             // `history_trimmed` is found while paging, where it may also
             // happen mid-replay.
@@ -506,15 +508,15 @@ async fn plan(
         .iter()
         .map(|(c, seq)| (c, seq))
         .chain(&sent.others)
-        .map(|(c, seq)| (c.to_string(), serde_json::Value::from(*seq)))
+        .map(|(c, seq)| (c.to_string(), *seq))
         .collect();
     let connection_id = format!("{}-{}", state.node_id, conn.id.0);
     let connected = protocol::connected_frame(&Connected {
-        connection_id: &connection_id,
-        user_id: &conn.user,
-        org_id: &conn.org,
+        connection_id,
+        user_id: conn.user.clone(),
+        org_id: conn.org.clone(),
         expires_at: protocol::unix_to_rfc3339(conn.expires_at()),
-        epoch: &current_epoch,
+        epoch: current_epoch.to_string(),
         positions,
     });
     let mut first = VecDeque::with_capacity(resyncs.len() + 1);
