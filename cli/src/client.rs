@@ -2,24 +2,25 @@
 //! server is, which token to send, the resume cursor, the WebSocket
 //! connection and the HTTP API.
 
-use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use hrrt_server::auth::{Claims, Role, mint};
+use futures_util::{SinkExt, StreamExt};
+use hrrt_protocol::frame::DecodeError;
+use hrrt_protocol::{Claims, ClientFrame, Close, Role, ServerFrame, mint};
 use reqwest::Url;
 use serde_json::Value;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::args::GlobalArgs;
 
 /// A WebSocket connection to the server.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How long connecting (TCP and handshake) may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The server's HTTP and WebSocket base URLs, from `--url`.
 #[derive(Debug, Clone)]
@@ -126,115 +127,276 @@ impl TokenSource {
     }
 }
 
-/// Where a client stands in each channel: the resume cursor.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Cursor {
-    pub epoch: Option<String>,
-    pub positions: BTreeMap<String, u64>,
+pub use hrrt_protocol::Cursor;
+
+/// How long connecting (TCP, TLS and the WebSocket handshake) may take by
+/// default.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the token goes in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenIn {
+    /// `Authorization: Bearer`: keeps tokens out of access logs.
+    #[default]
+    Header,
+    /// `?token=`, as the browser front end does. *compat*
+    Query,
 }
 
-impl Cursor {
-    /// Parses `org:7@41,user:42@3`.
-    pub fn parse(s: &str) -> anyhow::Result<Self> {
-        let entries = hrrt_server::protocol::parse_cursor(s)?;
-        Ok(Self {
-            epoch: None,
-            positions: entries
-                .into_iter()
-                .map(|(c, seq)| (c.to_string(), seq))
-                .collect(),
-        })
-    }
+/// How to open a connection: everything but the server and the token.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub token_in: TokenIn,
+    /// Resume from here (`since` + `epoch`); empty for a fresh start.
+    pub cursor: Cursor,
+    /// Admin watch: `7,9` or `*`.
+    pub orgs: Option<String>,
+    /// The local address to connect from (`hrrt load --source-ips`).
+    pub source: Option<IpAddr>,
+    /// tungstenite's read and write buffer sizes; `None` for its defaults.
+    /// A load generator holding tens of thousands of connections wants
+    /// small ones.
+    pub buffers: Option<(usize, usize)>,
+    pub timeout: Duration,
+}
 
-    pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
-    }
-
-    /// `org:7@41,user:42@3`.
-    pub fn to_since(&self) -> String {
-        self.positions
-            .iter()
-            .map(|(c, seq)| format!("{c}@{seq}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Takes the `connected` frame's epoch and positions. Within one epoch
-    /// the cursor's own positions win (they are where the client really
-    /// is); a new epoch restarts every position.
-    pub fn on_connected(&mut self, payload: &Value) {
-        let epoch = payload["epoch"].as_str().map(str::to_owned);
-        if epoch != self.epoch {
-            if self.epoch.is_some() {
-                self.positions.clear();
-            }
-            self.epoch = epoch;
-        }
-        if let Some(positions) = payload["positions"].as_object() {
-            for (channel, seq) in positions {
-                if let Some(seq) = seq.as_u64() {
-                    self.positions.entry(channel.clone()).or_insert(seq);
-                }
-            }
-        }
-    }
-
-    /// Records an event's `channel` and `seq`.
-    pub fn on_event(&mut self, event: &Value) {
-        if let (Some(channel), Some(seq)) = (event["channel"].as_str(), event["seq"].as_u64()) {
-            let position = self.positions.entry(channel.to_owned()).or_insert(0);
-            *position = (*position).max(seq);
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            token_in: TokenIn::Header,
+            cursor: Cursor::default(),
+            orgs: None,
+            source: None,
+            buffers: None,
+            timeout: CONNECT_TIMEOUT,
         }
     }
 }
 
-/// Opens `/ws` with `token` (sent as `Authorization: Bearer`, so it stays
-/// out of access logs), resuming from `cursor`, watching `orgs` if given.
-pub async fn connect(
-    target: &Target,
-    token: &str,
-    cursor: &Cursor,
-    orgs: Option<&str>,
-) -> anyhow::Result<Ws> {
-    install_tls();
-    let request = ws_request(target, token, cursor, orgs)?;
-    match tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request)).await {
-        Ok(Ok((ws, _))) => Ok(ws),
-        Ok(Err(e)) => bail!("cannot connect to {}: {}", target.ws, root_cause(&e)),
-        Err(_) => bail!(
-            "cannot connect to {}: no answer within {}s",
-            target.ws,
-            CONNECT_TIMEOUT.as_secs()
-        ),
+/// What a connection received next, decoded.
+#[derive(Debug)]
+pub enum Received {
+    /// A frame, and its text exactly as the server sent it.
+    Frame { frame: ServerFrame, text: Utf8Bytes },
+    /// A text frame that is not an hrrt frame.
+    Garbled { text: Utf8Bytes, error: DecodeError },
+    /// The server closed the connection.
+    Closed(Close),
+    /// The connection ended without a close frame.
+    Lost(String),
+}
+
+/// What a connection received next, undecoded (the load generator reads
+/// hundreds of thousands of frames a second and decodes only what it needs).
+#[derive(Debug)]
+pub enum RawReceived {
+    Text(Utf8Bytes),
+    Closed(Close),
+    Lost(String),
+}
+
+/// An open WebSocket to the server: the one client every command uses.
+pub struct Connection {
+    ws: Ws,
+}
+
+impl Connection {
+    /// Opens `/ws` on `target` with `token`: TCP (from `options.source` if
+    /// set), TLS for `wss://`, the handshake, within `options.timeout`.
+    pub async fn open(
+        target: &Target,
+        token: &str,
+        options: &ConnectOptions,
+    ) -> anyhow::Result<Self> {
+        install_tls();
+        let request = ws_request(target, token, options)?;
+        let open = async {
+            let host = target.ws.host_str().unwrap_or("127.0.0.1").to_owned();
+            let port = target.ws.port_or_known_default().unwrap_or(80);
+            let stream = tcp(&host, port, options.source).await?;
+            let _ = stream.set_nodelay(true);
+            let config = options.buffers.map(|(read, write)| {
+                WebSocketConfig::default()
+                    .read_buffer_size(read)
+                    .write_buffer_size(write)
+            });
+            let (ws, _) =
+                tokio_tungstenite::client_async_tls_with_config(request, stream, config, None)
+                    .await
+                    .map_err(|e| anyhow!("{}", root_cause(&e)))?;
+            Ok::<_, anyhow::Error>(ws)
+        };
+        match tokio::time::timeout(options.timeout, open).await {
+            Ok(Ok(ws)) => Ok(Self { ws }),
+            Ok(Err(e)) => bail!("cannot connect to {}: {e:#}", target.ws),
+            Err(_) => bail!(
+                "cannot connect to {}: no answer within {}",
+                target.ws,
+                humantime::format_duration(options.timeout)
+            ),
+        }
     }
+
+    /// The next frame (WebSocket Pings and Pongs are answered and skipped).
+    pub async fn next(&mut self) -> Received {
+        decode(self.next_raw().await)
+    }
+
+    /// The next text frame, undecoded.
+    pub async fn next_raw(&mut self) -> RawReceived {
+        loop {
+            if let Some(received) = classify(self.ws.next().await) {
+                return received;
+            }
+        }
+    }
+
+    /// Sends a client frame.
+    pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
+        self.ws
+            .send(Message::text(frame.encode()))
+            .await
+            .map_err(|e| anyhow!("sending {}: {}", frame_kind(frame), root_cause(&e)))
+    }
+
+    /// Closes politely, bounded: the server may be gone.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.ws.close(None)).await;
+    }
+
+    /// Splits into a sender and a receiver that can be used from two tasks.
+    pub fn split(self) -> (Sender, Receiver) {
+        let (sink, stream) = self.ws.split();
+        (Sender { sink }, Receiver { stream })
+    }
+}
+
+fn frame_kind(frame: &ClientFrame) -> &'static str {
+    match frame {
+        ClientFrame::AuthRefresh { .. } => hrrt_protocol::frame::kind::AUTH_REFRESH,
+        ClientFrame::Ping => hrrt_protocol::frame::kind::PING,
+        ClientFrame::Pong => hrrt_protocol::frame::kind::PONG,
+    }
+}
+
+/// The sending half of a split [`Connection`].
+pub struct Sender {
+    sink: futures_util::stream::SplitSink<Ws, Message>,
+}
+
+impl Sender {
+    /// Closes politely, bounded.
+    pub async fn close(mut self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sink.close()).await;
+    }
+
+    pub async fn send(&mut self, frame: &ClientFrame) -> anyhow::Result<()> {
+        self.sink
+            .send(Message::text(frame.encode()))
+            .await
+            .map_err(|e| anyhow!("sending {}: {}", frame_kind(frame), root_cause(&e)))
+    }
+}
+
+/// The receiving half of a split [`Connection`].
+pub struct Receiver {
+    stream: futures_util::stream::SplitStream<Ws>,
+}
+
+impl Receiver {
+    /// Like [`Connection::next`].
+    pub async fn next(&mut self) -> Received {
+        loop {
+            if let Some(received) = classify(self.stream.next().await) {
+                return decode(received);
+            }
+        }
+    }
+}
+
+/// What one read from the socket means; `None` for control frames the
+/// WebSocket layer answers itself.
+fn classify(
+    message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<RawReceived> {
+    Some(match message {
+        Some(Ok(Message::Text(text))) => RawReceived::Text(text),
+        Some(Ok(Message::Close(frame))) => RawReceived::Closed(match frame {
+            Some(f) => Close::new(u16::from(f.code), f.reason.as_str()),
+            // 1005: a close frame without a code.
+            None => Close::new(1005, ""),
+        }),
+        Some(Ok(_)) => return None,
+        Some(Err(e)) => RawReceived::Lost(root_cause(&e)),
+        None => RawReceived::Lost("connection ended".to_owned()),
+    })
+}
+
+fn decode(raw: RawReceived) -> Received {
+    match raw {
+        RawReceived::Text(text) => match ServerFrame::decode(&text) {
+            Ok(frame) => Received::Frame { frame, text },
+            Err(error) => Received::Garbled { text, error },
+        },
+        RawReceived::Closed(close) => Received::Closed(close),
+        RawReceived::Lost(why) => Received::Lost(why),
+    }
+}
+
+/// A TCP connection to `host:port`, from `source` if given.
+async fn tcp(host: &str, port: u16, source: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let Some(source) = source else {
+        return TcpStream::connect((host, port))
+            .await
+            .map_err(|e| anyhow!("{e}"));
+    };
+    let server: SocketAddr = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| anyhow!("resolving {host}: {e}"))?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| anyhow!("no address of {host} matches {source}"))?;
+    let socket = if source.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| anyhow!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| anyhow!("bind {source}: {e}"))?;
+    socket.connect(server).await.map_err(|e| anyhow!("{e}"))
 }
 
 /// The handshake request for `/ws`.
 pub fn ws_request(
     target: &Target,
     token: &str,
-    cursor: &Cursor,
-    orgs: Option<&str>,
+    options: &ConnectOptions,
 ) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
     let mut url = target.ws.join("/ws")?;
     {
         let mut query = url.query_pairs_mut();
-        if !cursor.is_empty() {
-            query.append_pair("since", &cursor.to_since());
-            if let Some(epoch) = &cursor.epoch {
+        if options.token_in == TokenIn::Query {
+            query.append_pair("token", token);
+        }
+        if !options.cursor.is_empty() {
+            query.append_pair("since", &options.cursor.to_since());
+            if let Some(epoch) = &options.cursor.epoch {
                 query.append_pair("epoch", epoch);
             }
         }
-        if let Some(orgs) = orgs {
+        if let Some(orgs) = &options.orgs {
             query.append_pair("orgs", orgs);
         }
     }
     let url_text = url.as_str().trim_end_matches('?').to_owned();
     let mut request = url_text.as_str().into_client_request()?;
-    let bearer = format!("Bearer {token}")
-        .parse()
-        .map_err(|_| anyhow!("the token is not a valid header value"))?;
-    request.headers_mut().insert("authorization", bearer);
+    if options.token_in == TokenIn::Header {
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow!("the token is not a valid header value"))?;
+        request.headers_mut().insert("authorization", bearer);
+    }
     Ok(request)
 }
 
@@ -275,12 +437,27 @@ impl Api {
         token: &str,
         body: &Value,
     ) -> anyhow::Result<(u16, Value)> {
+        self.post_text(path, Some(token), body.to_string()).await
+    }
+
+    /// POSTs a body as it is (it need not be valid JSON: QA sends broken
+    /// ones on purpose), with a bearer token if given.
+    pub async fn post_text(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: String,
+    ) -> anyhow::Result<(u16, Value)> {
         let url = self.target.endpoint(path)?;
-        let response = self
+        let mut request = self
             .http
             .post(url.clone())
-            .bearer_auth(token)
-            .json(body)
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
             .send()
             .await
             .map_err(|e| anyhow!("cannot reach {url}: {}", root_cause(&e)))?;
@@ -331,11 +508,7 @@ pub fn explain(status: u16, body: &Value, role: &str) -> String {
             "401 unauthorized: {message}. This needs a valid {role} token: pass --token, \
              or --secret (HRRT_JWT_SECRET) to mint one"
         ),
-        403 if message.contains("hrrt token mint") => format!("403 forbidden: {message}"),
-        403 => format!(
-            "403 forbidden: {message}. This needs a {role} token \
-             (hrrt token mint --role {role} --user backend)"
-        ),
+        403 => format!("403 forbidden: {message} (this needs a {role} token)"),
         _ => format!("{status}: {message}"),
     }
 }
@@ -352,21 +525,5 @@ mod tests {
         assert_eq!(t.http.as_str(), "https://rt.example.com/base/");
         assert!(Target::parse("ftp://x").is_err());
         assert!(Target::parse("nonsense").is_err());
-    }
-
-    #[test]
-    fn cursor_follows_events_and_epochs() {
-        let mut c = Cursor::parse("org:7@41").unwrap();
-        c.on_connected(
-            &serde_json::json!({"epoch": "e1", "positions": {"org:7": 50, "user:1": 3}}),
-        );
-        assert_eq!(c.to_since(), "org:7@41,user:1@3");
-        c.on_event(&serde_json::json!({"channel": "org:7", "seq": 42}));
-        assert_eq!(c.to_since(), "org:7@42,user:1@3");
-        c.on_connected(&serde_json::json!({"epoch": "e2", "positions": {"org:7": 2}}));
-        assert_eq!(
-            (c.epoch.as_deref(), c.to_since().as_str()),
-            (Some("e2"), "org:7@2")
-        );
     }
 }

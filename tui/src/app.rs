@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use hrrt_protocol::{Event, Resync, ServerFrame};
 use serde_json::Value;
 
 /// Events kept for the stream pane; older ones are dropped, so a flood
@@ -18,10 +19,10 @@ const ORG_RATE_WINDOW: usize = 10;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Feed {
     Status(ServerStatus),
-    /// One event envelope as received.
-    Event(Value),
+    /// One event as received.
+    Event(Event),
     /// A `resync.required` frame: history could not cover a gap.
-    Resync(Value),
+    Resync(Resync),
     Stats(StatsSnapshot),
 }
 
@@ -158,9 +159,9 @@ pub struct StreamEvent {
 }
 
 impl StreamEvent {
-    fn from_envelope(v: &Value) -> Self {
+    fn from_event(event: &Event) -> Self {
         const SUMMARY: usize = 160;
-        let mut summary = v["payload"].to_string();
+        let mut summary = event.payload_value().to_string();
         if summary.len() > SUMMARY {
             let mut end = SUMMARY;
             while !summary.is_char_boundary(end) {
@@ -169,17 +170,19 @@ impl StreamEvent {
             summary.truncate(end);
             summary.push('…');
         }
+        // The whole envelope, pretty, as the detail view shows it.
+        let envelope = ServerFrame::Event(event.clone()).encode();
+        let raw = serde_json::from_str::<Value>(&envelope)
+            .and_then(|v| serde_json::to_string_pretty(&v))
+            .unwrap_or(envelope);
         Self {
-            time: v["timestamp"]
-                .as_str()
-                .and_then(|t| t.get(11..23))
-                .unwrap_or("")
-                .to_owned(),
-            kind: v["type"].as_str().unwrap_or("?").to_owned(),
-            channel: v["channel"].as_str().unwrap_or("?").to_owned(),
-            seq: v["seq"].as_u64().unwrap_or(0),
+            // `2026-01-01T12:00:00.123456Z` → `12:00:00.123`
+            time: event.timestamp.get(11..23).unwrap_or("").to_owned(),
+            kind: event.event_type.to_string(),
+            channel: event.channel.to_string(),
+            seq: event.seq,
             summary,
-            raw: serde_json::to_string_pretty(v).unwrap_or_default(),
+            raw,
         }
     }
 
@@ -311,7 +314,7 @@ impl App {
             Feed::Resync(_) => self.resyncs += 1,
             Feed::Stats(stats) => self.on_stats(stats, Instant::now()),
             Feed::Event(envelope) => {
-                let event = StreamEvent::from_envelope(&envelope);
+                let event = StreamEvent::from_event(&envelope);
                 self.total_events += 1;
                 self.rate.record();
                 *self.type_counts.entry(event.kind.clone()).or_default() += 1;
@@ -598,6 +601,15 @@ pub fn glob_matches(pattern: &str, text: &str) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// An event frame written as JSON, as the feed would hand it over.
+#[cfg(test)]
+pub(crate) fn envelope(v: &Value) -> Feed {
+    match ServerFrame::decode(&v.to_string()) {
+        Ok(ServerFrame::Event(e)) => Feed::Event(e),
+        other => panic!("not an event: {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -605,7 +617,7 @@ mod tests {
     use super::*;
 
     fn event(kind: &str, channel: &str, seq: u64) -> Action {
-        Action::Feed(Feed::Event(json!({
+        Action::Feed(envelope(&json!({
             "type": kind, "channel": channel, "seq": seq,
             "timestamp": "2026-01-01T12:00:00.123456Z", "payload": {"id": seq},
         })))

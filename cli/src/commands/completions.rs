@@ -1,11 +1,10 @@
 //! `hrrt completions <shell>`.
 
-use std::process::ExitCode;
-
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
 
 use crate::args::Cli;
+use crate::exit::ExitStatus;
 
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
@@ -13,10 +12,10 @@ pub struct CompletionsArgs {
     pub shell: Shell,
 }
 
-pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: CompletionsArgs) -> anyhow::Result<ExitStatus> {
     let mut command = Cli::command();
     let mut out = Vec::new();
     clap_complete::generate(args.shell, &mut command, "hrrt", &mut out);
     std::io::Write::write_all(&mut std::io::stdout().lock(), &out)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Ok)
 }

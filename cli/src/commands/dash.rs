@@ -2,20 +2,19 @@
 //! (an admin WebSocket with resume, and `GET /api/stats` once a second);
 //! `hrrt-tui` draws what it reports.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use futures_util::StreamExt;
-use hrrt_server::auth::Role;
+use hrrt_protocol::{Role, ServerFrame};
 use hrrt_tui::{App, Feed, ServerStatus, StatsSnapshot};
-use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::GlobalArgs;
-use crate::client::{Api, Cursor, Target, TokenSource, connect, explain};
+use crate::client::{
+    Api, ConnectOptions, Connection, Cursor, Received, Target, TokenSource, explain,
+};
+use crate::exit::ExitStatus;
 
 #[derive(Debug, Args)]
 pub struct DashArgs {
@@ -32,7 +31,7 @@ const FEED_BUFFER: usize = 10_000;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub async fn run(args: DashArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DashArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = Target::parse(&global.url)?;
     // An admin token names an org; the dashboard's own connection is
     // counted under this one in the orgs table.
@@ -52,7 +51,7 @@ pub async fn run(args: DashArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
     let result = hrrt_tui::run(App::new(target.http.as_str()), rx).await;
     feed.abort();
     result?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Ok)
 }
 
 /// Runs until `tx` is closed: keeps an admin WebSocket open (reconnecting
@@ -123,37 +122,37 @@ async fn session(
     cursor: &mut Cursor,
     tx: &mpsc::Sender<Feed>,
 ) -> anyhow::Result<String> {
-    let mut ws = connect(target, &tokens.token()?, cursor, Some(orgs)).await?;
-    while let Some(message) = ws.next().await {
-        let text = match message {
-            Ok(Message::Text(text)) => text,
-            Ok(Message::Close(frame)) => {
-                return Ok(match frame {
-                    Some(f) => format!("closed {} {}", u16::from(f.code), f.reason),
-                    None => "closed".to_owned(),
-                });
-            }
-            Ok(_) => continue,
-            Err(e) => return Ok(crate::client::root_cause(&e)),
+    let options = ConnectOptions {
+        cursor: cursor.clone(),
+        orgs: Some(orgs.to_owned()),
+        ..ConnectOptions::default()
+    };
+    let mut connection = Connection::open(target, &tokens.token()?, &options).await?;
+    loop {
+        let frame = match connection.next().await {
+            Received::Frame { frame, .. } => frame,
+            Received::Garbled { .. } => continue,
+            Received::Closed(close) => return Ok(format!("closed {close}")),
+            Received::Lost(why) => return Ok(why),
         };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        let feed = match frame["type"].as_str().unwrap_or_default() {
-            "connected" => {
-                cursor.on_connected(&frame["payload"]);
+        let feed = match frame {
+            ServerFrame::Connected { payload, .. } => {
+                cursor.on_connected(&payload);
                 Feed::Status(ServerStatus::Connected)
             }
-            "ping" | "auth.refreshed" | "error" => continue,
-            "resync.required" => Feed::Resync(frame),
-            _ => {
-                cursor.on_event(&frame);
-                Feed::Event(frame)
+            ServerFrame::Ping { .. }
+            | ServerFrame::Refreshed { .. }
+            | ServerFrame::Error { .. } => {
+                continue;
+            }
+            ServerFrame::Resync { payload, .. } => Feed::Resync(payload),
+            ServerFrame::Event(event) => {
+                cursor.on_event(&event);
+                Feed::Event(event)
             }
         };
         if tx.send(feed).await.is_err() {
             return Ok("dashboard closed".to_owned());
         }
     }
-    Ok("connection lost".to_owned())
 }

@@ -1,20 +1,17 @@
 //! `hrrt listen`: watch events as a user (or an admin) sees them, resuming
 //! across reconnects so nothing is missed.
 
-use std::process::ExitCode;
 use std::time::Duration;
 
 use anstyle::{AnsiColor, Style};
 use anyhow::{Context, bail};
 use clap::Args;
-use futures_util::StreamExt;
-use hrrt_server::auth::Role;
-use serde_json::Value;
+use hrrt_protocol::{Advice, Event, ResyncReason, Role, ServerFrame};
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::args::GlobalArgs;
-use crate::client::{Cursor, Target, TokenSource, connect};
+use crate::client::{ConnectOptions, Connection, Cursor, Received, Target, TokenSource};
+use crate::exit::ExitStatus;
 use crate::output::{self, DIM, paint};
 
 #[derive(Debug, Args)]
@@ -39,7 +36,7 @@ pub struct ListenArgs {
     pub count: Option<u64>,
     /// Give up after this long: exit 1 if --count was not reached (exit 0
     /// without --count).
-    #[arg(long, value_parser = hrrt_server::config::positive_duration)]
+    #[arg(long, value_parser = hrrt_protocol::positive_duration)]
     pub timeout: Option<Duration>,
     /// Start after this position: `org:7@41,user:42@3`.
     #[arg(long, value_name = "CURSOR")]
@@ -53,7 +50,67 @@ pub struct ListenArgs {
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+/// What ends `listen` besides the connection: Ctrl-C or `--timeout`.
+struct Stops {
+    interrupt: crate::interrupt::Interrupt,
+    deadline: Option<Instant>,
+    /// Why the last [`Stops::race`] stopped, if it did.
+    why: Option<Stop>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    Interrupted,
+    TimedOut,
+}
+
+/// The error a wait that was cut short returns; `run` turns it into the
+/// exit status.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped")]
+struct Stopped;
+
+impl Stops {
+    /// Runs `fut` unless Ctrl-C or the deadline comes first.
+    async fn race<T>(&mut self, fut: impl Future<Output = T>) -> Result<T, Stopped> {
+        let deadline = self.deadline;
+        let why = tokio::select! {
+            () = self.interrupt.recv() => Stop::Interrupted,
+            () = until(deadline) => Stop::TimedOut,
+            value = fut => return Ok(value),
+        };
+        self.why = Some(why);
+        Err(Stopped)
+    }
+}
+
+pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let mut stops = Stops {
+        interrupt: crate::interrupt::Interrupt::new(),
+        deadline: args.timeout.map(|t| Instant::now() + t),
+        why: None,
+    };
+    let mut matched = 0;
+    match listen(&args, global, &mut stops, &mut matched).await {
+        Err(e) if e.is::<Stopped>() => Ok(match (stops.why, args.count) {
+            (Some(Stop::TimedOut), Some(count)) => {
+                output::note(&format!("timed out with {matched} of {count} events"));
+                ExitStatus::Failed
+            }
+            _ => ExitStatus::Ok,
+        }),
+        other => other,
+    }
+}
+
+/// Listens until `--count` events matched, or the connection cannot go on;
+/// [`Stopped`] when Ctrl-C or `--timeout` came first.
+async fn listen(
+    args: &ListenArgs,
+    global: &GlobalArgs,
+    stops: &mut Stops,
+    matched: &mut u64,
+) -> anyhow::Result<ExitStatus> {
     let target = Target::parse(&global.url)?;
     let role = if args.orgs.is_some() {
         Role::Admin
@@ -79,35 +136,26 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
         role,
         "pass --token, or --secret (HRRT_JWT_SECRET) with --user and --org",
     )?;
-    let mut cursor = match &args.since {
-        Some(since) => Cursor::parse(since).context("invalid --since")?,
-        None => Cursor::default(),
+    let mut options = ConnectOptions {
+        orgs: args.orgs.clone(),
+        ..ConnectOptions::default()
     };
+    if let Some(since) = &args.since {
+        options.cursor = Cursor::parse(since).context("invalid --since")?;
+    }
     let filter = TypeFilter::new(&args.types);
-    let deadline = args.timeout.map(|t| Instant::now() + t);
-    let mut matched = 0u64;
     let mut connected_before = false;
     let mut backoff = BACKOFF_FIRST;
-    let mut interrupt = crate::interrupt::Interrupt::new();
 
     loop {
         let token = tokens.token()?;
-        let attempt = connect(&target, &token, &cursor, args.orgs.as_deref());
-        let ws = tokio::select! {
-            () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
-            () = until(deadline) => return Ok(timed_out(&args, matched)),
-            result = attempt => result,
-        };
-        let mut ws = match ws {
-            Ok(ws) => ws,
+        let attempt = Connection::open(&target, &token, &options);
+        let mut connection = match stops.race(attempt).await? {
+            Ok(connection) => connection,
             Err(e) if !connected_before || args.no_reconnect => return Err(e),
             Err(e) => {
                 output::note(&format!("{e:#}; retrying in {}", show(backoff)));
-                tokio::select! {
-                    () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
-                    () = until(deadline) => return Ok(timed_out(&args, matched)),
-                    () = tokio::time::sleep(backoff) => {}
-                }
+                stops.race(tokio::time::sleep(backoff)).await?;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
@@ -115,101 +163,97 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCo
 
         // Read until the connection ends.
         let ended = loop {
-            let message = tokio::select! {
-                () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
-                () = until(deadline) => return Ok(timed_out(&args, matched)),
-                message = ws.next() => message,
+            let (frame, text) = match stops.race(connection.next()).await? {
+                Received::Frame { frame, text } => (frame, text),
+                Received::Garbled { text, error } => {
+                    output::warn(&format!("server sent {error}: {text}"));
+                    continue;
+                }
+                Received::Closed(close) => break Some(close),
+                Received::Lost(_) => break None,
             };
-            match message {
-                Some(Ok(Message::Text(text))) => {
-                    let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-                        output::warn(&format!("server sent a frame that is not JSON: {text}"));
-                        continue;
+            match frame {
+                ServerFrame::Connected { payload, .. } => {
+                    let resumed_from = options.cursor.to_since();
+                    options.cursor.on_connected(&payload);
+                    backoff = BACKOFF_FIRST;
+                    let what = if connected_before {
+                        "reconnected"
+                    } else {
+                        "connected"
                     };
-                    match frame["type"].as_str().unwrap_or_default() {
-                        "connected" => {
-                            let resumed_from = cursor.to_since();
-                            cursor.on_connected(&frame["payload"]);
-                            backoff = BACKOFF_FIRST;
-                            let what = if connected_before {
-                                "reconnected"
-                            } else {
-                                "connected"
-                            };
-                            let from = if resumed_from.is_empty() {
-                                String::new()
-                            } else {
-                                format!(", resuming from {resumed_from}")
-                            };
-                            output::note(&format!("{what} to {}{from}", target.ws));
-                            connected_before = true;
-                        }
-                        "ping" | "auth.refreshed" => {}
-                        "resync.required" => {
-                            let p = &frame["payload"];
-                            output::warn(&format!(
-                                "resync required on {}: {} (asked from {}, oldest kept {}); \
-                                 events before that are gone, refetch state",
-                                p["channel"].as_str().unwrap_or("?"),
-                                p["reason"].as_str().unwrap_or("?"),
-                                p["requested"],
-                                p["oldest"]
-                            ));
-                        }
-                        "error" => output::warn(&format!(
-                            "server says: {}",
-                            frame["payload"]["message"]
-                                .as_str()
-                                .unwrap_or(text.as_str())
-                        )),
-                        kind => {
-                            cursor.on_event(&frame);
-                            if !filter.matches(kind) {
-                                continue;
-                            }
-                            if args.json {
-                                output::line(text.as_str())?;
-                            } else {
-                                output::line(&human(&frame))?;
-                            }
-                            matched += 1;
-                            if args.count.is_some_and(|n| matched >= n) {
-                                return Ok(ExitCode::SUCCESS);
-                            }
-                        }
+                    let from = if resumed_from.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", resuming from {resumed_from}")
+                    };
+                    output::note(&format!("{what} to {}{from}", target.ws));
+                    connected_before = true;
+                }
+                ServerFrame::Ping { .. } | ServerFrame::Refreshed { .. } => {}
+                ServerFrame::Resync { payload: r, .. } => {
+                    output::warn(&format!(
+                        "resync required on {}: {} (asked from {}, oldest kept {}); \
+                         events before that are gone, refetch state",
+                        r.channel,
+                        resync_reason(r.reason),
+                        r.requested,
+                        r.oldest
+                    ));
+                }
+                ServerFrame::Error { payload, .. } => {
+                    output::warn(&format!("server says: {}", payload.message));
+                }
+                ServerFrame::Event(event) => {
+                    options.cursor.on_event(&event);
+                    if !filter.matches(event.event_type.as_str()) {
+                        continue;
+                    }
+                    if args.json {
+                        output::line(text.as_str())?;
+                    } else {
+                        output::line(&human(&event))?;
+                    }
+                    *matched += 1;
+                    if args.count.is_some_and(|n| *matched >= n) {
+                        return Ok(ExitStatus::Ok);
                     }
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    break frame.map(|f| (u16::from(f.code), f.reason.to_string()));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break None,
             }
         };
 
-        match &ended {
-            Some((1008, reason)) if reason == "token expired" && tokens.can_mint() => {
+        if let Some(close) = &ended {
+            if close.is_token_expired() && tokens.can_mint() {
                 output::note("token expired; reconnecting with a fresh one");
                 continue;
             }
-            Some((1008, reason)) => bail!("the server closed the connection: 1008 {reason}"),
-            Some((1009, reason)) => bail!("the server closed the connection: 1009 {reason}"),
-            _ => {}
+            match close.advice() {
+                // Not worth retrying with the same token or frames: the
+                // token (or the client) is misconfigured, a usage error.
+                Advice::NewToken | Advice::FixFrame => {
+                    bail!("the server closed the connection: {close}");
+                }
+                Advice::Reconnect | Advice::Stop => {}
+            }
         }
         let why = match &ended {
-            Some((code, reason)) => format!("connection closed ({code} {reason})"),
+            Some(close) => format!("connection closed ({close})"),
             None => "connection lost".to_owned(),
         };
         if args.no_reconnect {
             bail!("{why}");
         }
         output::note(&format!("{why}; reconnecting in {}", show(backoff)));
-        tokio::select! {
-            () = interrupt.recv() => return Ok(ExitCode::SUCCESS),
-            () = until(deadline) => return Ok(timed_out(&args, matched)),
-            () = tokio::time::sleep(backoff) => {}
-        }
+        stops.race(tokio::time::sleep(backoff)).await?;
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn resync_reason(reason: ResyncReason) -> &'static str {
+    match reason {
+        ResyncReason::HistoryTrimmed => "history_trimmed",
+        ResyncReason::EpochChanged => "epoch_changed",
+        ResyncReason::PositionAhead => "position_ahead",
     }
 }
 
@@ -220,35 +264,18 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
-fn timed_out(args: &ListenArgs, matched: u64) -> ExitCode {
-    match args.count {
-        Some(count) => {
-            output::note(&format!("timed out with {matched} of {count} events"));
-            ExitCode::from(1)
-        }
-        None => ExitCode::SUCCESS,
-    }
-}
-
 fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
 /// One aligned, coloured line: time, type, channel@seq, compact payload.
-fn human(event: &Value) -> String {
+fn human(event: &Event) -> String {
     const MAX_PAYLOAD: usize = 400;
-    let kind = event["type"].as_str().unwrap_or("?");
+    let kind = event.event_type.as_str();
     // `2026-01-01T12:00:00.123456Z` → `12:00:00.123`
-    let time = event["timestamp"]
-        .as_str()
-        .and_then(|t| t.get(11..23))
-        .unwrap_or("");
-    let position = format!(
-        "{}@{}",
-        event["channel"].as_str().unwrap_or("?"),
-        event["seq"]
-    );
-    let mut payload = event["payload"].to_string();
+    let time = event.timestamp.get(11..23).unwrap_or("");
+    let position = format!("{}@{}", event.channel, event.seq);
+    let mut payload = event.payload_value().to_string();
     if payload.len() > MAX_PAYLOAD {
         let mut end = MAX_PAYLOAD;
         while !payload.is_char_boundary(end) {

@@ -9,11 +9,10 @@ pub mod scenario;
 pub mod serve;
 pub mod token;
 
-use std::process::ExitCode;
-
 use crate::args::{Cli, Command};
+use crate::exit::ExitStatus;
 
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
         Command::Token(args) => token::run(args, &cli.global),

@@ -2,15 +2,15 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hrrt_server::auth::Role;
+use hrrt_protocol::{ChannelName, Role};
 use serde_json::Value;
 
 use crate::args::GlobalArgs;
 use crate::client::{Api, Target, TokenSource, explain};
+use crate::exit::{ExitStatus, Failed};
 use crate::output::{self, DIM, paint};
 
 #[derive(Debug, Args)]
@@ -40,7 +40,15 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
-pub async fn run(args: PublishArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+/// One answer of `POST /api/events`.
+#[derive(Debug, serde::Deserialize)]
+struct Ack {
+    channel: ChannelName,
+    seq: u64,
+    recipients: u64,
+}
+
+pub async fn run(args: PublishArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let body = match &args.file {
         Some(path) => batch(path)?,
         None => single(&args)?,
@@ -56,34 +64,34 @@ pub async fn run(args: PublishArgs, global: &GlobalArgs) -> anyhow::Result<ExitC
     let (status, answer) = api.post("/api/events", &tokens.token()?, &body).await?;
     match status {
         200 => {}
+        // The token is configuration: a usage error (2).
         401 | 403 => bail!("{}", explain(status, &answer, "service")),
-        _ => {
-            output::error(&anyhow::anyhow!("{}", explain(status, &answer, "service")));
-            return Ok(ExitCode::from(1));
-        }
+        // The event was refused: the thing asked for failed (1).
+        _ => return Err(Failed::new(explain(status, &answer, "service")).into()),
     }
     if args.json {
         output::line(&answer.to_string())?;
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitStatus::Ok);
     }
     let events = match &body {
         Value::Array(events) => events.clone(),
         one => vec![one.clone()],
     };
-    let acks = match answer {
-        Value::Array(acks) => acks,
-        one => vec![one],
-    };
+    let acks: Vec<Ack> = match answer {
+        Value::Array(_) => serde_json::from_value(answer),
+        one => serde_json::from_value(one).map(|ack| vec![ack]),
+    }
+    .context("the server's answer is not a publish acknowledgement")?;
     for (event, ack) in events.iter().zip(&acks) {
+        let kind = event.get("type").and_then(Value::as_str).unwrap_or("?");
         output::line(&format!(
-            "{}@{}  {}  {}",
-            ack["channel"].as_str().unwrap_or("?"),
-            ack["seq"],
-            event["type"].as_str().unwrap_or("?"),
-            paint(DIM, format!("{} recipients", ack["recipients"]))
+            "{}@{}  {kind}  {}",
+            ack.channel,
+            ack.seq,
+            paint(DIM, format!("{} recipients", ack.recipients))
         ))?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Ok)
 }
 
 fn single(args: &PublishArgs) -> anyhow::Result<Value> {

@@ -1,9 +1,9 @@
 //! `hrrt serve`: the server, with the same flags as `hrrt-server`.
 
-use std::process::ExitCode;
-
 use clap::Args;
 use hrrt_server::Config;
+
+use crate::exit::ExitStatus;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -11,8 +11,8 @@ pub struct ServeArgs {
     pub config: Config,
 }
 
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitStatus> {
     hrrt_server::launch::init_tracing();
     hrrt_server::launch::launch(args.config).await?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Ok)
 }

@@ -1,16 +1,16 @@
 //! `hrrt token mint` and `hrrt token inspect`.
 
-use std::process::ExitCode;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use hrrt_server::auth::{AuthError, Claims, Role, Verifier, mint, unix_now};
-use hrrt_server::protocol::{OrgId, UserId};
+use hrrt_protocol::auth::{AuthError, Claims, Role, Verifier, mint, unix_now};
+use hrrt_protocol::{OrgId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
 use crate::args::GlobalArgs;
+use crate::exit::ExitStatus;
 use crate::output::{self, BOLD, DIM, ERROR, NOTE, paint};
 
 #[derive(Debug, Args)]
@@ -40,7 +40,7 @@ pub struct MintArgs {
     #[arg(long, default_value = "user")]
     pub role: Role,
     /// How long the token is valid.
-    #[arg(long, default_value = "1h", value_parser = hrrt_server::config::positive_duration)]
+    #[arg(long, default_value = "1h", value_parser = hrrt_protocol::positive_duration)]
     pub ttl: Duration,
 }
 
@@ -53,14 +53,14 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-pub fn run(args: TokenArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: TokenArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     match args.command {
         TokenCommand::Mint(args) => mint_cmd(args, global),
         TokenCommand::Inspect(args) => inspect(args, global),
     }
 }
 
-fn mint_cmd(args: MintArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+fn mint_cmd(args: MintArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let Some(secret) = &global.secret else {
         bail!("minting needs the server's secret: pass --secret or set HRRT_JWT_SECRET");
     };
@@ -77,7 +77,7 @@ fn mint_cmd(args: MintArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         args.ttl.as_secs(),
     );
     output::line(&mint(secret, &claims).context("signing the token")?)?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitStatus::Ok)
 }
 
 /// What `inspect` concluded.
@@ -104,7 +104,7 @@ impl Verdict {
     }
 }
 
-fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let token = match args.token.as_deref() {
         Some("-") => {
             let mut text = String::new();
@@ -123,7 +123,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         Ok(header) => header,
         Err(e) => {
             output::line(&format!("{} not a JWT: {e}", paint(ERROR, "malformed:")))?;
-            return Ok(ExitCode::from(1));
+            return Ok(ExitStatus::Failed);
         }
     };
     let claims: Value = match jsonwebtoken::dangerous::insecure_decode_claims(&token) {
@@ -133,7 +133,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
                 "{} claims are not JSON: {e}",
                 paint(ERROR, "malformed:")
             ))?;
-            return Ok(ExitCode::from(1));
+            return Ok(ExitStatus::Failed);
         }
     };
     let exp = claims["exp"].as_u64();
@@ -207,8 +207,8 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
         ))?;
     }
     Ok(match verdict {
-        Verdict::Valid | Verdict::Unverified => ExitCode::SUCCESS,
-        _ => ExitCode::from(1),
+        Verdict::Valid | Verdict::Unverified => ExitStatus::Ok,
+        _ => ExitStatus::Failed,
     })
 }
 

@@ -356,7 +356,7 @@ mod tests {
             ("chat.message", "org:8", 1, json!({"text": "hello"})),
             ("share.created", "user:42", 1, json!({"share_id": 5})),
         ] {
-            app.update(Action::Feed(Feed::Event(json!({
+            app.update(Action::Feed(crate::app::envelope(&json!({
                 "type": kind, "channel": channel, "seq": seq,
                 "timestamp": "2026-01-01T12:00:00.123456Z", "payload": payload,
             }))));

@@ -8,34 +8,27 @@ mod tally;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use hrrt_server::auth::{Claims, Role, mint};
+use hrrt_protocol::{Claims, Role, ServerFrame, mint};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
-use tokio::net::TcpSocket;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use self::report::{
-    ConnectionReport, EventReport, Percentiles, Report, RunConfig, ServerReport, Throughput,
-    parse_thresholds,
-};
+use self::report::{Measured, Percentiles, RunConfig, ServerSamples, Threshold, parse_thresholds};
 use self::tally::Tally;
 use crate::args::GlobalArgs;
-use crate::client::{Api, Cursor, Target, explain, root_cause, ws_request};
+use crate::client::{Api, ConnectOptions, Connection, RawReceived, Received, Target, explain};
+use crate::exit::ExitStatus;
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -50,7 +43,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 10.0)]
     pub rate: f64,
     /// How long to publish, e.g. 30s.
-    #[arg(long, default_value = "10s", value_parser = hrrt_server::config::positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = hrrt_protocol::positive_duration)]
     pub duration: Duration,
     /// Events per publish request (POST /api/events takes a batch).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -69,7 +62,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub publishers: u64,
     /// How long to wait for the last deliveries after publishing.
-    #[arg(long, default_value = "5s", value_parser = hrrt_server::config::positive_duration)]
+    #[arg(long, default_value = "5s", value_parser = hrrt_protocol::positive_duration)]
     pub drain: Duration,
     /// Publish through this node instead of --url (with the Redis engine:
     /// connections on one node, events entering through another).
@@ -126,10 +119,10 @@ fn unix_nanos() -> u64 {
 }
 
 /// How one connection ended.
-struct ConnOutcome {
-    org: usize,
-    tally: Tally,
-    closed_early: Option<String>,
+pub struct ConnOutcome {
+    pub org: usize,
+    pub tally: Tally,
+    pub closed_early: Option<String>,
 }
 
 /// A connection's first report: open (with its start seq) or failed.
@@ -138,334 +131,122 @@ enum Opened {
     Failed(String),
 }
 
-pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    if !(args.rate > 0.0 && args.rate.is_finite()) {
-        bail!("--rate must be a positive number of events per second");
+/// What the flags ask for, checked, before anything is opened.
+struct Plan {
+    target: Target,
+    api: Api,
+    secret: String,
+    thresholds: Vec<Threshold>,
+    run_id: String,
+    orgs: Vec<String>,
+    total_events: u64,
+}
+
+impl Plan {
+    fn new(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Self> {
+        if !(args.rate > 0.0 && args.rate.is_finite()) {
+            bail!("--rate must be a positive number of events per second");
+        }
+        if args.orgs > args.connections {
+            bail!(
+                "--orgs ({}) is more than --connections ({})",
+                args.orgs,
+                args.connections
+            );
+        }
+        if args.source_ips.is_empty() {
+            bail!("--source-ips needs at least one address");
+        }
+        let thresholds = match &args.fail_on {
+            Some(spec) => parse_thresholds(spec)?,
+            None => Vec::new(),
+        };
+        let Some(secret) = global.secret.clone() else {
+            bail!("hrrt load mints a token per connection: pass --secret or set HRRT_JWT_SECRET");
+        };
+        let target = Target::parse(&global.url)?;
+        let api = Api::new(match &args.publish_url {
+            Some(url) => Target::parse(url)?,
+            None => target.clone(),
+        })?;
+        let run_id = crate::random_hex(3);
+        let orgs = (0..args.orgs)
+            .map(|k| format!("load-{run_id}-{k}"))
+            .collect();
+        let total_events = (args.rate * args.duration.as_secs_f64()).round().max(1.0) as u64;
+        if total_events > 50_000_000 {
+            bail!("--rate × --duration is {total_events} events; at most 50,000,000 per run");
+        }
+        Ok(Self {
+            target,
+            api,
+            secret,
+            thresholds,
+            run_id,
+            orgs,
+            total_events,
+        })
     }
-    if args.orgs > args.connections {
-        bail!(
-            "--orgs ({}) is more than --connections ({})",
-            args.orgs,
-            args.connections
-        );
-    }
-    if args.source_ips.is_empty() {
-        bail!("--source-ips needs at least one address");
-    }
-    let thresholds = match &args.fail_on {
-        Some(spec) => parse_thresholds(spec)?,
-        None => Vec::new(),
-    };
-    let Some(secret) = global.secret.clone() else {
-        bail!("hrrt load mints a token per connection: pass --secret or set HRRT_JWT_SECRET");
-    };
-    let target = Target::parse(&global.url)?;
-    let api = Api::new(match &args.publish_url {
-        Some(url) => Target::parse(url)?,
-        None => target.clone(),
-    })?;
+}
+
+/// A run in progress: what the phases share.
+struct Run<'a> {
+    args: &'a LoadArgs,
+    plan: Plan,
+    shared: Arc<Shared>,
+    progress: MultiProgress,
+    interrupt: crate::interrupt::Interrupt,
+    interrupted: bool,
+}
+
+/// After the connect phase.
+struct Connected {
+    opened: u64,
+    failures: BTreeMap<String, u64>,
+    per_org: Vec<u64>,
+    seconds: f64,
+    tasks: JoinSet<Option<ConnOutcome>>,
+    stop: watch::Sender<bool>,
+}
+
+/// After the publish phase.
+struct Published {
+    per_org: Vec<u64>,
+    failures: BTreeMap<String, u64>,
+    started: Instant,
+    seconds: f64,
+}
+
+pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let plan = Plan::new(&args, global)?;
     raise_open_files(args.connections);
-
-    let run_id = hrrt_server::random_hex(3);
-    let orgs: Vec<String> = (0..args.orgs)
-        .map(|k| format!("load-{run_id}-{k}"))
-        .collect();
-    let total_events = (args.rate * args.duration.as_secs_f64()).round().max(1.0) as u64;
-    if total_events > 50_000_000 {
-        bail!("--rate × --duration is {total_events} events; at most 50,000,000 per run");
-    }
-    let shared = Arc::new(Shared {
-        latency: (0..SHARDS)
-            .map(|_| histogram().map(Mutex::new))
-            .collect::<Result<_, _>>()?,
-        connect: Mutex::new(histogram()?),
-        received: AtomicU64::new(0),
-        last_recipient: (0..total_events).map(|_| AtomicU64::new(0)).collect(),
-    });
-    let progress = if args.no_progress || !std::io::stderr().is_terminal() {
-        MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
-    } else {
-        MultiProgress::new()
-    };
-    let quiet = progress.is_hidden();
-    let say = |text: String| {
-        if quiet {
-            output::note(&text);
-        } else {
-            let _ = progress.println(text);
-        }
-    };
-    let mut interrupt = crate::interrupt::Interrupt::new();
-    let mut interrupted = false;
-
+    let mut run = Run::new(&args, plan)?;
     let server_before = args.server_pid.map(ProcSample::read);
-
-    // Connect.
-    say(format!(
-        "connecting {} connections over {} orgs to {} ({}/s)",
-        args.connections, args.orgs, target.ws, args.connect_rate
-    ));
-    let connect_bar = progress.add(bar(args.connections, "connecting"));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Opened>();
-    let mut tasks = JoinSet::new();
-    let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
-    let connect_started = Instant::now();
-    let spacing = Duration::from_secs_f64(1.0 / args.connect_rate as f64);
-    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    let mut opened = 0u64;
-    let mut conns_per_org = vec![0u64; orgs.len()];
-    let mut reported = 0u64;
-    let mut next_start = Instant::now();
-    let mut launched = 0u64;
-    while reported < args.connections {
-        tokio::select! {
-            biased;
-            () = interrupt.recv() => {
-                interrupted = true;
-                break;
-            }
-            Some(result) = opened_rx.recv() => {
-                reported += 1;
-                connect_bar.inc(1);
-                match result {
-                    Opened::Ok { connect, org } => {
-                        opened += 1;
-                        conns_per_org[org] += 1;
-                        let _ = lock(&shared.connect).record(micros(connect));
-                    }
-                    Opened::Failed(why) => *failures.entry(why).or_default() += 1,
-                }
-            }
-            permit = permits.clone().acquire_owned(), if launched < args.connections => {
-                let Ok(permit) = permit else { break };
-                tokio::time::sleep_until(next_start).await;
-                next_start += spacing;
-                let i = launched;
-                launched += 1;
-                let org = usize::try_from(i % args.orgs).unwrap_or(0);
-                let claims = Claims::new(
-                    &format!("load-{run_id}-u{i}"),
-                    Some(&orgs[org]),
-                    Role::User,
-                    args.duration.as_secs() + 600,
-                );
-                let token = mint(&secret, &claims).context("minting a token")?;
-                let source = args.source_ips[usize::try_from(i).unwrap_or(0) % args.source_ips.len()];
-                tasks.spawn(connection(
-                    ConnectionSpec { index: i, org, org_channel: format!("org:{}", orgs[org]), source },
-                    target.clone(),
-                    token,
-                    shared.clone(),
-                    opened_tx.clone(),
-                    stop_rx.clone(),
-                    permit,
-                ));
-            }
-        }
-    }
-    drop(opened_tx);
-    let connect_seconds = connect_started.elapsed().as_secs_f64();
-    connect_bar.finish_and_clear();
-    say(format!(
-        "connected {opened} of {} in {connect_seconds:.2} s ({} failed)",
-        args.connections,
-        args.connections - opened
-    ));
-    if opened == 0 && !interrupted {
-        let why = failures.keys().next().cloned().unwrap_or_default();
-        bail!("no connection could be opened: {why}");
-    }
+    let mut connected = run.connect().await?;
     let server_connected = args.server_pid.map(ProcSample::read);
-
-    // Publish.
-    let published_per_org: Arc<Vec<AtomicU64>> =
-        Arc::new((0..orgs.len()).map(|_| AtomicU64::new(0)).collect());
-    let publish_failures: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
-    let service_token = mint(
-        &secret,
-        &Claims::new(
-            "hrrt-load",
-            None,
-            Role::Service,
-            args.duration.as_secs() + 600,
-        ),
-    )?;
-    let publish_bar = progress.add(bar(total_events, "publishing"));
-    let mut publish_seconds = 0.0;
-    let publish_started = Instant::now();
-    if !interrupted {
-        say(format!(
-            "publishing {total_events} events at {}/s for {} in batches of {}",
-            args.rate,
-            humantime::format_duration(args.duration),
-            args.batch
-        ));
-        let in_flight = Arc::new(Semaphore::new(
-            usize::try_from(args.publishers).unwrap_or(16),
-        ));
-        let mut requests = JoinSet::new();
-        let mut sent = 0u64;
-        let mut tick = tokio::time::interval(Duration::from_millis(2));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_status = Instant::now();
-        while sent < total_events {
-            tokio::select! {
-                biased;
-                () = interrupt.recv() => {
-                    interrupted = true;
-                    break;
-                }
-                _ = tick.tick() => {}
-            }
-            let due =
-                ((publish_started.elapsed().as_secs_f64() * args.rate) as u64).min(total_events);
-            while sent < due {
-                let n = args.batch.min(total_events - sent);
-                // Wait for a full batch to be due, except for the last one.
-                if sent + n > due && sent + n < total_events {
-                    break;
-                }
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    break;
-                };
-                let body = batch_body(sent, n, &orgs, args.payload_bytes);
-                let api = api.clone();
-                let token = service_token.clone();
-                let per_org = published_per_org.clone();
-                let failures = publish_failures.clone();
-                let org_count = orgs.len() as u64;
-                let first = sent;
-                requests.spawn(async move {
-                    let _permit = permit;
-                    match api.post("/api/events", &token, &body).await {
-                        Ok((200, _)) => {
-                            for n in first..first + n {
-                                per_org[usize::try_from(n % org_count).unwrap_or(0)]
-                                    .fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        Ok((status, answer)) => {
-                            *lock(&failures)
-                                .entry(explain(status, &answer, "service"))
-                                .or_default() += n;
-                        }
-                        Err(e) => *lock(&failures).entry(format!("{e:#}")).or_default() += n,
-                    }
-                });
-                sent += n;
-                publish_bar.set_position(sent);
-            }
-            while requests.try_join_next().is_some() {}
-            if last_status.elapsed() >= Duration::from_millis(250) {
-                last_status = Instant::now();
-                publish_bar.set_message(live_status(&shared, publish_started));
-            }
-        }
-        tokio::select! {
-            () = interrupt.recv() => interrupted = true,
-            _ = async { while requests.join_next().await.is_some() {} } => {}
-        }
-        publish_seconds = publish_started.elapsed().as_secs_f64();
-    }
-    publish_bar.finish_and_clear();
-    let published: u64 = published_per_org
-        .iter()
-        .map(|n| n.load(Ordering::Relaxed))
-        .sum();
-
-    // Drain: wait until every open connection could have everything.
-    let expected_estimate: u64 = conns_per_org
-        .iter()
-        .enumerate()
-        .map(|(org, conns)| conns * published_per_org[org].load(Ordering::Relaxed))
-        .sum();
-    if !interrupted {
-        say(format!(
-            "draining (up to {})",
-            humantime::format_duration(args.drain)
-        ));
-        let deadline = Instant::now() + args.drain;
-        loop {
-            if shared.received.load(Ordering::Relaxed) >= expected_estimate {
-                break;
-            }
-            tokio::select! {
-                () = interrupt.recv() => { interrupted = true; break; }
-                () = tokio::time::sleep_until(deadline) => break,
-                () = tokio::time::sleep(Duration::from_millis(10)) => {}
-            }
-        }
-    }
-    let delivery_seconds = publish_started.elapsed().as_secs_f64();
+    let published = run.publish().await;
+    run.drain(&connected, &published).await;
+    let delivery_seconds = published.started.elapsed().as_secs_f64();
     let server_end = args.server_pid.map(ProcSample::read);
+    let outcomes = connected.stop().await;
 
-    // Stop every connection and collect what each saw.
-    let _ = stop_tx.send(true);
-    let mut outcomes = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(Some(outcome)) = joined {
-            outcomes.push(outcome);
+    let merged = |shards: &[Mutex<Histogram<u64>>]| -> anyhow::Result<Percentiles> {
+        let mut h = histogram()?;
+        for shard in shards {
+            let _ = h.add(&*lock(shard));
         }
-    }
-
-    let publish_failures = lock(&publish_failures).clone();
-    let mut events = EventReport {
-        published,
-        publish_errors: publish_failures.values().sum(),
-        publish_failures,
-        ..EventReport::default()
+        Ok(Percentiles::from_micros(&h))
     };
-    let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
-    for outcome in &outcomes {
-        let expected = published_per_org[outcome.org].load(Ordering::Relaxed);
-        events.expected_deliveries += expected;
-        events.delivered += outcome.tally.unique.min(expected);
-        events.lost += outcome.tally.lost(expected);
-        events.duplicated += outcome.tally.duplicates;
-        events.out_of_order += outcome.tally.out_of_order;
-        if let Some(why) = &outcome.closed_early {
-            *closed_early.entry(why.clone()).or_default() += 1;
-        }
-    }
-    let mut latency = histogram()?;
-    for shard in &shared.latency {
-        let _ = latency.add(&*lock(shard));
-    }
     let mut last_recipient = histogram()?;
-    for slot in &shared.last_recipient {
+    for slot in &run.shared.last_recipient {
         let us = slot.load(Ordering::Relaxed);
         if us > 0 {
             let _ = last_recipient.record(us);
         }
     }
-    let server = match (args.server_pid, server_before, server_connected, server_end) {
-        (Some(pid), Some(before), Some(connected), Some(end)) => {
-            let cpu = end.cpu_seconds - connected.cpu_seconds;
-            Some(ServerReport {
-                pid,
-                rss_kib_before: before.rss_kib,
-                rss_kib_connected: connected.rss_kib,
-                rss_kib_end: end.rss_kib,
-                rss_per_connection_kib: if opened > 0 {
-                    (connected.rss_kib as f64 - before.rss_kib as f64) / opened as f64
-                } else {
-                    0.0
-                },
-                cpu_seconds: cpu,
-                deliveries_per_cpu_second: if cpu > 0.0 {
-                    events.delivered as f64 / cpu
-                } else {
-                    0.0
-                },
-                connect_cpu_seconds: connected.cpu_seconds - before.cpu_seconds,
-            })
-        }
-        _ => None,
-    };
-    let mut report = Report {
-        run_id,
-        url: target.http.to_string(),
+    let measured = Measured {
+        run_id: run.plan.run_id.clone(),
+        url: run.plan.target.http.to_string(),
         config: RunConfig {
             connections: args.connections,
             orgs: args.orgs,
@@ -475,53 +256,336 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode
             connect_rate: args.connect_rate,
             source_ips: args.source_ips.iter().map(ToString::to_string).collect(),
         },
-        interrupted,
-        connections: ConnectionReport {
-            requested: args.connections,
-            ok: opened,
-            failed: args.connections - opened,
-            failures,
-            closed_early,
-            connect_ms: Percentiles::from_micros(&lock(&shared.connect)),
-            connects_per_s: if connect_seconds > 0.0 {
-                opened as f64 / connect_seconds
-            } else {
-                0.0
-            },
-        },
-        latency_ms: Percentiles::from_micros(&latency),
+        interrupted: run.interrupted,
+        opened: connected.opened,
+        connect_failures: connected.failures,
+        connect_ms: Percentiles::from_micros(&lock(&run.shared.connect)),
+        connect_seconds: connected.seconds,
+        published_per_org: published.per_org,
+        publish_failures: published.failures,
+        publish_seconds: published.seconds,
+        delivery_seconds,
+        outcomes,
+        latency_ms: merged(&run.shared.latency)?,
         last_recipient_ms: Percentiles::from_micros(&last_recipient),
-        throughput: Throughput {
-            publish_rate: if publish_seconds > 0.0 {
-                published as f64 / publish_seconds
-            } else {
-                0.0
-            },
-            deliveries_per_s: if delivery_seconds > 0.0 {
-                events.delivered as f64 / delivery_seconds
-            } else {
-                0.0
-            },
-            publish_seconds,
+        server: match (args.server_pid, server_before, server_connected, server_end) {
+            (Some(pid), Some(before), Some(connected), Some(end)) => Some(ServerSamples {
+                pid,
+                rss_kib: [before.rss_kib, connected.rss_kib, end.rss_kib],
+                cpu_seconds: [before.cpu_seconds, connected.cpu_seconds, end.cpu_seconds],
+            }),
+            _ => None,
         },
-        events,
-        server,
-        thresholds: Vec::new(),
-        passed: false,
     };
-    report.thresholds = thresholds.iter().map(|t| t.check(&report)).collect();
-    report.passed = report.clean();
-
+    let report = report::build(measured, &run.plan.thresholds);
     output::line(&report.human())?;
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if report.passed {
-        ExitCode::SUCCESS
+        ExitStatus::Ok
     } else {
-        ExitCode::from(1)
+        ExitStatus::Failed
     })
+}
+
+impl<'a> Run<'a> {
+    fn new(args: &'a LoadArgs, plan: Plan) -> anyhow::Result<Self> {
+        let shared = Arc::new(Shared {
+            latency: (0..SHARDS)
+                .map(|_| histogram().map(Mutex::new))
+                .collect::<Result<_, _>>()?,
+            connect: Mutex::new(histogram()?),
+            received: AtomicU64::new(0),
+            last_recipient: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let progress = if args.no_progress || !std::io::stderr().is_terminal() {
+            MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
+        } else {
+            MultiProgress::new()
+        };
+        Ok(Self {
+            args,
+            plan,
+            shared,
+            progress,
+            interrupt: crate::interrupt::Interrupt::new(),
+            interrupted: false,
+        })
+    }
+
+    /// A line of progress: above the bars, or on stderr when they are hidden.
+    fn say(&self, text: String) {
+        if self.progress.is_hidden() {
+            output::note(&text);
+        } else {
+            let _ = self.progress.println(text);
+        }
+    }
+
+    /// Opens every connection at `--connect-rate`; each then counts what
+    /// arrives until stopped.
+    async fn connect(&mut self) -> anyhow::Result<Connected> {
+        let args = self.args;
+        self.say(format!(
+            "connecting {} connections over {} orgs to {} ({}/s)",
+            args.connections, args.orgs, self.plan.target.ws, args.connect_rate
+        ));
+        let bar = self.progress.add(bar(args.connections, "connecting"));
+        let (stop, stop_rx) = watch::channel(false);
+        let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Opened>();
+        let mut tasks = JoinSet::new();
+        let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
+        let started = Instant::now();
+        let spacing = Duration::from_secs_f64(1.0 / args.connect_rate as f64);
+        let mut failures: BTreeMap<String, u64> = BTreeMap::new();
+        let mut opened = 0u64;
+        let mut per_org = vec![0u64; self.plan.orgs.len()];
+        let (mut reported, mut launched) = (0u64, 0u64);
+        let mut next_start = Instant::now();
+        while reported < args.connections {
+            tokio::select! {
+                biased;
+                () = self.interrupt.recv() => {
+                    self.interrupted = true;
+                    break;
+                }
+                Some(result) = opened_rx.recv() => {
+                    reported += 1;
+                    bar.inc(1);
+                    match result {
+                        Opened::Ok { connect, org } => {
+                            opened += 1;
+                            per_org[org] += 1;
+                            let _ = lock(&self.shared.connect).record(micros(connect));
+                        }
+                        Opened::Failed(why) => *failures.entry(why).or_default() += 1,
+                    }
+                }
+                permit = permits.clone().acquire_owned(), if launched < args.connections => {
+                    let Ok(permit) = permit else { break };
+                    tokio::time::sleep_until(next_start).await;
+                    next_start += spacing;
+                    let spec = self.spec(launched)?;
+                    launched += 1;
+                    tasks.spawn(connection(
+                        spec,
+                        self.plan.target.clone(),
+                        self.shared.clone(),
+                        opened_tx.clone(),
+                        stop_rx.clone(),
+                        permit,
+                    ));
+                }
+            }
+        }
+        drop(opened_tx);
+        let seconds = started.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        self.say(format!(
+            "connected {opened} of {} in {seconds:.2} s ({} failed)",
+            args.connections,
+            args.connections - opened
+        ));
+        if opened == 0 && !self.interrupted {
+            let why = failures.keys().next().cloned().unwrap_or_default();
+            bail!("no connection could be opened: {why}");
+        }
+        Ok(Connected {
+            opened,
+            failures,
+            per_org,
+            seconds,
+            tasks,
+            stop,
+        })
+    }
+
+    /// Connection `i`: its org (round-robin), source address and token.
+    fn spec(&self, i: u64) -> anyhow::Result<ConnectionSpec> {
+        let args = self.args;
+        let org = usize::try_from(i % args.orgs).unwrap_or(0);
+        let claims = Claims::new(
+            &format!("load-{}-u{i}", self.plan.run_id),
+            Some(&self.plan.orgs[org]),
+            Role::User,
+            args.duration.as_secs() + 600,
+        );
+        let token = mint(&self.plan.secret, &claims).context("minting a token")?;
+        let source = args.source_ips[usize::try_from(i).unwrap_or(0) % args.source_ips.len()];
+        Ok(ConnectionSpec {
+            index: i,
+            org,
+            org_channel: format!("org:{}", self.plan.orgs[org]),
+            source,
+            token,
+        })
+    }
+
+    /// Publishes `--rate` events a second for `--duration`, in batches,
+    /// `--publishers` requests in flight at most.
+    async fn publish(&mut self) -> Published {
+        let args = self.args;
+        let total = self.plan.total_events;
+        let per_org: Arc<Vec<AtomicU64>> = Arc::new(
+            (0..self.plan.orgs.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        );
+        let failures: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
+        let bar = self.progress.add(bar(total, "publishing"));
+        let started = Instant::now();
+        let service_token = mint(
+            &self.plan.secret,
+            &Claims::new(
+                "hrrt-load",
+                None,
+                Role::Service,
+                args.duration.as_secs() + 600,
+            ),
+        );
+        match service_token {
+            Err(e) => {
+                *lock(&failures)
+                    .entry(format!("minting a token: {e}"))
+                    .or_default() += total;
+            }
+            Ok(_) if self.interrupted => {}
+            Ok(token) => {
+                self.say(format!(
+                    "publishing {total} events at {}/s for {} in batches of {}",
+                    args.rate,
+                    humantime::format_duration(args.duration),
+                    args.batch
+                ));
+                let in_flight = Arc::new(Semaphore::new(
+                    usize::try_from(args.publishers).unwrap_or(16),
+                ));
+                let mut requests = JoinSet::new();
+                let mut sent = 0u64;
+                let mut tick = tokio::time::interval(Duration::from_millis(2));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut last_status = Instant::now();
+                while sent < total {
+                    tokio::select! {
+                        biased;
+                        () = self.interrupt.recv() => {
+                            self.interrupted = true;
+                            break;
+                        }
+                        _ = tick.tick() => {}
+                    }
+                    let due = ((started.elapsed().as_secs_f64() * args.rate) as u64).min(total);
+                    while sent < due {
+                        let n = args.batch.min(total - sent);
+                        // Wait for a full batch to be due, except for the last one.
+                        if sent + n > due && sent + n < total {
+                            break;
+                        }
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            break;
+                        };
+                        requests.spawn(publish_batch(
+                            self.plan.api.clone(),
+                            token.clone(),
+                            batch_body(sent, n, &self.plan.orgs, args.payload_bytes),
+                            (sent, n),
+                            per_org.clone(),
+                            failures.clone(),
+                            permit,
+                        ));
+                        sent += n;
+                        bar.set_position(sent);
+                    }
+                    while requests.try_join_next().is_some() {}
+                    if last_status.elapsed() >= Duration::from_millis(250) {
+                        last_status = Instant::now();
+                        bar.set_message(live_status(&self.shared, started));
+                    }
+                }
+                tokio::select! {
+                    () = self.interrupt.recv() => self.interrupted = true,
+                    _ = async { while requests.join_next().await.is_some() {} } => {}
+                }
+            }
+        }
+        bar.finish_and_clear();
+        let failures = lock(&failures).clone();
+        Published {
+            per_org: per_org.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
+            failures,
+            started,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Waits until every open connection could have every event, at most
+    /// `--drain`.
+    async fn drain(&mut self, connected: &Connected, published: &Published) {
+        if self.interrupted {
+            return;
+        }
+        let expected: u64 = connected
+            .per_org
+            .iter()
+            .zip(&published.per_org)
+            .map(|(conns, events)| conns * events)
+            .sum();
+        self.say(format!(
+            "draining (up to {})",
+            humantime::format_duration(self.args.drain)
+        ));
+        let deadline = Instant::now() + self.args.drain;
+        while self.shared.received.load(Ordering::Relaxed) < expected {
+            tokio::select! {
+                () = self.interrupt.recv() => { self.interrupted = true; break; }
+                () = tokio::time::sleep_until(deadline) => break,
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    }
+}
+
+impl Connected {
+    /// Stops every connection and collects what each saw.
+    async fn stop(&mut self) -> Vec<ConnOutcome> {
+        let _ = self.stop.send(true);
+        let mut outcomes = Vec::new();
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Ok(Some(outcome)) = joined {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes
+    }
+}
+
+/// One publish request of events `first .. first + n`; counts what was
+/// accepted per org, and why the rest failed.
+async fn publish_batch(
+    api: Api,
+    token: String,
+    body: Value,
+    (first, n): (u64, u64),
+    per_org: Arc<Vec<AtomicU64>>,
+    failures: Arc<Mutex<BTreeMap<String, u64>>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    match api.post("/api/events", &token, &body).await {
+        Ok((200, _)) => {
+            let orgs = per_org.len() as u64;
+            for i in first..first + n {
+                per_org[usize::try_from(i % orgs).unwrap_or(0)].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok((status, answer)) => {
+            *lock(&failures)
+                .entry(explain(status, &answer, "service"))
+                .or_default() += n;
+        }
+        Err(e) => *lock(&failures).entry(format!("{e:#}")).or_default() += n,
+    }
 }
 
 fn micros(d: Duration) -> u64 {
@@ -574,29 +638,25 @@ struct ConnectionSpec {
     org: usize,
     org_channel: String,
     source: IpAddr,
+    token: String,
 }
 
 /// One connection: open it, report, then count what arrives until stopped.
 async fn connection(
     spec: ConnectionSpec,
     target: Target,
-    token: String,
     shared: Arc<Shared>,
     opened: mpsc::UnboundedSender<Opened>,
     mut stop: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Option<ConnOutcome> {
     let started = Instant::now();
-    let open = tokio::time::timeout(CONNECT_TIMEOUT, open(&spec, &target, &token)).await;
+    let open = open(&spec, &target).await;
     drop(permit);
-    let (mut ws, start) = match open {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
+    let (mut connection, start) = match open {
+        Ok(pair) => pair,
+        Err(e) => {
             let _ = opened.send(Opened::Failed(e));
-            return None;
-        }
-        Err(_) => {
-            let _ = opened.send(Opened::Failed("connect timed out".to_owned()));
             return None;
         }
     };
@@ -615,48 +675,37 @@ async fn connection(
             let _ = h.record(s.max(1));
         }
     };
-    let mut closed_early = None;
-    loop {
-        tokio::select! {
+    let closed_early = loop {
+        let received = tokio::select! {
             biased;
-            _ = stop.changed() => break,
-            message = ws.next() => match message {
-                Some(Ok(Message::Text(text))) => {
-                    if let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) {
-                        tally.observe(seq);
-                        let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
-                        samples.push(latency);
-                        if let Some(slot) = usize::try_from(n).ok().and_then(|n| shared.last_recipient.get(n)) {
-                            slot.fetch_max(latency.max(1), Ordering::Relaxed);
-                        }
-                        shared.received.fetch_add(1, Ordering::Relaxed);
-                        if samples.len() == samples.capacity() {
-                            flush(&mut samples);
-                        }
-                    }
+            _ = stop.changed() => break None,
+            received = connection.next_raw() => received,
+        };
+        match received {
+            RawReceived::Text(text) => {
+                let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) else {
+                    continue;
+                };
+                tally.observe(seq);
+                let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
+                samples.push(latency);
+                if let Some(slot) = usize::try_from(n)
+                    .ok()
+                    .and_then(|n| shared.last_recipient.get(n))
+                {
+                    slot.fetch_max(latency.max(1), Ordering::Relaxed);
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    closed_early = Some(match frame {
-                        Some(f) => format!("{} {}", u16::from(f.code), f.reason),
-                        None => "closed without a code".to_owned(),
-                    });
-                    break;
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                if samples.len() == samples.capacity() {
+                    flush(&mut samples);
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    closed_early = Some(format!("connection lost: {}", root_cause(&e)));
-                    break;
-                }
-                None => {
-                    closed_early = Some("connection lost".to_owned());
-                    break;
-                }
-            },
+            }
+            RawReceived::Closed(close) => break Some(close.to_string()),
+            RawReceived::Lost(why) => break Some(format!("connection lost: {why}")),
         }
-    }
+    };
     flush(&mut samples);
-    // A clean goodbye, bounded: the server may be gone.
-    let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
+    connection.close().await;
     Some(ConnOutcome {
         org: spec.org,
         tally,
@@ -664,70 +713,38 @@ async fn connection(
     })
 }
 
-/// Connects from `spec.source`, handshakes, reads `connected`; answers the
-/// org channel's start position.
-async fn open(
-    spec: &ConnectionSpec,
-    target: &Target,
-    token: &str,
-) -> Result<(crate::client::Ws, u64), String> {
-    let request =
-        ws_request(target, token, &Cursor::default(), None).map_err(|e| format!("{e:#}"))?;
-    let host = target.ws.host_str().unwrap_or("127.0.0.1");
-    let port = target.ws.port_or_known_default().unwrap_or(80);
-    let server: SocketAddr = tokio::net::lookup_host((host, port))
+/// Connects from `spec.source` with small buffers (a load generator holds
+/// tens of thousands of these), TLS for `wss://`; reads `connected`;
+/// answers the org channel's start position.
+async fn open(spec: &ConnectionSpec, target: &Target) -> Result<(Connection, u64), String> {
+    let options = ConnectOptions {
+        source: Some(spec.source),
+        buffers: Some((16 * 1024, 0)),
+        timeout: CONNECT_TIMEOUT,
+        ..ConnectOptions::default()
+    };
+    let mut connection = Connection::open(target, &spec.token, &options)
         .await
-        .map_err(|e| format!("resolving {host}: {e}"))?
-        .find(|a| a.is_ipv4() == spec.source.is_ipv4())
-        .ok_or_else(|| format!("no address of {host} matches {}", spec.source))?;
-    let socket = if spec.source.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    }
-    .map_err(|e| format!("socket: {e}"))?;
-    socket
-        .bind(SocketAddr::new(spec.source, 0))
-        .map_err(|e| format!("bind {}: {e}", spec.source))?;
-    let stream = socket
-        .connect(server)
+        .map_err(|e| format!("{e:#}"))?;
+    let next = tokio::time::timeout(CONNECT_TIMEOUT, connection.next())
         .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
-    // Small buffers: a load generator holds tens of thousands of these.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(16 * 1024)
-        .write_buffer_size(0);
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-        request,
-        tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        Some(config),
-    )
-    .await
-    .map_err(|e| format!("handshake: {}", root_cause(&e)))?;
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value =
-                    serde_json::from_str(&text).map_err(|e| format!("bad first frame: {e}"))?;
-                if frame["type"] != "connected" {
-                    return Err(format!("first frame was {}", frame["type"]));
-                }
-                let start = frame["payload"]["positions"][spec.org_channel.as_str()]
-                    .as_u64()
-                    .unwrap_or(0);
-                return Ok((ws, start));
-            }
-            Some(Ok(Message::Close(frame))) => {
-                return Err(match frame {
-                    Some(f) => format!("{} {}", u16::from(f.code), f.reason),
-                    None => "closed".to_owned(),
-                });
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(format!("handshake: {}", root_cause(&e))),
-            None => return Err("closed before connected".to_owned()),
+        .map_err(|_| "no connected frame in time".to_owned())?;
+    match next {
+        Received::Frame {
+            frame: ServerFrame::Connected { payload, .. },
+            ..
+        } => {
+            let start = payload
+                .positions
+                .get(&spec.org_channel)
+                .copied()
+                .unwrap_or(0);
+            Ok((connection, start))
         }
+        Received::Frame { frame, .. } => Err(format!("first frame was {}", frame.kind())),
+        Received::Garbled { error, .. } => Err(format!("bad first frame: {error}")),
+        Received::Closed(close) => Err(close.to_string()),
+        Received::Lost(why) => Err(format!("closed before connected: {why}")),
     }
 }
 

@@ -10,6 +10,113 @@ use serde::Serialize;
 
 use crate::output::{BOLD, DIM, ERROR, NOTE, paint};
 
+/// What the phases of a run measured, before any arithmetic: the input of
+/// [`build`].
+pub struct Measured {
+    pub run_id: String,
+    pub url: String,
+    pub config: RunConfig,
+    pub interrupted: bool,
+    /// Connections opened, and why the others failed.
+    pub opened: u64,
+    pub connect_failures: BTreeMap<String, u64>,
+    pub connect_ms: Percentiles,
+    pub connect_seconds: f64,
+    /// Events the server accepted, per org (index as in the run's orgs).
+    pub published_per_org: Vec<u64>,
+    pub publish_failures: BTreeMap<String, u64>,
+    pub publish_seconds: f64,
+    /// From the first publish to the end of the drain.
+    pub delivery_seconds: f64,
+    /// What each connection received.
+    pub outcomes: Vec<super::ConnOutcome>,
+    pub latency_ms: Percentiles,
+    pub last_recipient_ms: Percentiles,
+    pub server: Option<ServerSamples>,
+}
+
+/// The server's RSS (KiB) and CPU seconds before connecting, with every
+/// connection open, and at the end.
+pub struct ServerSamples {
+    pub pid: u32,
+    pub rss_kib: [u64; 3],
+    pub cpu_seconds: [f64; 3],
+}
+
+/// The report of a run: what was lost, duplicated or reordered per
+/// connection against what its org published, rates, the server's cost,
+/// and the thresholds. Pure: no clock, no I/O.
+pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
+    let publish_errors = m.publish_failures.values().sum();
+    let mut events = EventReport {
+        published: m.published_per_org.iter().sum(),
+        publish_errors,
+        publish_failures: m.publish_failures,
+        ..EventReport::default()
+    };
+    let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
+    for outcome in &m.outcomes {
+        let expected = m.published_per_org.get(outcome.org).copied().unwrap_or(0);
+        events.expected_deliveries += expected;
+        events.delivered += outcome.tally.unique.min(expected);
+        events.lost += outcome.tally.lost(expected);
+        events.duplicated += outcome.tally.duplicates;
+        events.out_of_order += outcome.tally.out_of_order;
+        if let Some(why) = &outcome.closed_early {
+            *closed_early.entry(why.clone()).or_default() += 1;
+        }
+    }
+    let per_second = |n: f64, seconds: f64| if seconds > 0.0 { n / seconds } else { 0.0 };
+    let server = m.server.map(|s| {
+        let [before, connected, end] = s.rss_kib;
+        let cpu = s.cpu_seconds[2] - s.cpu_seconds[1];
+        ServerReport {
+            pid: s.pid,
+            rss_kib_before: before,
+            rss_kib_connected: connected,
+            rss_kib_end: end,
+            rss_per_connection_kib: if m.opened > 0 {
+                (connected as f64 - before as f64) / m.opened as f64
+            } else {
+                0.0
+            },
+            cpu_seconds: cpu,
+            deliveries_per_cpu_second: per_second(events.delivered as f64, cpu),
+            connect_cpu_seconds: s.cpu_seconds[1] - s.cpu_seconds[0],
+        }
+    });
+    let requested = m.config.connections;
+    let mut report = Report {
+        run_id: m.run_id,
+        url: m.url,
+        interrupted: m.interrupted,
+        connections: ConnectionReport {
+            requested,
+            ok: m.opened,
+            failed: requested.saturating_sub(m.opened),
+            failures: m.connect_failures,
+            closed_early,
+            connect_ms: m.connect_ms,
+            connects_per_s: per_second(m.opened as f64, m.connect_seconds),
+        },
+        latency_ms: m.latency_ms,
+        last_recipient_ms: m.last_recipient_ms,
+        throughput: Throughput {
+            publish_rate: per_second(events.published as f64, m.publish_seconds),
+            deliveries_per_s: per_second(events.delivered as f64, m.delivery_seconds),
+            publish_seconds: m.publish_seconds,
+        },
+        config: m.config,
+        events,
+        server,
+        thresholds: Vec::new(),
+        passed: false,
+    };
+    report.thresholds = thresholds.iter().map(|t| t.check(&report)).collect();
+    report.passed = report.clean();
+    report
+}
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -201,7 +308,7 @@ fn parse_threshold(rule: &str) -> anyhow::Result<Threshold> {
         ),
     };
     let limit = if let Metric::Latency(_) = metric {
-        let d = hrrt_server::config::positive_duration(value)
+        let d = hrrt_protocol::positive_duration(value)
             .or_else(|e| {
                 if value == "0" {
                     Ok(Duration::ZERO)
@@ -385,5 +492,90 @@ mod tests {
         assert!(parse_thresholds("speed<3").is_err());
         assert!(parse_thresholds("p99<fast").is_err());
         assert!(parse_thresholds("lost=none").is_err());
+    }
+
+    fn measured(outcomes: Vec<super::super::ConnOutcome>) -> Measured {
+        Measured {
+            run_id: "r".into(),
+            url: "http://x/".into(),
+            config: RunConfig {
+                connections: 3,
+                orgs: 2,
+                rate: 10.0,
+                duration_s: 1.0,
+                batch: 1,
+                connect_rate: 100,
+                source_ips: vec!["127.0.0.1".into()],
+            },
+            interrupted: false,
+            opened: 3,
+            connect_failures: BTreeMap::new(),
+            connect_ms: Percentiles::default(),
+            connect_seconds: 0.5,
+            published_per_org: vec![4, 2],
+            publish_failures: BTreeMap::new(),
+            publish_seconds: 1.0,
+            delivery_seconds: 2.0,
+            outcomes,
+            latency_ms: Percentiles {
+                p99: 5.0,
+                ..Percentiles::default()
+            },
+            last_recipient_ms: Percentiles::default(),
+            server: Some(ServerSamples {
+                pid: 1,
+                rss_kib: [1000, 1300, 1400],
+                cpu_seconds: [1.0, 1.5, 3.5],
+            }),
+        }
+    }
+
+    fn outcome(org: usize, seqs: &[u64], closed: Option<&str>) -> super::super::ConnOutcome {
+        let mut tally = super::super::tally::Tally::new(0);
+        for seq in seqs {
+            tally.observe(*seq);
+        }
+        super::super::ConnOutcome {
+            org,
+            tally,
+            closed_early: closed.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_its_figures_add_up() {
+        let m = measured(vec![
+            outcome(0, &[1, 2, 3, 4], None),
+            outcome(0, &[1, 2, 3, 4], None),
+            outcome(1, &[1, 2], None),
+        ]);
+        let report = build(m, &parse_thresholds("p99<10ms,lost=0").unwrap());
+        assert_eq!(report.events.expected_deliveries, 10);
+        assert_eq!(report.events.delivered, 10);
+        assert_eq!(report.throughput.deliveries_per_s, 5.0);
+        assert_eq!(report.connections.connects_per_s, 6.0);
+        let server = report.server.as_ref().unwrap();
+        assert_eq!(server.rss_per_connection_kib, 100.0);
+        assert_eq!(
+            (server.cpu_seconds, server.deliveries_per_cpu_second),
+            (2.0, 5.0)
+        );
+        assert!(report.passed, "{report:?}");
+    }
+
+    #[test]
+    fn loss_duplicates_and_early_closes_fail_the_run() {
+        let m = measured(vec![
+            outcome(0, &[1, 2, 2, 4], Some("1013 slow consumer")),
+            outcome(0, &[1, 2, 3, 4], None),
+            outcome(1, &[2, 1], None),
+        ]);
+        let report = build(m, &parse_thresholds("lost=0").unwrap());
+        assert_eq!(report.events.lost, 1, "seq 3 on the first connection");
+        assert_eq!(report.events.duplicated, 1);
+        assert_eq!(report.events.out_of_order, 1);
+        assert_eq!(report.connections.closed_early["1013 slow consumer"], 1);
+        assert!(!report.thresholds[0].passed);
+        assert!(!report.passed);
     }
 }

@@ -298,9 +298,7 @@ impl ExpectNoneStep {
 pub fn duration(field: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
     match value {
         None => Ok(default),
-        Some(text) => {
-            hrrt_server::config::positive_duration(text).map_err(|e| format!("{field}: {e}"))
-        }
+        Some(text) => hrrt_protocol::positive_duration(text).map_err(|e| format!("{field}: {e}")),
     }
 }
 

@@ -1,34 +1,76 @@
 //! Whether a received frame matches an `expect`: type (with wildcards),
 //! channel, seq, and the payload as a subset.
 
+use hrrt_protocol::{ChannelName, ServerFrame};
 use serde_json::Value;
 
 use super::format::Matcher;
 use crate::commands::listen::TypeFilter;
 
+/// The parts of a frame a matcher looks at.
+struct View<'a> {
+    kind: &'a str,
+    channel: Option<&'a ChannelName>,
+    seq: Option<u64>,
+    payload: Value,
+}
+
+/// `channel` and `seq` are the envelope's, so only events have them.
+fn view(frame: &ServerFrame) -> View<'_> {
+    let (channel, seq, payload) = match frame {
+        ServerFrame::Event(e) => (Some(&e.channel), Some(e.seq), e.payload_value()),
+        ServerFrame::Resync { payload, .. } => (None, None, json(payload)),
+        ServerFrame::Connected { payload, .. } => (None, None, json(payload)),
+        ServerFrame::Error { payload, .. } => (None, None, json(payload)),
+        ServerFrame::Refreshed { payload, .. } => (None, None, json(payload)),
+        ServerFrame::Ping { .. } => (None, None, Value::Object(serde_json::Map::new())),
+    };
+    View {
+        kind: frame.kind(),
+        channel,
+        seq,
+        payload,
+    }
+}
+
+/// A frame's payload as JSON, for matching and messages.
+fn json<T: serde::Serialize>(payload: &T) -> Value {
+    serde_json::to_value(payload).unwrap_or_default()
+}
+
+/// The envelope fields a frame carries: `type`, `payload`, `timestamp`,
+/// and `channel` and `seq` for events.
+fn has_field(frame: &ServerFrame, field: &str) -> bool {
+    match field {
+        "type" | "payload" | "timestamp" => true,
+        "channel" | "seq" => matches!(frame, ServerFrame::Event(_)),
+        _ => false,
+    }
+}
+
 impl Matcher {
-    pub fn matches(&self, frame: &Value) -> bool {
-        if let Some(kind) = &self.kind {
-            let actual = frame["type"].as_str().unwrap_or_default();
-            if !TypeFilter::new(std::slice::from_ref(kind)).matches(actual) {
-                return false;
-            }
+    pub fn matches(&self, frame: &ServerFrame) -> bool {
+        let v = view(frame);
+        if let Some(kind) = &self.kind
+            && !TypeFilter::new(std::slice::from_ref(kind)).matches(v.kind)
+        {
+            return false;
         }
         if let Some(channel) = &self.channel
-            && frame["channel"].as_str() != Some(channel.as_str())
+            && v.channel.map(ChannelName::as_str) != Some(channel.as_str())
         {
             return false;
         }
         if let Some(seq) = self.seq
-            && frame["seq"].as_u64() != Some(seq)
+            && v.seq != Some(seq)
         {
             return false;
         }
-        if !self.fields.iter().all(|f| frame.get(f).is_some()) {
+        if !self.fields.iter().all(|f| has_field(frame, f)) {
             return false;
         }
         match &self.payload {
-            Some(expected) => is_subset(expected, &frame["payload"]),
+            Some(expected) => is_subset(expected, &v.payload),
             None => true,
         }
     }
@@ -76,12 +118,14 @@ pub fn is_subset(expected: &Value, actual: &Value) -> bool {
 }
 
 /// A received frame in a few words, for failure messages.
-pub fn summarize(frame: &Value) -> String {
-    let kind = frame["type"].as_str().unwrap_or("?");
-    match (frame["channel"].as_str(), frame["seq"].as_u64()) {
-        (Some(channel), Some(seq)) => format!("{kind} {channel}@{seq} {}", frame["payload"]),
-        _ if kind == "resync.required" || kind == "error" => format!("{kind} {}", frame["payload"]),
-        _ => kind.to_owned(),
+pub fn summarize(frame: &ServerFrame) -> String {
+    let v = view(frame);
+    match frame {
+        ServerFrame::Event(e) => format!("{} {}@{} {}", v.kind, e.channel, e.seq, v.payload),
+        ServerFrame::Resync { .. } | ServerFrame::Error { .. } => {
+            format!("{} {}", v.kind, v.payload)
+        }
+        _ => v.kind.to_owned(),
     }
 }
 
@@ -106,8 +150,12 @@ mod tests {
 
     #[test]
     fn matchers() {
-        let frame =
-            json!({"type": "entity.created", "channel": "org:7", "seq": 3, "payload": {"id": 1}});
+        let frame = ServerFrame::decode(
+            &json!({"type": "entity.created", "channel": "org:7", "seq": 3,
+                    "timestamp": "2026-01-01T12:00:00.000000Z", "payload": {"id": 1}})
+            .to_string(),
+        )
+        .unwrap();
         let m = |kind: Option<&str>, channel: Option<&str>, seq, payload| Matcher {
             kind: kind.map(str::to_owned),
             channel: channel.map(str::to_owned),

@@ -7,7 +7,6 @@ mod runner;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ pub use self::format::{Scenario, parse_file, parse_str, schema};
 pub use self::runner::{Env, ScenarioOutcome};
 use crate::args::GlobalArgs;
 use crate::client::Target;
+use crate::exit::ExitStatus;
 use crate::output::{self, DIM, ERROR, NOTE, paint};
 
 #[derive(Debug, Args)]
@@ -61,17 +61,17 @@ pub struct RunArgs {
     pub filter: Option<String>,
 }
 
-pub async fn run(args: ScenarioArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ScenarioArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     match args.command {
         ScenarioCommand::Schema => {
             output::line(&serde_json::to_string_pretty(&schema())?)?;
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitStatus::Ok)
         }
         ScenarioCommand::Run(args) => run_files(args, global).await,
     }
 }
 
-async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCode> {
+async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     // Everything is parsed and checked before anything runs.
     let mut work: Vec<(String, Scenario)> = Vec::new();
     for path in &args.files {
@@ -98,10 +98,11 @@ async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
     let shared = if args.spawn {
         None
     } else {
+        let target = Target::parse(&global.url)?;
         Some(Env {
-            target: Target::parse(&global.url)?,
+            api: crate::client::Api::new(target.clone())?,
+            target,
             secret: global.secret.clone(),
-            http: crate::client::http_client(Duration::from_secs(30))?,
         })
     };
 
@@ -138,9 +139,9 @@ async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitCod
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(if outcomes.iter().all(|o| o.passed) {
-        ExitCode::SUCCESS
+        ExitStatus::Ok
     } else {
-        ExitCode::from(1)
+        ExitStatus::Failed
     })
 }
 
@@ -157,7 +158,7 @@ impl Embedded {
             .await
             .context("binding a loopback port for --spawn")?;
         let addr = listener.local_addr()?;
-        let secret = hrrt_server::random_hex(16);
+        let secret = crate::random_hex(16);
         let mut config = Config::with_secret(&secret);
         config.listen = addr;
         // Token expiry is checked often so expiry scenarios finish quickly.
@@ -166,11 +167,12 @@ impl Embedded {
         let task = tokio::spawn(hrrt_server::run(listener, config, async {
             let _ = stopped.await;
         }));
+        let target = Target::parse(&format!("http://{addr}"))?;
         Ok(Self {
             env: Env {
-                target: Target::parse(&format!("http://{addr}"))?,
+                api: crate::client::Api::new(target.clone())?,
+                target,
                 secret: Some(secret),
-                http: crate::client::http_client(Duration::from_secs(30))?,
             },
             stop,
             task,

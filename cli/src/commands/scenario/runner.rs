@@ -3,20 +3,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use futures_util::stream::SplitSink;
-use futures_util::{SinkExt, StreamExt};
-use hrrt_server::auth::{Claims, Role, mint, unix_now};
-use reqwest::Url;
+use hrrt_protocol::auth::{Claims, Role, mint, unix_now};
+use hrrt_protocol::{ClientFrame, Close, ServerFrame};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::format::{
     ClientSpec, ConnectStep, Matcher, PublishStep, RefreshStep, Scenario, Step, duration,
 };
 use super::matcher::summarize;
-use crate::client::{Cursor, Target, Ws, root_cause};
+use crate::client::{
+    Api, ConnectOptions, Connection, Cursor, Received, Receiver, Sender, Target, TokenIn,
+};
 
 /// Default wait of `expect` and `expect_close`.
 const DEFAULT_WITHIN: Duration = Duration::from_secs(2);
@@ -33,7 +32,7 @@ pub struct Env {
     pub target: Target,
     /// Signs the clients' and the publisher's tokens.
     pub secret: Option<String>,
-    pub http: reqwest::Client,
+    pub api: Api,
 }
 
 /// What became of one step.
@@ -67,17 +66,15 @@ impl ScenarioOutcome {
 /// One frame a client received.
 #[derive(Debug, Clone)]
 enum Frame {
-    Json(Value),
-    Close(u16, String),
+    Server(ServerFrame),
+    Close(Close),
     /// The connection ended without a close frame.
     Lost(String),
 }
 
-type Sink = SplitSink<Ws, Message>;
-
 /// A connected client.
 struct Live {
-    sink: Sink,
+    sink: Sender,
     inbox: mpsc::UnboundedReceiver<Frame>,
     /// Received and not yet matched, oldest first.
     buffer: VecDeque<Frame>,
@@ -132,8 +129,8 @@ pub async fn run(env: &Env, file: &str, scenario: &Scenario) -> ScenarioOutcome 
         });
     }
     for state in clients.values_mut() {
-        if let Some(mut live) = state.live.take() {
-            let _ = tokio::time::timeout(Duration::from_millis(200), live.sink.close()).await;
+        if let Some(live) = state.live.take() {
+            live.sink.close().await;
         }
     }
     ScenarioOutcome {
@@ -208,7 +205,7 @@ async fn run_step(
                     .take()
                     .ok_or_else(|| format!("{name} is not connected"))?;
                 drain(&mut live, &mut state.cursor);
-                let _ = tokio::time::timeout(Duration::from_secs(1), live.sink.close()).await;
+                live.sink.close().await;
             }
             Ok(())
         }
@@ -319,47 +316,31 @@ async fn connect(
         if state.live.is_some() {
             return Err(format!("{name} is already connected"));
         }
-        let mut url: Url = state_url(env)?;
-        {
-            let mut query = url.query_pairs_mut();
+        let cursor = if let Some(since) = &since {
+            let mut cursor = Cursor::parse(since).map_err(|e| format!("{name}: since: {e}"))?;
+            cursor.epoch = epoch.clone();
+            cursor
+        } else if resume && !state.cursor.is_empty() {
+            let mut cursor = state.cursor.clone();
+            cursor.epoch = epoch.clone().or_else(|| state.cursor.epoch.clone());
+            cursor
+        } else {
+            Cursor::default()
+        };
+        let options = ConnectOptions {
             // ?token= is how the browser front end connects.
-            if let Some(token) = token(env, &state.spec, None, None)? {
-                query.append_pair("token", &token);
-            }
-            let cursor = if let Some(since) = &since {
-                Some((since.clone(), epoch.clone()))
-            } else if resume && !state.cursor.is_empty() {
-                Some((
-                    state.cursor.to_since(),
-                    epoch.clone().or_else(|| state.cursor.epoch.clone()),
-                ))
-            } else {
-                None
-            };
-            if let Some((since, epoch)) = cursor {
-                query.append_pair("since", &since);
-                if let Some(epoch) = epoch {
-                    query.append_pair("epoch", &epoch);
-                }
-            }
-            if let Some(orgs) = &orgs {
-                query.append_pair("orgs", orgs);
-            }
-        }
-        let (ws, _) = tokio::time::timeout(
-            CONNECT_WITHIN,
-            tokio_tungstenite::connect_async(url.as_str()),
-        )
-        .await
-        .map_err(|_| format!("{name}: no handshake within {}s", CONNECT_WITHIN.as_secs()))?
-        .map_err(|e| {
-            format!(
-                "{name}: cannot connect to {}: {}",
-                env.target.ws,
-                root_cause(&e)
-            )
-        })?;
-        let (sink, stream) = ws.split();
+            token_in: TokenIn::Query,
+            cursor,
+            orgs: orgs.clone(),
+            timeout: CONNECT_WITHIN,
+            ..ConnectOptions::default()
+        };
+        // A client without a token sends none (an empty one is "missing").
+        let token = token(env, &state.spec, None, None)?.unwrap_or_default();
+        let connection = Connection::open(&env.target, &token, &options)
+            .await
+            .map_err(|e| format!("{name}: {e:#}"))?;
+        let (sink, stream) = connection.split();
         let (tx, inbox) = mpsc::unbounded_channel();
         tokio::spawn(read_frames(stream, tx));
         let mut live = Live {
@@ -380,16 +361,18 @@ async fn connect(
             .unwrap_or(Frame::Lost("connection ended".to_owned()));
         let expects_refusal = refused || state.spec.expects_refusal();
         match &first {
-            Frame::Json(v) if v["type"] == "connected" => {
-                state.cursor.on_connected(&v["payload"]);
+            Frame::Server(ServerFrame::Connected { payload, .. }) => {
+                state.cursor.on_connected(payload);
                 if refused {
                     return Err(format!("{name} was expected to be refused but connected"));
                 }
             }
-            Frame::Close(code, reason) if !expects_refusal => {
-                return Err(format!("{name} was refused: {code} {reason}"));
+            Frame::Close(close) if !expects_refusal => {
+                return Err(format!("{name} was refused: {close}"));
             }
-            Frame::Json(v) => return Err(format!("{name}: first frame was {}", summarize(v))),
+            Frame::Server(frame) => {
+                return Err(format!("{name}: first frame was {}", summarize(frame)));
+            }
             Frame::Lost(why) if !expects_refusal => {
                 return Err(format!("{name}: connection lost: {why}"));
             }
@@ -401,38 +384,19 @@ async fn connect(
     Ok(())
 }
 
-fn state_url(env: &Env) -> Result<Url, String> {
-    env.target.ws.join("/ws").map_err(|e| e.to_string())
-}
-
-async fn read_frames(
-    mut stream: futures_util::stream::SplitStream<Ws>,
-    tx: mpsc::UnboundedSender<Frame>,
-) {
-    while let Some(message) = stream.next().await {
-        let frame = match message {
-            Ok(Message::Text(text)) => match serde_json::from_str(&text) {
-                Ok(v) => Frame::Json(v),
-                Err(e) => Frame::Lost(format!("server sent a frame that is not JSON: {e}")),
-            },
-            Ok(Message::Close(frame)) => {
-                let (code, reason) = frame
-                    .map(|f| (u16::from(f.code), f.reason.to_string()))
-                    .unwrap_or((1005, String::new()));
-                let _ = tx.send(Frame::Close(code, reason));
-                return;
-            }
-            Ok(_) => continue,
-            Err(e) => {
-                let _ = tx.send(Frame::Lost(root_cause(&e)));
-                return;
-            }
+/// Forwards what a client receives to its inbox until the connection ends.
+async fn read_frames(mut stream: Receiver, tx: mpsc::UnboundedSender<Frame>) {
+    loop {
+        let (frame, last) = match stream.next().await {
+            Received::Frame { frame, .. } => (Frame::Server(frame), false),
+            Received::Garbled { error, .. } => (Frame::Lost(format!("server sent {error}")), true),
+            Received::Closed(close) => (Frame::Close(close), true),
+            Received::Lost(why) => (Frame::Lost(why), true),
         };
-        if tx.send(frame).is_err() {
+        if tx.send(frame).is_err() || last {
             return;
         }
     }
-    let _ = tx.send(Frame::Lost("connection ended".to_owned()));
 }
 
 /// Moves everything already received into the buffer.
@@ -443,12 +407,10 @@ fn drain(live: &mut Live, cursor: &mut Cursor) {
 }
 
 fn keep(live: &mut Live, cursor: &mut Cursor, frame: Frame) {
-    if let Frame::Json(v) = &frame {
-        if v["type"] == "connected" {
-            cursor.on_connected(&v["payload"]);
-        } else {
-            cursor.on_event(v);
-        }
+    match &frame {
+        Frame::Server(ServerFrame::Connected { payload, .. }) => cursor.on_connected(payload),
+        Frame::Server(ServerFrame::Event(event)) => cursor.on_event(event),
+        _ => {}
     }
     if live.buffer.len() >= BUFFER {
         live.buffer.pop_front();
@@ -465,8 +427,8 @@ fn received(live: &Live) -> String {
         .take(6)
         .rev()
         .map(|f| match f {
-            Frame::Json(v) => summarize(v),
-            Frame::Close(code, reason) => format!("close {code} {reason}"),
+            Frame::Server(frame) => summarize(frame),
+            Frame::Close(close) => format!("close {close}"),
             Frame::Lost(why) => format!("lost: {why}"),
         })
         .collect();
@@ -477,13 +439,13 @@ fn received(live: &Live) -> String {
     }
 }
 
-fn take_match(live: &mut Live, matcher: &Matcher) -> Option<Value> {
+fn take_match(live: &mut Live, matcher: &Matcher) -> Option<ServerFrame> {
     let index = live
         .buffer
         .iter()
-        .position(|f| matches!(f, Frame::Json(v) if matcher.matches(v)))?;
+        .position(|f| matches!(f, Frame::Server(frame) if matcher.matches(frame)))?;
     match live.buffer.remove(index) {
-        Some(Frame::Json(v)) => Some(v),
+        Some(Frame::Server(frame)) => Some(frame),
         _ => None,
     }
 }
@@ -520,7 +482,7 @@ async fn expect(
                 ));
             }
             Ok(Some(frame)) => {
-                let closed = !matches!(frame, Frame::Json(_));
+                let closed = !matches!(frame, Frame::Server(_));
                 keep(live, &mut state.cursor, frame);
                 if take_match(live, matcher).is_some() {
                     return Ok(());
@@ -582,9 +544,9 @@ async fn expect_close(
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let close = live.buffer.iter().find_map(|f| match f {
-            Frame::Close(c, r) => Some(Ok((*c, r.clone()))),
+            Frame::Close(close) => Some(Ok((close.code.as_u16(), close.reason.clone()))),
             Frame::Lost(why) => Some(Err(why.clone())),
-            Frame::Json(_) => None,
+            Frame::Server(_) => None,
         });
         match close {
             Some(Ok((c, r))) => {
@@ -661,24 +623,11 @@ async fn publish(
         }
         event.to_string()
     };
-    let url = env
-        .target
-        .endpoint("/api/events")
-        .map_err(|e| e.to_string())?;
-    let mut request = env
-        .http
-        .post(url.clone())
-        .header("content-type", "application/json")
-        .body(body);
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request
-        .send()
+    let (status, answer) = env
+        .api
+        .post_text("/api/events", token.as_deref(), body)
         .await
-        .map_err(|e| format!("cannot reach {url}: {}", root_cause(&e)))?;
-    let status = response.status().as_u16();
-    let answer = response.text().await.unwrap_or_default();
+        .map_err(|e| format!("{e:#}"))?;
     let expected = p.expect_status.unwrap_or(200);
     if status == expected {
         Ok(())
@@ -707,11 +656,10 @@ async fn refresh(
         .live
         .as_mut()
         .ok_or_else(|| format!("{} is not connected", r.client))?;
-    let frame = json!({"type": "auth.refresh", "token": token}).to_string();
     live.sink
-        .send(Message::text(frame))
+        .send(&ClientFrame::AuthRefresh { token })
         .await
-        .map_err(|e| format!("sending auth.refresh: {}", root_cause(&e)))
+        .map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -723,7 +671,7 @@ mod tests {
         let env = Env {
             target: Target::parse("http://127.0.0.1:1").unwrap(),
             secret: Some("s".into()),
-            http: crate::client::http_client(Duration::from_secs(30)).unwrap(),
+            api: Api::new(Target::parse("http://127.0.0.1:1").unwrap()).unwrap(),
         };
         let spec = |f: fn(&mut ClientSpec)| {
             let mut s = ClientSpec {
@@ -734,7 +682,7 @@ mod tests {
             f(&mut s);
             s
         };
-        let verifier = hrrt_server::auth::Verifier::new("s");
+        let verifier = hrrt_protocol::Verifier::new("s");
         let ok = token(&env, &spec(|_| {}), None, None).unwrap().unwrap();
         assert_eq!(verifier.verify(&ok).unwrap().user.as_str(), "1");
         let expired = token(&env, &spec(|s| s.expired = true), None, None)
@@ -742,14 +690,14 @@ mod tests {
             .unwrap();
         assert_eq!(
             verifier.verify(&expired),
-            Err(hrrt_server::auth::AuthError::Expired)
+            Err(hrrt_protocol::AuthError::Expired)
         );
         let invalid = token(&env, &spec(|s| s.invalid = true), None, None)
             .unwrap()
             .unwrap();
         assert_eq!(
             verifier.verify(&invalid),
-            Err(hrrt_server::auth::AuthError::Invalid)
+            Err(hrrt_protocol::AuthError::Invalid)
         );
         assert_eq!(
             token(&env, &spec(|s| s.missing = true), None, None).unwrap(),
