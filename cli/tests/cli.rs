@@ -3,30 +3,21 @@
 
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::time::Duration;
 
+use hrrt_server::AppState;
 use hrrt_server::hub::CloseReason;
-use hrrt_server::{AppState, Config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
-use tokio::sync::oneshot;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hrrt");
-const SECRET: &str = "cli-test-secret-cli-test-secret";
-
-async fn within<T>(fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("timed out after 10 s")
-}
+use hrrt_testkit::{SECRET, TestServer, within};
 
 struct Server {
     addr: SocketAddr,
     state: AppState,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<Result<(), hrrt_server::ServerError>>,
+    kit: TestServer,
 }
 
 impl Server {
@@ -35,29 +26,20 @@ impl Server {
     }
 
     async fn on(listener: TcpListener) -> Self {
-        let addr = listener.local_addr().unwrap();
-        let state = AppState::new(Config::with_secret(SECRET)).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hrrt_server::serve(listener, state.clone(), async {
-            let _ = stopped.await;
-        }));
+        let kit = TestServer::on(listener, |_| {}).await;
         Self {
-            addr,
-            state,
-            stop: Some(stop),
-            task,
+            addr: kit.addr,
+            state: kit.state.clone(),
+            kit,
         }
     }
 
     fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.kit.url()
     }
 
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        within(&mut self.task).await.unwrap().unwrap();
+    async fn stop(self) {
+        self.kit.stop().await.unwrap();
     }
 
     /// Runs `hrrt` with the server's URL and secret and waits for it.

@@ -5,47 +5,21 @@
 use std::time::Duration;
 
 use hrrt_cli::client::{Target, TokenSource};
-use hrrt_server::Config;
 use hrrt_server::auth::{Claims, Role, mint};
 use hrrt_tui::{Action, App, Feed};
-use ratatui::Terminal;
-use ratatui::backend::TestBackend;
 use serde_json::json;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-const SECRET: &str = "dash-test-secret-dash-test-secret";
-
-async fn within<T>(fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), fut)
-        .await
-        .expect("timed out after 10 s")
-}
+use hrrt_testkit::{SECRET, TestServer, within};
 
 fn screen(app: &App) -> String {
-    let mut terminal = Terminal::new(TestBackend::new(140, 30)).unwrap();
-    terminal.draw(|f| f.render_widget(app, f.area())).unwrap();
-    let buffer = terminal.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..buffer.area.height {
-        for x in 0..buffer.area.width {
-            out.push_str(buffer[(x, y)].symbol());
-        }
-        out.push('\n');
-    }
-    out
+    hrrt_tui::screen(app, 140, 30)
 }
 
 #[tokio::test]
 async fn the_dashboard_shows_what_is_published() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(hrrt_server::run(
-        listener,
-        Config::with_secret(SECRET),
-        std::future::pending(),
-    ));
-    let url = format!("http://{addr}");
+    let server = TestServer::start().await;
+    let url = server.url();
     let target = Target::parse(&url).unwrap();
     let tokens = TokenSource::Fixed(
         mint(SECRET, &Claims::new("ops", Some("ops"), Role::Admin, 600)).unwrap(),

@@ -23,3 +23,4 @@ pub mod ui;
 
 pub use app::{Action, App, Feed, Key, ServerStatus, StatsSnapshot, glob_matches};
 pub use event::run;
+pub use ui::screen;

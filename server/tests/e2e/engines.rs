@@ -229,7 +229,9 @@ async fn the_memory_engine_keeps_the_contract() {
 
 #[tokio::test]
 async fn the_redis_engine_keeps_the_contract() {
-    let redis = crate::redis::TestRedis::start(false).await;
+    let Some(redis) = crate::redis::TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let maker = Redis(redis.url());
     conformance(&maker, "r").await;
     retention(&maker, "r").await;

@@ -6,22 +6,14 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use hrrt_server::Config;
 use hrrt_server::auth::{Claims, Role, mint};
+use hrrt_testkit::TestServer;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "e2e-secret-e2e-secret-e2e-secret";
-
-/// Fails the test instead of hanging when something never happens.
-pub async fn within<T>(fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(5), fut)
-        .await
-        .expect("timed out after 5 s")
-}
+pub use hrrt_testkit::{SECRET, within};
 
 /// reqwest is built with TLS whose crypto provider the binaries install
 /// at start; tests install it here.
@@ -40,8 +32,7 @@ pub fn service_token() -> String {
 
 pub struct Server {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), hrrt_server::ServerError>>,
+    kit: TestServer,
     http: reqwest::Client,
 }
 
@@ -50,22 +41,11 @@ impl Server {
         Self::with(|_| {}).await
     }
 
-    /// Binds before spawning, so the server is reachable as soon as this
-    /// returns; no readiness wait is needed.
     pub async fn with(configure: impl FnOnce(&mut Config)) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = Config::with_secret(SECRET);
-        config.listen = addr;
-        configure(&mut config);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hrrt_server::run(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let kit = TestServer::with(configure).await;
         Self {
-            addr,
-            stop: Some(stop),
-            task,
+            addr: kit.addr,
+            kit,
             http: http_client(),
         }
     }
@@ -95,22 +75,8 @@ impl Server {
     /// Like [`Server::start`] with a state the test keeps (to reach the
     /// hub or the background tasks).
     pub async fn with_state(configure: impl FnOnce(&mut Config)) -> (Self, hrrt_server::AppState) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut config = Config::with_secret(SECRET);
-        config.listen = addr;
-        configure(&mut config);
-        let state = hrrt_server::AppState::new(config).await.unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(hrrt_server::serve(listener, state.clone(), async {
-            let _ = stopped.await;
-        }));
-        let server = Self {
-            addr,
-            stop: Some(stop),
-            task,
-            http: http_client(),
-        };
+        let server = Self::with(configure).await;
+        let state = server.kit.state.clone();
         (server, state)
     }
 
@@ -231,11 +197,8 @@ impl Server {
     }
 
     /// Triggers shutdown and waits for `run` to return.
-    pub async fn stop(mut self) -> Result<(), hrrt_server::ServerError> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        within(&mut self.task).await.unwrap()
+    pub async fn stop(self) -> Result<(), hrrt_server::ServerError> {
+        self.kit.stop().await
     }
 }
 

