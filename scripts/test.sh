@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
 # Runs every check and test of the workspace, as CI does. Needs a Rust
-# toolchain; installs redis-server (Debian package) when it is missing,
-# since the Redis engine's tests start their own. Tests that use Node.js
-# skip themselves when it is missing.
+# toolchain; installs what the tests run when it is missing (Debian
+# packages): redis-server and redis-sentinel, since the Redis engine's tests
+# start their own, and python3 with venv for schemathesis. Tests that use
+# Node.js skip themselves when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "test.sh: installing redis-server" >&2
+MISSING=()
+command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
+command -v redis-sentinel >/dev/null 2>&1 || MISSING+=(redis-sentinel)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || MISSING+=(python3 python3-venv)
+if [ ${#MISSING[@]} -gt 0 ]; then
+  echo "test.sh: installing ${MISSING[*]}" >&2
   SUDO=
   [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends redis-server
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${MISSING[@]}"
 fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo test --workspace --locked
+# Redis is installed above, so a Redis test that cannot start it fails
+# instead of skipping.
+HRRT_REQUIRE_REDIS=1 cargo test --workspace --locked
+# The HTTP API against its OpenAPI document, on a real server.
+cargo build --workspace --locked --bins
+scripts/schemathesis.sh

@@ -171,6 +171,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/stats", get(api::stats::stats))
         .route("/api/disconnect", post(api::disconnect::disconnect))
         .route("/api/nodes", get(api::nodes::nodes))
+        .route("/api/openapi.json", get(api::openapi::openapi))
         .route("/metrics", get(api::metrics::metrics))
         .route("/healthz", get(api::health::healthz))
         .route("/readyz", get(api::health::readyz))

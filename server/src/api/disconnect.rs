@@ -18,20 +18,45 @@ use crate::protocol::{IdValue, UserId, close};
 /// A WebSocket close reason is at most 123 bytes.
 pub const MAX_REASON_BYTES: usize = 123;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DisconnectIn {
+pub(crate) struct DisconnectIn {
+    #[schema(value_type = super::openapi::Id)]
     user_id: IdValue,
+    /// The close reason the user's connections get (default
+    /// `disconnected`).
+    #[schema(max_length = 123)]
     reason: Option<String>,
+    /// Also refuse the user's tokens issued until now, for
+    /// --revocation-ttl.
     #[serde(default)]
     revoke: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Disconnected {
+    /// Connections closed.
     pub closed: usize,
 }
 
+/// Closes every connection of a user (1008), optionally revoking their
+/// tokens.
+#[utoipa::path(
+    post,
+    path = "/api/disconnect",
+    tag = "admin",
+    request_body = DisconnectIn,
+    responses(
+        (status = 200, description = "Closed", body = Disconnected),
+        (status = 400, description = "Not JSON, or a bad user id or reason", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not a service or admin token", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive within --handshake-timeout", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = super::openapi::ErrorBody),
+        (status = 503, description = "The engine is unreachable (revoke)", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn disconnect(
     State(state): State<AppState>,
     ServiceCaller(caller): ServiceCaller,

@@ -8,10 +8,19 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::error::ApiError;
 
+/// The process runs.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "Running", body = super::openapi::Healthy)))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The engine answers and every background task runs.
+#[utoipa::path(get, path = "/readyz", tag = "meta",
+    responses(
+        (status = 200, description = "Ready", body = super::openapi::Ready),
+        (status = 503, description = "The engine or a background task is down", body = super::openapi::ErrorBody),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if let Some(task) = state.tasks.first_down() {
         return Err(ApiError::unavailable(format!(

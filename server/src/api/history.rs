@@ -15,24 +15,45 @@ use crate::protocol::ChannelName;
 /// The page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct HistoryParams {
+    /// `org:<id>` or `user:<id>` (required).
     pub channel: Option<String>,
+    /// Events after this seq (default 0: everything retained).
     pub since: Option<u64>,
+    /// At most this many events (default 100, at most --history-size).
     pub limit: Option<usize>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct HistoryAnswer {
+    #[schema(value_type = String, example = "org:7")]
     channel: ChannelName,
     epoch: String,
     /// The seq of the oldest retained event (`latest + 1` when none is).
     oldest: u64,
     latest: u64,
     /// Envelopes exactly as connections received them, oldest first.
+    #[schema(value_type = Vec<Object>)]
     events: Vec<Box<RawValue>>,
 }
 
+/// Retained events of a channel after `since`, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/history",
+    tag = "admin",
+    params(HistoryParams),
+    responses(
+        (status = 200, description = "A page of history", body = HistoryAnswer),
+        (status = 400, description = "A missing or malformed parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not a service or admin token", body = super::openapi::ErrorBody),
+        (status = 503, description = "The engine is unreachable", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn history(
     State(state): State<AppState>,
     ServiceCaller(_caller): ServiceCaller,

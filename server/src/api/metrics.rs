@@ -7,6 +7,10 @@ use axum::response::{IntoResponse, Response};
 use crate::app::AppState;
 use crate::error::ApiError;
 
+/// Prometheus scrape (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "OpenMetrics text", body = String,
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let (by_org, _) = state.hub.census();
     let by_org: Vec<(&str, usize)> = by_org.iter().map(|(o, n)| (o.as_str(), *n)).collect();

@@ -7,6 +7,7 @@ pub mod history;
 pub mod limit;
 pub mod metrics;
 pub mod nodes;
+pub mod openapi;
 pub mod publish;
 pub mod stats;
 

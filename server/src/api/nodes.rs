@@ -9,6 +9,19 @@ use crate::app::AppState;
 use crate::engine::NodeInfo;
 use crate::error::ApiError;
 
+/// The live nodes of the cluster.
+#[utoipa::path(
+    get,
+    path = "/api/nodes",
+    tag = "admin",
+    responses(
+        (status = 200, description = "The live nodes", body = Vec<NodeInfo>),
+        (status = 401, description = "No token, or one that does not verify", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not a service or admin token", body = super::openapi::ErrorBody),
+        (status = 503, description = "The engine is unreachable", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn nodes(
     State(state): State<AppState>,
     ServiceCaller(_caller): ServiceCaller,

@@ -28,14 +28,29 @@ pub const MAX_BATCH_EVENTS: usize = 1000;
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
 
 /// One event as a publisher sends it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EventIn {
+pub(crate) struct EventIn {
+    /// Dotted lower-case words, e.g. `entity.created`.
     #[serde(rename = "type")]
+    #[schema(
+        example = "entity.created",
+        max_length = 128,
+        pattern = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
+    )]
     kind: String,
+    /// The org whose every connection gets the event (give this or
+    /// `user_id`).
+    #[schema(value_type = Option<super::openapi::Id>)]
     org_id: Option<IdValue>,
+    /// The user whose connections get the event.
+    #[schema(value_type = Option<super::openapi::Id>)]
     user_id: Option<IdValue>,
+    /// Any JSON, delivered as sent.
+    #[schema(value_type = Option<Object>)]
     payload: Option<Box<RawValue>>,
+    /// A retry with the same key on the same channel publishes once.
+    #[schema(max_length = 128)]
     idempotency_key: Option<String>,
 }
 
@@ -83,6 +98,24 @@ pub fn parse_events(body: &[u8], max_payload: usize) -> Result<Batch, ApiError> 
     Ok(Batch { events, is_batch })
 }
 
+/// Publishes one event, or a batch all-or-nothing.
+#[utoipa::path(
+    post,
+    path = "/api/events",
+    tag = "publish",
+    request_body = super::openapi::PublishBody,
+    responses(
+        (status = 200, description = "Published: one answer, or an array for a batch", body = super::openapi::PublishAnswer),
+        (status = 400, description = "Not JSON, or not a publishable event", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that does not verify", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not a service or admin token", body = super::openapi::ErrorBody),
+        (status = 408, description = "The body did not arrive within --handshake-timeout", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body, batch or payload over its limit", body = super::openapi::ErrorBody),
+        (status = 429, description = "Over --publish-rate, or the idempotency table is full (Retry-After)", body = super::openapi::ErrorBody),
+        (status = 503, description = "The engine is unreachable; retry with the same idempotency key", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn publish(
     State(state): State<AppState>,
     ServiceCaller(caller): ServiceCaller,

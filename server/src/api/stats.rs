@@ -9,10 +9,11 @@ use serde::Serialize;
 use super::ServiceCaller;
 use crate::app::AppState;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     pub node_id: String,
     /// `memory` or `redis`.
+    #[schema(value_type = String)]
     pub engine: &'static str,
     pub epoch: String,
     pub uptime_seconds: u64,
@@ -28,13 +29,13 @@ pub struct Stats {
     pub history_events: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Connections {
     pub total: usize,
     pub by_org: BTreeMap<String, usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Events {
     /// Events published through this node, per type.
     pub published: BTreeMap<String, u64>,
@@ -44,6 +45,18 @@ pub struct Events {
     pub delivered_total: u64,
 }
 
+/// What this node is doing.
+#[utoipa::path(
+    get,
+    path = "/api/stats",
+    tag = "admin",
+    responses(
+        (status = 200, description = "This node's figures", body = Stats),
+        (status = 401, description = "No token, or one that does not verify", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not a service or admin token", body = super::openapi::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
 pub async fn stats(
     State(state): State<AppState>,
     ServiceCaller(_caller): ServiceCaller,

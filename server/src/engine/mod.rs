@@ -43,8 +43,10 @@ pub struct NewEvent {
 pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// The answer to one published event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PublishAck {
+    /// `org:<id>` or `user:<id>`.
+    #[schema(value_type = String, example = "org:7")]
     pub channel: ChannelName,
     pub seq: u64,
     /// Connections the event was handed to.
@@ -112,7 +114,7 @@ pub type BackgroundTask =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// One node of the cluster as `GET /api/nodes` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     pub node_id: String,
     /// `memory` or `redis`.
