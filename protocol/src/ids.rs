@@ -257,6 +257,19 @@ impl EventType {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The type a server-made `resync.required` carries inside the server
+    /// (reserved, so no publisher can send it): queued in a connection's
+    /// order with the events, it tells the session that the channel's
+    /// sequence restarts.
+    pub fn resync_marker() -> Self {
+        Self(Arc::from("resync.required"))
+    }
+
+    /// Whether this is [`EventType::resync_marker`].
+    pub fn is_resync_marker(&self) -> bool {
+        &*self.0 == "resync.required"
+    }
 }
 
 impl fmt::Display for EventType {

@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use crate::engine::{Deliver, Publication};
 use crate::metrics::Metrics;
 use crate::protocol::close::{self, reason};
-use crate::protocol::{ChannelName, OrgId, UserId};
+use crate::protocol::{ChannelName, EventType, OrgId, Resync, ResyncReason, UserId};
 
 /// A connection's id, unique within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -458,6 +458,55 @@ impl Deliver for Hub {
         self.metrics
             .delivered(publication.event_type.as_str(), recipients);
         recipients
+    }
+
+    fn epoch_changed(&self, channel: Option<&ChannelName>, epoch: &str, from: u64) {
+        let marker = |channel: &ChannelName| {
+            Arc::new(Publication {
+                channel: channel.clone(),
+                seq: from,
+                event_type: EventType::resync_marker(),
+                frame: crate::protocol::resync_frame(&Resync {
+                    channel: channel.clone(),
+                    requested: 0,
+                    oldest: from + 1,
+                    reason: ResyncReason::EpochChanged,
+                    epoch: Some(epoch.to_owned()),
+                }),
+                received: std::time::Instant::now(),
+            })
+        };
+        let inner = self.read();
+        match channel {
+            None => {
+                // One frame per channel, shared by its readers.
+                let mut frames: HashMap<&ChannelName, Arc<Publication>> = HashMap::new();
+                for conn in inner.conns.values() {
+                    if conn.interest.all {
+                        // A watcher of every channel cannot be told about
+                        // each one it may have seen; it resumes instead.
+                        conn.close(CloseReason::RESYNC);
+                        continue;
+                    }
+                    for channel in &conn.interest.channels {
+                        let frame = frames.entry(channel).or_insert_with(|| marker(channel));
+                        conn.push(frame.clone());
+                    }
+                }
+            }
+            Some(channel) => {
+                let frame = marker(channel);
+                inner
+                    .by_channel
+                    .get(channel)
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                    .chain(inner.watch_all.values())
+                    .for_each(|conn| {
+                        conn.push(frame.clone());
+                    });
+            }
+        }
     }
 
     fn resync(&self, channel: Option<&ChannelName>) {

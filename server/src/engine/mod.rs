@@ -91,6 +91,15 @@ pub trait Deliver: Send + Sync + 'static {
     /// was reset, a new epoch). Connections reading it must reconnect and
     /// resume, which tells them to resync. Must not block.
     fn resync(&self, _channel: Option<&ChannelName>) {}
+
+    /// The history of `channel` (or of every channel: `None`) was lost or
+    /// rolled back: its events continue after seq `from` (0 when the
+    /// sequence restarted) in `epoch`. Connections stay open: each reading
+    /// the channel gets `resync.required` (`epoch_changed`) in its order,
+    /// then the events that follow. Must not block.
+    fn epoch_changed(&self, channel: Option<&ChannelName>, _epoch: &str, _from: u64) {
+        self.resync(channel);
+    }
 }
 
 /// Why an engine call failed.

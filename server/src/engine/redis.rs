@@ -44,6 +44,12 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reconnect backoff of the subscriber connection.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// The subscriber link is PINGed this often, and is dead when a PING is
+/// not answered within [`PING_TIMEOUT`]: a half-open link (a failover, a
+/// NAT or route dropped without a reset) is found within 3 s, where TCP
+/// alone would wait for minutes, or for ever on an idle link.
+const PING_EVERY: Duration = Duration::from_secs(1);
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 const PUBLISH_SCRIPT: &str = r"
 local epoch = redis.call('GET', KEYS[1])
@@ -157,7 +163,8 @@ impl Shared {
     }
 
     /// Adopts the epoch Redis reports; when it changed, every node's
-    /// sequence numbers restarted, so every connection must resync.
+    /// sequence numbers restarted: every live connection is told in band
+    /// (`resync.required`, `epoch_changed`) and stays open.
     fn observe_epoch(&self, epoch: &str) {
         if *self.current_epoch() == *epoch {
             return;
@@ -168,9 +175,9 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(epoch);
         tracing::warn!(
             epoch,
-            "redis history was reset (new epoch); connections must resync"
+            "redis history was reset (new epoch); connections resync in band"
         );
-        self.deliver.resync(None);
+        self.deliver.epoch_changed(None, epoch, 0);
     }
 
     /// Reads the epoch, creating it when Redis lost it; answers it.
@@ -241,7 +248,25 @@ impl RedisEngine {
         history_ttl: Duration,
         deliver: Arc<dyn Deliver>,
     ) -> Result<Self, EngineError> {
-        let client = redis::Client::open(url)
+        use redis::IntoConnectionInfo;
+        use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+        let info = url
+            .into_connection_info()
+            .map_err(|e| EngineError::Unavailable(format!("invalid redis URL: {e}")))?;
+        // A peer that vanished (its host died, a route dropped) is found by
+        // the kernel within seconds, on both links, instead of after its
+        // default two hours; the PING of the subscriber link also covers a
+        // peer whose kernel still answers but whose Redis does not.
+        let tcp = TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(
+                TcpKeepalive::new()
+                    .with_time(Duration::from_secs(1))
+                    .with_interval(Duration::from_secs(1))
+                    .with_retries(3),
+            )
+            .set_user_timeout(Duration::from_secs(5));
+        let client = redis::Client::open(info.set_tcp_settings(tcp))
             .map_err(|e| EngineError::Unavailable(format!("invalid redis URL: {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CALL_TIMEOUT))
@@ -537,11 +562,16 @@ impl Subscriptions {
         self.watch_all > 0 || self.counts.contains_key(channel)
     }
 
-    /// Seqs of another epoch are not comparable: forget what was delivered.
+    /// Seqs of another epoch are not comparable: every channel served
+    /// starts again from 0, so what the new epoch already holds is
+    /// repaired from its stream before anything live.
     fn enter_epoch(&mut self, epoch: &str) {
         if self.epoch != epoch {
             self.epoch = epoch.to_owned();
             self.delivered.clear();
+            for channel in self.counts.keys() {
+                self.delivered.insert(channel.clone(), 0);
+            }
         }
     }
 }
@@ -602,18 +632,40 @@ async fn subscriber(shared: Arc<Shared>) {
             }
         }
         // What was published while this node was not listening.
-        repair_all(&shared, subs).await;
+        if let Err(e) = repair_all(&shared, subs).await {
+            tracing::warn!(error = %e, "redis repair after reconnect failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        }
         shared.subscribed.store(true, Ordering::Relaxed);
         backoff = BACKOFF_FIRST;
         tracing::info!(channels = subs.counts.len(), "redis subscriber connected");
 
+        let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.reset();
         loop {
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    if let Err(e) = apply(&mut sink, subs, command).await {
+                    if let Err(e) = apply(&shared, &mut sink, subs, command).await {
                         tracing::warn!(error = %e, "redis subscribe failed");
                         break;
+                    }
+                }
+                _ = ping.tick() => {
+                    // Messages wait in the connection's buffer meanwhile.
+                    match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            tracing::warn!(error = %e, "redis subscriber PING failed");
+                            break;
+                        }
+                        Err(_) => {
+                            tracing::warn!(timeout = ?PING_TIMEOUT, "redis subscriber PING unanswered: the link is dead");
+                            break;
+                        }
                     }
                 }
                 message = stream.next() => {
@@ -665,7 +717,48 @@ fn release(subs: &mut Subscriptions, channels: &[ChannelName]) -> Vec<ChannelNam
     gone
 }
 
+/// A subscriber-link command with [`CALL_TIMEOUT`]: a link that does not
+/// answer is dead, and the subscriber reconnects.
+async fn bounded<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+    tokio::time::timeout(CALL_TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::from(
+                std::io::ErrorKind::TimedOut,
+            )))
+        })
+}
+
+/// Subscribes to the channels no local connection read yet and records
+/// the seq each was at once subscribed: the baseline from which a later
+/// reconnect repairs it, even if it never delivers a message before then.
+async fn subscribe_new(
+    shared: &Shared,
+    sink: &mut redis::aio::PubSubSink,
+    subs: &mut Subscriptions,
+    new: &[ChannelName],
+) -> redis::RedisResult<()> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = new.iter().map(pubsub_channel).collect();
+    bounded(sink.subscribe(names)).await?;
+    // Read after the subscription holds: a publish in between is both
+    // counted here and delivered live, and the live copy is a duplicate.
+    let keys: Vec<String> = new.iter().map(seq_key).collect();
+    let mut conn = shared.conn.clone();
+    let seqs: Vec<Option<u64>> =
+        bounded(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
+    for (channel, seq) in new.iter().zip(seqs) {
+        subs.delivered
+            .entry(channel.clone())
+            .or_insert(seq.unwrap_or(0));
+    }
+    Ok(())
+}
+
 async fn apply(
+    shared: &Shared,
     sink: &mut redis::aio::PubSubSink,
     subs: &mut Subscriptions,
     command: Control,
@@ -677,18 +770,7 @@ async fn apply(
                 .filter(|c| !subs.counts.contains_key(*c))
                 .cloned()
                 .collect();
-            let result = if new.is_empty() {
-                Ok(())
-            } else {
-                let names: Vec<String> = new.iter().map(pubsub_channel).collect();
-                tokio::time::timeout(CALL_TIMEOUT, sink.subscribe(names))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(redis::RedisError::from(std::io::Error::from(
-                            std::io::ErrorKind::TimedOut,
-                        )))
-                    })
-            };
+            let result = subscribe_new(shared, sink, subs, &new).await;
             match result {
                 Ok(()) => {
                     for channel in channels {
@@ -707,13 +789,13 @@ async fn apply(
             let gone = release(subs, &channels);
             if !gone.is_empty() {
                 let names: Vec<String> = gone.iter().map(pubsub_channel).collect();
-                sink.unsubscribe(names).await?;
+                bounded(sink.unsubscribe(names)).await?;
             }
             Ok(())
         }
         Control::SubscribeAll(ack) => {
             let result = if subs.watch_all == 0 {
-                sink.psubscribe(format!("{PREFIX}ch:*")).await
+                bounded(sink.psubscribe(format!("{PREFIX}ch:*"))).await
             } else {
                 Ok(())
             };
@@ -732,7 +814,7 @@ async fn apply(
         Control::UnsubscribeAll => {
             subs.watch_all = subs.watch_all.saturating_sub(1);
             if subs.watch_all == 0 {
-                sink.punsubscribe(format!("{PREFIX}ch:*")).await?;
+                bounded(sink.punsubscribe(format!("{PREFIX}ch:*"))).await?;
                 // Forget channels only the watchers read.
                 subs.delivered.retain(|c, _| subs.counts.contains_key(c));
             }
@@ -783,19 +865,42 @@ async fn deliver_in_order(
     subs.delivered.insert(channel, publication.seq);
 }
 
-/// After a reconnect: delivers what each channel got while disconnected.
-async fn repair_all(shared: &Shared, subs: &mut Subscriptions) {
-    let known: Vec<(ChannelName, u64)> = subs
+/// After a reconnect: delivers what every channel this node serves got
+/// while it was not listening, from the seq it last delivered or was at
+/// when subscribed. A channel whose seq in Redis is below that was rolled
+/// back (an older RDB restored, a lagging replica promoted): an epoch
+/// change for that channel, told in band, never a silent drop of what
+/// comes next.
+async fn repair_all(shared: &Shared, subs: &mut Subscriptions) -> Result<(), EngineError> {
+    let served: Vec<(ChannelName, u64)> = subs
         .delivered
         .iter()
         .map(|(c, s)| (c.clone(), *s))
         .collect();
-    for (channel, last) in known {
-        match shared.range(&channel, last + 1, u64::MAX >> 1).await {
+    if served.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<String> = served.iter().map(|(c, _)| seq_key(c)).collect();
+    let mut conn = shared.conn.clone();
+    let latest: Vec<Option<u64>> =
+        call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
+    for ((channel, last), latest) in served.into_iter().zip(latest) {
+        let latest = latest.unwrap_or(0);
+        if latest < last {
+            tracing::warn!(channel = %channel, delivered = last, redis = latest,
+                "redis holds an older seq than this node delivered (rolled back); connections resync in band");
+            shared
+                .deliver
+                .epoch_changed(Some(&channel), &shared.current_epoch(), latest);
+            subs.delivered.insert(channel, latest);
+            continue;
+        }
+        if latest == last {
+            continue;
+        }
+        match shared.range(&channel, last + 1, latest).await {
             Ok(missed) => {
-                if let Some(first) = missed.first()
-                    && first.seq != last + 1
-                {
+                if missed.first().is_none_or(|first| first.seq != last + 1) {
                     shared.deliver.resync(Some(&channel));
                 }
                 for p in &missed {
@@ -806,6 +911,7 @@ async fn repair_all(shared: &Shared, subs: &mut Subscriptions) {
             Err(_) => shared.deliver.resync(Some(&channel)),
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -411,8 +411,20 @@ impl Sent {
         }
     }
 
+    /// The channel's sequence restarted (an epoch change): what follows
+    /// `from` is new to the client.
+    fn restart(&mut self, channel: &ChannelName, from: u64) {
+        if let Some(last) = self.cursor_mut(channel) {
+            *last = from;
+        }
+    }
+
     /// Whether the client lacks this event; records it as sent.
     fn is_new(&mut self, publication: &Publication) -> bool {
+        if publication.event_type.is_resync_marker() {
+            self.restart(&publication.channel, publication.seq);
+            return true;
+        }
         let channel = &publication.channel;
         let last = match self.fixed.iter_mut().find(|(c, _)| c == channel) {
             Some((_, last)) => last,
