@@ -9,10 +9,12 @@
 //! | `hrrt:h:<channel>` | stream | the history: id `<seq>-0`, fields `f` (frame), `y` (type), `t` (ms); `MAXLEN --history-size`, expires `--history-ttl` after the last publish |
 //! | `hrrt:idem:<channel>:<key>` | string | the first answer to an idempotency key on that channel, 5 minutes |
 //! | `hrrt:ch:<channel>` | pub/sub channel | `<epoch>|<seq>|<type>|<frame>` |
+//! | `hrrt:pub:<token>` | string | the answer of one applied batch, 5 minutes: a retried publish whose reply was lost answers it |
 //!
-//! A publish is one Lua script per batch: next seq, append to the stream,
-//! publish to the nodes, record the idempotency key — atomic, so seqs have
-//! no gaps and every node sees a channel's events in seq order.
+//! A publish is one Lua script per batch: check the whole batch, then next
+//! seq, append to the stream, publish to the nodes, record the idempotency
+//! key — atomic, so seqs have no gaps and every node sees a channel's
+//! events in seq order; all or nothing, and exactly once under retries.
 //!
 //! Each node subscribes only to the channels its connections read
 //! (reference-counted), and delivers each channel's publications in seq
@@ -51,16 +53,65 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const PING_EVERY: Duration = Duration::from_secs(1);
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How many times a publish is sent before it answers 503: a reply lost
+/// to a timeout or a dropped connection is retried under the same batch
+/// token, which answers what the first attempt committed.
+const PUBLISH_ATTEMPTS: u32 = 3;
+
+/// One batch, all or nothing, exactly once. `KEYS[1]` the epoch,
+/// `KEYS[2]` the batch token (`hrrt:pub:<token>`: the answer of a batch
+/// already applied, so a retry of a lost reply publishes nothing again),
+/// then per event its seq, stream and idempotency keys. Every check that
+/// could make a write fail (a seq key that is not a count, a stream whose
+/// last id is at or past the next seq) runs before the first write: a
+/// script error part-way would leave the first events published.
 const PUBLISH_SCRIPT: &str = r"
+local done = redis.call('GET', KEYS[2])
+if done then return cjson.decode(done) end
+local n = (#KEYS - 2) / 3
+local planned, claimed = {}, {}
+for i = 0, n - 1 do
+  local seqk, streamk, idemk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local prev = false
+  if idemk ~= '' then prev = redis.call('GET', idemk) or claimed[idemk] end
+  if not prev then
+    if idemk ~= '' then claimed[idemk] = true end
+    local cur = planned[seqk]
+    if cur == nil then
+      local kind = redis.call('TYPE', seqk)['ok']
+      if kind ~= 'none' and kind ~= 'string' then
+        return redis.error_reply('HRRT ' .. seqk .. ' is a ' .. kind .. ', not a seq')
+      end
+      cur = tonumber(redis.call('GET', seqk) or '0')
+      if not cur or cur < 0 or cur ~= math.floor(cur) then
+        return redis.error_reply('HRRT ' .. seqk .. ' does not hold a seq')
+      end
+      local skind = redis.call('TYPE', streamk)['ok']
+      if skind == 'stream' then
+        local info = redis.call('XINFO', 'STREAM', streamk)
+        for j = 1, #info, 2 do
+          if info[j] == 'last-generated-id' then
+            local last = tonumber(string.match(info[j + 1], '^(%d+)-'))
+            if last and last > cur then
+              return redis.error_reply('HRRT ' .. streamk .. ' is ahead of ' .. seqk .. ' (' .. last .. ' > ' .. cur .. ')')
+            end
+          end
+        end
+      elseif skind ~= 'none' then
+        return redis.error_reply('HRRT ' .. streamk .. ' is a ' .. skind .. ', not a stream')
+      end
+    end
+    planned[seqk] = cur + 1
+  end
+end
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
   redis.call('SET', KEYS[1], epoch)
 end
 local out = {epoch}
-local n = (#KEYS - 1) / 3
 for i = 0, n - 1 do
-  local seqk, streamk, idemk = KEYS[2 + 3 * i], KEYS[3 + 3 * i], KEYS[4 + 3 * i]
+  local seqk, streamk, idemk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
   local prefix, typ, pubch, chname = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
   local prev = false
   if idemk ~= '' then prev = redis.call('GET', idemk) end
@@ -77,6 +128,7 @@ for i = 0, n - 1 do
     table.insert(out, answer)
   end
 end
+redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[5])
 return out
 ";
 
@@ -297,6 +349,36 @@ impl RedisEngine {
     }
 }
 
+impl RedisEngine {
+    /// Runs the publish script, retrying a lost reply (a timeout, a
+    /// dropped connection) under the batch's token: at most
+    /// [`PUBLISH_ATTEMPTS`] sends, each bounded by [`CALL_TIMEOUT`]. An
+    /// error Redis answered (the batch cannot be applied) is not retried.
+    async fn invoke_publish(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut last = String::new();
+        for attempt in 1..=PUBLISH_ATTEMPTS {
+            let mut conn = self.shared.conn.clone();
+            match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
+                    tracing::warn!(error = %e, "redis refused the publish batch; nothing of it was applied");
+                    return Err(unavailable(e));
+                }
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "no answer in time".to_owned(),
+            }
+            tracing::warn!(attempt, error = %last, "redis publish reply lost; retrying under its batch token");
+            tokio::time::sleep(BACKOFF_FIRST).await;
+        }
+        Err(unavailable(format!(
+            "publish not confirmed after {PUBLISH_ATTEMPTS} attempts: {last}"
+        )))
+    }
+}
+
 #[async_trait]
 impl Engine for RedisEngine {
     fn kind(&self) -> &'static str {
@@ -310,6 +392,7 @@ impl Engine for RedisEngine {
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishAck>, EngineError> {
         let mut invocation = self.publish.prepare_invoke();
         invocation.key(epoch_key());
+        invocation.key(format!("{PREFIX}pub:{}", crate::random_hex(16)));
         invocation
             .arg(crate::random_hex(8))
             .arg(self.history_size)
@@ -341,8 +424,7 @@ impl Engine for RedisEngine {
                 .arg(pubsub_channel(&event.channel))
                 .arg(event.channel.as_str());
         }
-        let mut conn = self.shared.conn.clone();
-        let reply: Vec<String> = call(invocation.invoke_async(&mut conn)).await?;
+        let reply = self.invoke_publish(&invocation).await?;
         let mut parts = reply.into_iter();
         let epoch = parts
             .next()

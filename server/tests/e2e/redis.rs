@@ -696,3 +696,81 @@ async fn a_killed_subscriber_is_restarted_and_delivery_resumes_without_loss() {
     assert_eq!(client.next_event().await["seq"], missed);
     assert_eq!(client.next_event().await["seq"], after);
 }
+
+#[tokio::test]
+async fn a_publish_whose_reply_comes_after_the_timeout_is_answered_once_and_delivered_once() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let (publisher, reader) = (node(&redis).await, node(&redis).await);
+    let mut client = reader.connect("1", "7").await;
+    let mut conn = redis_conn(&redis).await;
+    // Writes wait 3 s: past the node's 2 s call timeout, so the first
+    // attempt's reply is lost to it.
+    let _: () = within(
+        redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(3000)
+            .arg("WRITE")
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    let (status, body) = publisher
+        .publish(json!({"type": "entity.created", "org_id": "7", "payload": {"n": "paused"}}))
+        .await;
+    assert_eq!(status, 200, "the committed publish is answered: {body}");
+    assert_eq!(body["seq"], 1, "{body}");
+    let e = client.next_event().await;
+    assert_eq!(
+        (e["seq"].as_u64(), e["payload"]["n"].as_str()),
+        (Some(1), Some("paused")),
+        "{e}"
+    );
+    // Once: the next event is seq 2, nothing in between.
+    assert_eq!(client.next_event_after(&publisher, "7").await, 2);
+}
+
+#[tokio::test]
+async fn a_batch_redis_cannot_apply_publishes_none_of_its_events() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let (publisher, reader) = (node(&redis).await, node(&redis).await);
+    let mut client = reader.connect("1", "8").await;
+    let mut conn = redis_conn(&redis).await;
+    // org:9's stream is ahead of its seq (as after a lost seq key): its
+    // next XADD would fail.
+    let _: String = within(
+        redis::cmd("XADD")
+            .arg("hrrt:h:org:9")
+            .arg("999-0")
+            .arg("f")
+            .arg("x")
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    let (status, body) = publisher
+        .publish(json!([
+            {"type": "entity.created", "org_id": "8", "payload": {"n": "batch"}},
+            {"type": "entity.created", "org_id": "9", "payload": {}},
+        ]))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    let seq: Option<u64> = within(
+        redis::cmd("GET")
+            .arg("hrrt:seq:org:8")
+            .query_async(&mut conn),
+    )
+    .await
+    .unwrap();
+    assert_eq!(seq, None, "the batch's first event was not published");
+    // The next event on org:8 is seq 1, and the first the client sees.
+    let seq = publisher
+        .publish_org("8", "entity.created", json!({"n": "alone"}))
+        .await;
+    assert_eq!(seq, 1);
+    let e = client.next_event().await;
+    assert_eq!(e["payload"]["n"], "alone", "{e}");
+}
