@@ -96,6 +96,7 @@ impl AppState {
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
+        let node_id = crate::random_hex(4);
         let engine: Arc<dyn Engine> = match &config.redis_url {
             None => Arc::new(MemoryEngine::new(
                 MemoryLimits {
@@ -107,7 +108,7 @@ impl AppState {
                 hub.clone(),
             )),
             Some(url) => Arc::new(
-                RedisEngine::connect(url, history_size, config.history_ttl, hub.clone())
+                RedisEngine::connect(url, &node_id, history_size, config.history_ttl, hub.clone())
                     .await
                     .map_err(|source| ServerError::Redis {
                         url: redact_url(url),
@@ -125,7 +126,7 @@ impl AppState {
             hard_stop: CancellationToken::new(),
             tracker: TaskTracker::new(),
             tasks: Tasks::default(),
-            node_id: crate::random_hex(4),
+            node_id,
             next_conn: AtomicU64::new(1),
             started: Instant::now(),
             config,

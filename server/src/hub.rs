@@ -509,6 +509,17 @@ impl Deliver for Hub {
         }
     }
 
+    fn close_user(&self, user: &UserId, reason: &str) -> usize {
+        Hub::close_user(
+            self,
+            user,
+            &CloseReason {
+                code: close::POLICY,
+                reason: Cow::Owned(reason.to_owned()),
+            },
+        )
+    }
+
     fn resync(&self, channel: Option<&ChannelName>) {
         let reason = CloseReason::RESYNC;
         let inner = self.read();

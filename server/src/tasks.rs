@@ -69,6 +69,7 @@ pub fn spawn_all(state: &AppState) {
     supervise(state, "keepalive", keepalive);
     supervise(state, "token-expiry", token_expiry);
     supervise(state, "sweep", sweep);
+    supervise(state, "heartbeat", heartbeat);
     for (name, task) in state.engine.background_tasks() {
         supervise(state, name, move |_| task());
     }
@@ -152,6 +153,18 @@ async fn token_expiry(state: AppState) {
         }
     })
     .await;
+}
+
+/// Tells the cluster this node is alive (the first beat at once).
+async fn heartbeat(state: AppState) {
+    let mut interval = tokio::time::interval(crate::engine::HEARTBEAT);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = interval.tick() => state.engine.heartbeat(state.node_info()).await,
+        }
+    }
 }
 
 /// The engine's housekeeping.

@@ -79,13 +79,15 @@ pub async fn disconnect(
             .revoke(&user, unix_now(), state.config.revocation_ttl)
             .await?;
     }
-    let closed = state.hub.close_user(
+    let here = state.hub.close_user(
         &user,
         &CloseReason {
             code: close::POLICY,
-            reason: reason.into(),
+            reason: reason.clone().into(),
         },
     );
+    // The other nodes (Redis engine), summed over those that answer in 1 s.
+    let closed = here + state.engine.disconnect_elsewhere(&user, &reason).await?;
     tracing::info!(user = %user, closed, revoked = input.revoke, by = %caller.user, "disconnected user");
     Ok(Json(Disconnected { closed }))
 }

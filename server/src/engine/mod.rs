@@ -100,6 +100,12 @@ pub trait Deliver: Send + Sync + 'static {
     fn epoch_changed(&self, channel: Option<&ChannelName>, _epoch: &str, _from: u64) {
         self.resync(channel);
     }
+
+    /// Closes every local connection of `user` with 1008 `reason` (a
+    /// disconnect asked on another node); answers how many. Must not block.
+    fn close_user(&self, _user: &UserId, _reason: &str) -> usize {
+        0
+    }
 }
 
 /// Why an engine call failed.
@@ -227,4 +233,25 @@ pub trait Engine: Send + Sync + 'static {
     async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, EngineError> {
         Ok(vec![local])
     }
+
+    /// Tells the other nodes this one is alive, as it is now (every
+    /// [`HEARTBEAT`]; silent for three, it is gone from [`Engine::nodes`]).
+    async fn heartbeat(&self, _local: NodeInfo) {}
+
+    /// Closes `user`'s connections on the *other* nodes (this node closes
+    /// its own); answers how many, summed over the nodes that answered
+    /// within [`DISCONNECT_WAIT`]. The memory engine has no other node.
+    async fn disconnect_elsewhere(
+        &self,
+        _user: &UserId,
+        _reason: &str,
+    ) -> Result<usize, EngineError> {
+        Ok(0)
+    }
 }
+
+/// How often a node heartbeats through the engine.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long a disconnect waits for the other nodes' counts.
+pub const DISCONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

@@ -9,6 +9,10 @@
 //! | `hrrt:h:<channel>` | stream | the history: id `<seq>-0`, fields `f` (frame), `y` (type), `t` (ms); `MAXLEN --history-size`, expires `--history-ttl` after the last publish |
 //! | `hrrt:idem:<channel>:<key>` | string | the first answer to an idempotency key on that channel, 5 minutes |
 //! | `hrrt:ch:<channel>` | pub/sub channel | `<epoch>|<seq>|<type>|<frame>` |
+//! | `hrrt:ctl` | pub/sub channel | the nodes' control messages (JSON): revocations and disconnects |
+//! | `hrrt:revoked:<user>` | string | `<at>|<until ms>`: the user's tokens issued at or before `at` are refused, until `--revocation-ttl` after the revocation |
+//! | `hrrt:node:<id>` | string | the node's `GET /api/nodes` entry (JSON), expiring three heartbeats after its last |
+//! | `hrrt:reply:<id>` | list | the other nodes' counts for one disconnect, 10 s |
 //! | `hrrt:pub:<token>` | string | the answer of one applied batch, 5 minutes: a retried publish whose reply was lost answers it |
 //!
 //! A publish is one Lua script per batch: check the whole batch, then next
@@ -35,8 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::revocation::Revocations;
 use super::{
-    BackgroundTask, Deliver, Engine, EngineError, Epoch, HistoryPage, IDEMPOTENCY_WINDOW, NewEvent,
-    Publication, PublishAck,
+    BackgroundTask, DISCONNECT_WAIT, Deliver, Engine, EngineError, Epoch, HEARTBEAT, HistoryPage,
+    IDEMPOTENCY_WINDOW, NewEvent, NodeInfo, Publication, PublishAck,
 };
 use crate::protocol::{ChannelName, EventType, UserId, encode_event_prefix};
 
@@ -164,6 +168,36 @@ fn pubsub_channel(channel: &ChannelName) -> String {
     format!("{PREFIX}ch:{channel}")
 }
 
+/// The nodes' control channel (`PREFIX` + `ctl`).
+const CTL_CHANNEL: &str = "hrrt:ctl";
+
+fn node_key(node: &str) -> String {
+    format!("{PREFIX}node:{node}")
+}
+
+fn revoked_key(user: &UserId) -> String {
+    format!("{PREFIX}revoked:{user}")
+}
+
+/// What nodes tell each other on [`CTL_CHANNEL`].
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Ctl {
+    /// Refuse `user`'s tokens issued at or before `at` until `until_ms`.
+    Revoke {
+        user: String,
+        at: u64,
+        until_ms: u64,
+    },
+    /// Close `user`'s connections; push the count to `reply`.
+    Disconnect {
+        user: String,
+        reason: String,
+        reply: String,
+        origin: String,
+    },
+}
+
 fn epoch_key() -> String {
     format!("{PREFIX}epoch")
 }
@@ -190,6 +224,10 @@ async fn call<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, 
 
 /// What the engine and its subscriber task share.
 struct Shared {
+    node_id: String,
+    /// This node's copy of every node's revocations: filled by its own,
+    /// by [`Ctl::Revoke`] messages, and from Redis at every (re)connect.
+    revocations: Revocations,
     client: redis::Client,
     conn: ConnectionManager,
     epoch: RwLock<Epoch>,
@@ -278,9 +316,6 @@ pub struct RedisEngine {
     publish: Script,
     history_size: usize,
     control: mpsc::UnboundedSender<Control>,
-    /// This node's revocations. Not yet shared between nodes: a
-    /// revocation holds on the node that received it.
-    revocations: Revocations,
 }
 
 /// What the node asks of its subscriber task.
@@ -296,6 +331,7 @@ impl RedisEngine {
     /// [`Engine::background_tasks`], which the node runs (and restarts).
     pub async fn connect(
         url: &str,
+        node_id: &str,
         history_size: usize,
         history_ttl: Duration,
         deliver: Arc<dyn Deliver>,
@@ -328,6 +364,8 @@ impl RedisEngine {
         let conn = call(client.get_connection_manager_with_config(config)).await?;
         let (control, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
+            node_id: node_id.to_owned(),
+            revocations: Revocations::default(),
             client,
             conn,
             epoch: RwLock::new(Arc::from("")),
@@ -344,7 +382,6 @@ impl RedisEngine {
             publish: Script::new(PUBLISH_SCRIPT),
             history_size: history_size.max(1),
             control,
-            revocations: Revocations::default(),
         })
     }
 }
@@ -517,7 +554,7 @@ impl Engine for RedisEngine {
     }
 
     fn sweep(&self) {
-        self.revocations.sweep(Instant::now());
+        self.shared.revocations.sweep(Instant::now());
     }
 
     fn background_tasks(&self) -> Vec<(&'static str, BackgroundTask)> {
@@ -529,12 +566,225 @@ impl Engine for RedisEngine {
     }
 
     async fn revoke(&self, user: &UserId, at: u64, ttl: Duration) -> Result<(), EngineError> {
-        self.revocations.revoke(user, at, ttl, Instant::now());
+        self.shared
+            .revocations
+            .revoke(user, at, ttl, Instant::now());
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let until_ms = now_ms().saturating_add(ttl_ms);
+        let message = serde_json::to_string(&Ctl::Revoke {
+            user: user.to_string(),
+            at,
+            until_ms,
+        })
+        .map_err(unavailable)?;
+        // Stored for nodes that (re)connect later, and told to those
+        // listening now; both before the disconnect that follows.
+        let mut conn = self.shared.conn.clone();
+        let _: () = call(
+            redis::pipe()
+                .cmd("SET")
+                .arg(revoked_key(user))
+                .arg(format!("{at}|{until_ms}"))
+                .arg("PX")
+                .arg(ttl_ms)
+                .ignore()
+                .cmd("PUBLISH")
+                .arg(CTL_CHANNEL)
+                .arg(message)
+                .ignore()
+                .query_async(&mut conn),
+        )
+        .await?;
         Ok(())
     }
 
     fn revoked_at(&self, user: &UserId) -> Option<u64> {
-        self.revocations.revoked_at(user, Instant::now())
+        self.shared.revocations.revoked_at(user, Instant::now())
+    }
+
+    async fn heartbeat(&self, local: NodeInfo) {
+        let Ok(entry) = serde_json::to_string(&local) else {
+            return;
+        };
+        let ttl_ms = u64::try_from((HEARTBEAT * 3).as_millis()).unwrap_or(6000);
+        let mut conn = self.shared.conn.clone();
+        let beat: Result<(), _> = call(
+            redis::cmd("SET")
+                .arg(node_key(&self.shared.node_id))
+                .arg(entry)
+                .arg("PX")
+                .arg(ttl_ms)
+                .query_async(&mut conn),
+        )
+        .await;
+        if let Err(e) = beat {
+            tracing::debug!(error = %e, "heartbeat not written");
+        }
+    }
+
+    async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, EngineError> {
+        let keys = scan(&self.shared, &format!("{PREFIX}node:*")).await?;
+        let mut nodes = vec![local];
+        if !keys.is_empty() {
+            let mut conn = self.shared.conn.clone();
+            let entries: Vec<Option<String>> =
+                call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
+            for entry in entries.into_iter().flatten() {
+                if let Ok(node) = serde_json::from_str::<NodeInfo>(&entry)
+                    && node.node_id != self.shared.node_id
+                {
+                    nodes.push(node);
+                }
+            }
+        }
+        nodes.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        Ok(nodes)
+    }
+
+    async fn disconnect_elsewhere(
+        &self,
+        user: &UserId,
+        reason: &str,
+    ) -> Result<usize, EngineError> {
+        let reply = format!("{PREFIX}reply:{}", crate::random_hex(8));
+        let message = serde_json::to_string(&Ctl::Disconnect {
+            user: user.to_string(),
+            reason: reason.to_owned(),
+            reply: reply.clone(),
+            origin: self.shared.node_id.clone(),
+        })
+        .map_err(unavailable)?;
+        let mut conn = self.shared.conn.clone();
+        let listeners: usize = call(
+            redis::cmd("PUBLISH")
+                .arg(CTL_CHANNEL)
+                .arg(message)
+                .query_async(&mut conn),
+        )
+        .await?;
+        // Every node listens on the control channel; this one ignores its own.
+        let others =
+            listeners.saturating_sub(usize::from(self.shared.subscribed.load(Ordering::Relaxed)));
+        let deadline = Instant::now() + DISCONNECT_WAIT;
+        let mut counts: Vec<usize> = Vec::new();
+        while counts.len() < others && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            counts = call(
+                redis::cmd("LRANGE")
+                    .arg(&reply)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut conn),
+            )
+            .await?;
+        }
+        Ok(counts.iter().sum())
+    }
+}
+
+/// Every key matching `pattern`, bounded (10,000 keys, 100 round trips).
+async fn scan(shared: &Shared, pattern: &str) -> Result<Vec<String>, EngineError> {
+    let mut conn = shared.conn.clone();
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    for _ in 0..100 {
+        let (next, batch): (u64, Vec<String>) = call(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn),
+        )
+        .await?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 || keys.len() >= 10_000 {
+            break;
+        }
+    }
+    Ok(keys)
+}
+
+/// Loads every revocation Redis holds into this node's copy: after a
+/// (re)connect, the ones told while it was not listening.
+async fn load_revocations(shared: &Shared) -> Result<(), EngineError> {
+    let keys = scan(shared, &format!("{PREFIX}revoked:*")).await?;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut conn = shared.conn.clone();
+    let values: Vec<Option<String>> =
+        call(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
+    let prefix_len = format!("{PREFIX}revoked:").len();
+    for (key, value) in keys.iter().zip(values) {
+        let Some(value) = value else { continue };
+        let Some((at, until_ms)) = value.split_once('|') else {
+            continue;
+        };
+        let (Ok(at), Ok(until_ms)) = (at.parse::<u64>(), until_ms.parse::<u64>()) else {
+            continue;
+        };
+        let Ok(user) = UserId::new(key.get(prefix_len..).unwrap_or_default()) else {
+            continue;
+        };
+        record_revocation(shared, &user, at, until_ms);
+    }
+    Ok(())
+}
+
+fn record_revocation(shared: &Shared, user: &UserId, at: u64, until_ms: u64) {
+    let left = Duration::from_millis(until_ms.saturating_sub(now_ms()));
+    if !left.is_zero() {
+        shared.revocations.revoke(user, at, left, Instant::now());
+    }
+}
+
+/// A control message from a node (this one's own are ignored). Never
+/// waits: the count a disconnect answers is written by its own task.
+fn on_ctl(shared: &Arc<Shared>, payload: &[u8]) {
+    let Ok(ctl) = serde_json::from_slice::<Ctl>(payload) else {
+        tracing::warn!("unreadable control message ignored");
+        return;
+    };
+    match ctl {
+        Ctl::Revoke { user, at, until_ms } => {
+            if let Ok(user) = UserId::new(&user) {
+                record_revocation(shared, &user, at, until_ms);
+            }
+        }
+        Ctl::Disconnect {
+            user,
+            reason,
+            reply,
+            origin,
+        } => {
+            if origin == shared.node_id {
+                return;
+            }
+            let closed =
+                UserId::new(&user).map_or(0, |user| shared.deliver.close_user(&user, &reason));
+            let mut conn = shared.conn.clone();
+            tokio::spawn(async move {
+                let answered: Result<(), _> = call(
+                    redis::pipe()
+                        .cmd("RPUSH")
+                        .arg(&reply)
+                        .arg(closed)
+                        .ignore()
+                        .cmd("PEXPIRE")
+                        .arg(&reply)
+                        .arg(10_000)
+                        .ignore()
+                        .query_async(&mut conn),
+                )
+                .await;
+                if let Err(e) = answered {
+                    tracing::warn!(error = %e, "disconnect count not answered");
+                }
+            });
+        }
     }
 }
 
@@ -691,10 +941,9 @@ async fn subscriber(shared: Arc<Shared>) {
         };
         let (mut sink, mut stream) = pubsub.split();
         let setup = async {
-            let channels: Vec<String> = subs.counts.keys().map(pubsub_channel).collect();
-            if !channels.is_empty() {
-                sink.subscribe(channels).await?;
-            }
+            let mut channels: Vec<String> = subs.counts.keys().map(pubsub_channel).collect();
+            channels.push(CTL_CHANNEL.to_owned());
+            sink.subscribe(channels).await?;
             if subs.watch_all > 0 {
                 sink.psubscribe(format!("{PREFIX}ch:*")).await?;
             }
@@ -713,7 +962,13 @@ async fn subscriber(shared: Arc<Shared>) {
                 continue;
             }
         }
-        // What was published while this node was not listening.
+        // What was published, and revoked, while this node was not listening.
+        if let Err(e) = load_revocations(&shared).await {
+            tracing::warn!(error = %e, "loading revocations after reconnect failed; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+            continue;
+        }
         if let Err(e) = repair_all(&shared, subs).await {
             tracing::warn!(error = %e, "redis repair after reconnect failed; retrying");
             tokio::time::sleep(backoff).await;
@@ -752,6 +1007,10 @@ async fn subscriber(shared: Arc<Shared>) {
                 }
                 message = stream.next() => {
                     let Some(message) = message else { break };
+                    if message.get_channel_name() == CTL_CHANNEL {
+                        on_ctl(&shared, message.get_payload_bytes());
+                        continue;
+                    }
                     let Some((epoch, publication)) =
                         parse_message(message.get_channel_name(), message.get_payload_bytes())
                     else {

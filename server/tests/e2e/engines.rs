@@ -102,7 +102,7 @@ impl Maker for Redis {
         ttl: Duration,
         deliver: Arc<Recorder>,
     ) -> Arc<dyn Engine> {
-        let engine = RedisEngine::connect(&self.0, history_size, ttl, deliver)
+        let engine = RedisEngine::connect(&self.0, "conformance", history_size, ttl, deliver)
             .await
             .unwrap();
         // What a node does: run the engine's tasks (its subscriber).

@@ -757,7 +757,7 @@ async fn idempotency_keys_are_scoped_per_channel_and_never_forgotten_early() {
 
 // ---------------------------------------------------------- revocation
 
-fn token_issued(user: &str, org: &str, iat: Option<u64>) -> String {
+pub fn token_issued(user: &str, org: &str, iat: Option<u64>) -> String {
     let mut claims = json!({"sub": user, "org_id": org, "exp": unix_now() + 3600});
     if let Some(iat) = iat {
         claims["iat"] = json!(iat);

@@ -774,3 +774,68 @@ async fn a_batch_redis_cannot_apply_publishes_none_of_its_events() {
     let e = client.next_event().await;
     assert_eq!(e["payload"]["n"], "alone", "{e}");
 }
+
+#[tokio::test]
+async fn disconnect_and_revocation_act_on_every_node_and_every_node_is_listed() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    until_ready(&a, 200).await;
+    until_ready(&b, 200).await;
+    let old = crate::hostile::token_issued("42", "7", Some(hrrt_server::auth::unix_now() - 10));
+    let mut on_a = a.connect_query(&format!("token={old}")).await;
+    let mut on_b = b.connect_query(&format!("token={old}")).await;
+    let mut bystander = b.connect("43", "7").await;
+    let (status, body) = a
+        .post_json(
+            "/api/disconnect",
+            Some(&service_token()),
+            json!({"user_id": "42", "reason": "access revoked", "revoke": true}),
+        )
+        .await;
+    assert_eq!((status, body["closed"].as_u64()), (200, Some(2)), "{body}");
+    assert_eq!(on_a.expect_close().await, (1008, "access revoked".into()));
+    assert_eq!(on_b.expect_close().await, (1008, "access revoked".into()));
+    // The old token is refused on the other node, and on a node that
+    // starts after the revocation.
+    let mut again = b.open(&format!("token={old}")).await;
+    assert_eq!(again.expect_close_now().await, (1008, "revoked".into()));
+    let c = node(&redis).await;
+    until_ready(&c, 200).await;
+    let mut late = c.open(&format!("token={old}")).await;
+    assert_eq!(late.expect_close_now().await, (1008, "revoked".into()));
+    // Nobody else was touched.
+    let seq = a.publish_org("7", "entity.created", json!({})).await;
+    assert_eq!(bystander.next_event().await["seq"], seq);
+
+    // Every node heartbeats: each lists all three (bounded: 5 s).
+    let ids: Vec<String> = {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            let (status, nodes) = a.get("/api/nodes", Some(&service_token())).await;
+            assert_eq!(status, 200, "{nodes}");
+            found = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["node_id"].as_str().unwrap().to_owned())
+                .collect();
+            if found.len() == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        found
+    };
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    let (_, from_c) = c.get("/api/nodes", Some(&service_token())).await;
+    assert_eq!(from_c.as_array().unwrap().len(), 3, "{from_c}");
+    assert!(
+        from_c
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["engine"] == "redis")
+    );
+}
