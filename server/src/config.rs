@@ -21,7 +21,9 @@ pub struct Config {
     #[arg(long)]
     pub dev: bool,
 
-    /// Use the Redis engine at this URL (redis://…) instead of the embedded
+    /// Use the Redis engine at this URL (redis://host:6379/, or
+    /// redis+sentinel://host:26379,host:26379/mymaster to follow a
+    /// Sentinel-managed master through failovers) instead of the embedded
     /// memory engine.
     #[arg(long, env = "HRRT_REDIS_URL")]
     pub redis_url: Option<String>,

@@ -179,6 +179,89 @@ fn revoked_key(user: &UserId) -> String {
     format!("{PREFIX}revoked:{user}")
 }
 
+/// Where the Redis master is.
+enum Target {
+    /// `redis://…`: one server.
+    Direct(redis::Client),
+    /// `redis+sentinel://h1:26379,h2:26379/mymaster`: asked of the
+    /// Sentinels at every (re)connect.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
+}
+
+/// TCP settings of every link: a peer that vanished (its host died, a
+/// route dropped) is found by the kernel within seconds instead of after
+/// its default two hours; the PING of the subscriber link also covers a
+/// peer whose kernel still answers but whose Redis does not.
+fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
+    TcpSettings::default()
+        .set_nodelay(true)
+        .set_keepalive(
+            TcpKeepalive::new()
+                .with_time(Duration::from_secs(1))
+                .with_interval(Duration::from_secs(1))
+                .with_retries(3),
+        )
+        .set_user_timeout(Duration::from_secs(5))
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Self, EngineError> {
+        use redis::IntoConnectionInfo;
+        let invalid =
+            |e: &dyn std::fmt::Display| EngineError::Unavailable(format!("invalid redis URL: {e}"));
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (hosts, service) = rest.split_once('/').ok_or_else(|| {
+                invalid(&"give the master's name: redis+sentinel://host:26379,host:26379/mymaster")
+            })?;
+            let service = service.trim_end_matches('/');
+            if service.is_empty() || hosts.is_empty() {
+                return Err(invalid(
+                    &"give the Sentinels and the master's name: redis+sentinel://host:26379,host:26379/mymaster",
+                ));
+            }
+            let sentinels: Vec<String> =
+                hosts.split(',').map(|h| format!("redis://{h}/")).collect();
+            let node = redis::sentinel::SentinelNodeConnectionInfo::default()
+                .set_tcp_settings(tcp_settings());
+            let client = redis::sentinel::SentinelClient::build(
+                sentinels,
+                service.to_owned(),
+                Some(node),
+                redis::sentinel::SentinelServerType::Master,
+            )
+            .map_err(|e| invalid(&e))?;
+            return Ok(Self::Sentinel(tokio::sync::Mutex::new(client)));
+        }
+        let info = url.into_connection_info().map_err(|e| invalid(&e))?;
+        let client =
+            redis::Client::open(info.set_tcp_settings(tcp_settings())).map_err(|e| invalid(&e))?;
+        Ok(Self::Direct(client))
+    }
+
+    /// A client for the master, as it is now.
+    async fn client(&self) -> Result<redis::Client, EngineError> {
+        match self {
+            Self::Direct(client) => Ok(client.clone()),
+            Self::Sentinel(sentinel) => {
+                let mut sentinel = sentinel.lock().await;
+                call(sentinel.async_get_client()).await
+            }
+        }
+    }
+}
+
+/// A command link to the master, with bounded calls and reconnects.
+async fn command_link(target: &Target) -> Result<ConnectionManager, EngineError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CALL_TIMEOUT))
+        .set_response_timeout(Some(CALL_TIMEOUT))
+        .set_number_of_retries(1)
+        .set_max_delay(BACKOFF_MAX);
+    let client = target.client().await?;
+    call(client.get_connection_manager_with_config(config)).await
+}
+
 /// What nodes tell each other on [`CTL_CHANNEL`].
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -224,12 +307,15 @@ async fn call<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, 
 
 /// What the engine and its subscriber task share.
 struct Shared {
+    /// Where Redis is: one URL, or the master Sentinel names.
+    target: Target,
     node_id: String,
     /// This node's copy of every node's revocations: filled by its own,
     /// by [`Ctl::Revoke`] messages, and from Redis at every (re)connect.
     revocations: Revocations,
-    client: redis::Client,
-    conn: ConnectionManager,
+    /// The command link; replaced when it stops answering or its server
+    /// is no longer the master (a Sentinel failover).
+    conn: RwLock<ConnectionManager>,
     epoch: RwLock<Epoch>,
     deliver: Arc<dyn Deliver>,
     history_ttl: Duration,
@@ -245,6 +331,36 @@ struct Shared {
 }
 
 impl Shared {
+    fn conn(&self) -> ConnectionManager {
+        self.conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Whether the command link answers, and from the master.
+    async fn command_link_ok(&self) -> bool {
+        let mut conn = self.conn();
+        match call(redis::cmd("ROLE").query_async::<Value>(&mut conn)).await {
+            Ok(Value::Array(role)) => matches!(
+                role.first(),
+                Some(Value::BulkString(kind)) if kind.as_slice() == b"master"
+            ),
+            _ => false,
+        }
+    }
+
+    /// A new command link to wherever the master is now.
+    async fn rebuild_conn(&self) -> Result<(), EngineError> {
+        let conn = command_link(&self.target).await?;
+        *self
+            .conn
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+        tracing::info!("redis command link rebuilt");
+        Ok(())
+    }
+
     fn current_epoch(&self) -> Epoch {
         self.epoch
             .read()
@@ -272,7 +388,7 @@ impl Shared {
 
     /// Reads the epoch, creating it when Redis lost it; answers it.
     async fn load_epoch(&self) -> Result<String, EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let candidate = crate::random_hex(8);
         let (epoch,): (String,) = call(
             redis::pipe()
@@ -297,7 +413,7 @@ impl Shared {
         from: u64,
         to: u64,
     ) -> Result<Vec<Arc<Publication>>, EngineError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let entries: Value = call(
             redis::cmd("XRANGE")
                 .arg(stream_key(channel))
@@ -336,38 +452,14 @@ impl RedisEngine {
         history_ttl: Duration,
         deliver: Arc<dyn Deliver>,
     ) -> Result<Self, EngineError> {
-        use redis::IntoConnectionInfo;
-        use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-        let info = url
-            .into_connection_info()
-            .map_err(|e| EngineError::Unavailable(format!("invalid redis URL: {e}")))?;
-        // A peer that vanished (its host died, a route dropped) is found by
-        // the kernel within seconds, on both links, instead of after its
-        // default two hours; the PING of the subscriber link also covers a
-        // peer whose kernel still answers but whose Redis does not.
-        let tcp = TcpSettings::default()
-            .set_nodelay(true)
-            .set_keepalive(
-                TcpKeepalive::new()
-                    .with_time(Duration::from_secs(1))
-                    .with_interval(Duration::from_secs(1))
-                    .with_retries(3),
-            )
-            .set_user_timeout(Duration::from_secs(5));
-        let client = redis::Client::open(info.set_tcp_settings(tcp))
-            .map_err(|e| EngineError::Unavailable(format!("invalid redis URL: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(BACKOFF_MAX);
-        let conn = call(client.get_connection_manager_with_config(config)).await?;
+        let target = Target::parse(url)?;
+        let conn = command_link(&target).await?;
         let (control, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             node_id: node_id.to_owned(),
             revocations: Revocations::default(),
-            client,
-            conn,
+            target,
+            conn: RwLock::new(conn),
             epoch: RwLock::new(Arc::from("")),
             deliver,
             history_ttl,
@@ -397,7 +489,7 @@ impl RedisEngine {
     ) -> Result<Vec<String>, EngineError> {
         let mut last = String::new();
         for attempt in 1..=PUBLISH_ATTEMPTS {
-            let mut conn = self.shared.conn.clone();
+            let mut conn = self.shared.conn();
             match tokio::time::timeout(CALL_TIMEOUT, invocation.invoke_async(&mut conn)).await {
                 Ok(Ok(reply)) => return Ok(reply),
                 Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
@@ -480,7 +572,7 @@ impl Engine for RedisEngine {
     ) -> Result<HistoryPage, EngineError> {
         let cutoff = now_ms()
             .saturating_sub(u64::try_from(self.shared.history_ttl.as_millis()).unwrap_or(u64::MAX));
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let reply: Value = call(
             self.shared
                 .history
@@ -516,7 +608,7 @@ impl Engine for RedisEngine {
         if channels.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let keys: Vec<String> = channels.iter().map(seq_key).collect();
         let values: Vec<Option<u64>> =
             call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
@@ -524,7 +616,7 @@ impl Engine for RedisEngine {
     }
 
     async fn ready(&self) -> bool {
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let ping: Result<String, _> = call(redis::cmd("PING").query_async(&mut conn)).await;
         ping.is_ok() && self.shared.subscribed.load(Ordering::Relaxed)
     }
@@ -579,7 +671,7 @@ impl Engine for RedisEngine {
         .map_err(unavailable)?;
         // Stored for nodes that (re)connect later, and told to those
         // listening now; both before the disconnect that follows.
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let _: () = call(
             redis::pipe()
                 .cmd("SET")
@@ -607,7 +699,7 @@ impl Engine for RedisEngine {
             return;
         };
         let ttl_ms = u64::try_from((HEARTBEAT * 3).as_millis()).unwrap_or(6000);
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let beat: Result<(), _> = call(
             redis::cmd("SET")
                 .arg(node_key(&self.shared.node_id))
@@ -626,7 +718,7 @@ impl Engine for RedisEngine {
         let keys = scan(&self.shared, &format!("{PREFIX}node:*")).await?;
         let mut nodes = vec![local];
         if !keys.is_empty() {
-            let mut conn = self.shared.conn.clone();
+            let mut conn = self.shared.conn();
             let entries: Vec<Option<String>> =
                 call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
             for entry in entries.into_iter().flatten() {
@@ -654,7 +746,7 @@ impl Engine for RedisEngine {
             origin: self.shared.node_id.clone(),
         })
         .map_err(unavailable)?;
-        let mut conn = self.shared.conn.clone();
+        let mut conn = self.shared.conn();
         let listeners: usize = call(
             redis::cmd("PUBLISH")
                 .arg(CTL_CHANNEL)
@@ -684,7 +776,7 @@ impl Engine for RedisEngine {
 
 /// Every key matching `pattern`, bounded (10,000 keys, 100 round trips).
 async fn scan(shared: &Shared, pattern: &str) -> Result<Vec<String>, EngineError> {
-    let mut conn = shared.conn.clone();
+    let mut conn = shared.conn();
     let mut cursor: u64 = 0;
     let mut keys = Vec::new();
     for _ in 0..100 {
@@ -714,7 +806,7 @@ async fn load_revocations(shared: &Shared) -> Result<(), EngineError> {
     if keys.is_empty() {
         return Ok(());
     }
-    let mut conn = shared.conn.clone();
+    let mut conn = shared.conn();
     let values: Vec<Option<String>> =
         call(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
     let prefix_len = format!("{PREFIX}revoked:").len();
@@ -765,7 +857,7 @@ fn on_ctl(shared: &Arc<Shared>, payload: &[u8]) {
             }
             let closed =
                 UserId::new(&user).map_or(0, |user| shared.deliver.close_user(&user, &reason));
-            let mut conn = shared.conn.clone();
+            let mut conn = shared.conn();
             tokio::spawn(async move {
                 let answered: Result<(), _> = call(
                     redis::pipe()
@@ -917,7 +1009,13 @@ async fn subscriber(shared: Arc<Shared>) {
     let subs = &mut *subs;
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let connected = call(shared.client.get_async_pubsub()).await;
+        let connected = async {
+            match shared.target.client().await {
+                Ok(client) => call(client.get_async_pubsub()).await,
+                Err(e) => Err(e),
+            }
+        }
+        .await;
         let pubsub = match connected {
             Ok(pubsub) => pubsub,
             Err(e) => {
@@ -992,6 +1090,16 @@ async fn subscriber(shared: Arc<Shared>) {
                     }
                 }
                 _ = ping.tick() => {
+                    // The command link too: one that stopped answering, or
+                    // whose server is no longer the master (a failover), is
+                    // replaced, and this link follows it to the new master.
+                    if !shared.command_link_ok().await {
+                        tracing::warn!("redis command link unhealthy or not the master; reconnecting both links");
+                        if let Err(e) = shared.rebuild_conn().await {
+                            tracing::warn!(error = %e, "redis command link not rebuilt yet");
+                        }
+                        break;
+                    }
                     // Messages wait in the connection's buffer meanwhile.
                     match tokio::time::timeout(PING_TIMEOUT, sink.ping::<Value>()).await {
                         Ok(Ok(_)) => {}
@@ -1087,7 +1195,7 @@ async fn subscribe_new(
     // Read after the subscription holds: a publish in between is both
     // counted here and delivered live, and the live copy is a duplicate.
     let keys: Vec<String> = new.iter().map(seq_key).collect();
-    let mut conn = shared.conn.clone();
+    let mut conn = shared.conn();
     let seqs: Vec<Option<u64>> =
         bounded(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
     for (channel, seq) in new.iter().zip(seqs) {
@@ -1222,7 +1330,7 @@ async fn repair_all(shared: &Shared, subs: &mut Subscriptions) -> Result<(), Eng
         return Ok(());
     }
     let keys: Vec<String> = served.iter().map(|(c, _)| seq_key(c)).collect();
-    let mut conn = shared.conn.clone();
+    let mut conn = shared.conn();
     let latest: Vec<Option<u64>> =
         call(redis::cmd("MGET").arg(keys).query_async(&mut conn)).await?;
     for ((channel, last), latest) in served.into_iter().zip(latest) {

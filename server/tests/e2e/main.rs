@@ -16,4 +16,5 @@ mod protection;
 mod publish;
 mod redis;
 mod resume;
+mod sentinel;
 mod shutdown;
