@@ -321,6 +321,9 @@ struct Shared {
     history_ttl: Duration,
     /// Whether the subscriber connection is up.
     subscribed: AtomicBool,
+    /// Events held in every channel's stream, cluster-wide, as last counted
+    /// (every [`RETAINED_EVERY`]).
+    retained: std::sync::atomic::AtomicU64,
     history: Script,
     /// The subscriber task's requests and state, behind locks it holds for
     /// its whole run: when it dies (a panic, or killed) the locks are
@@ -464,6 +467,7 @@ impl RedisEngine {
             deliver,
             history_ttl,
             subscribed: AtomicBool::new(false),
+            retained: std::sync::atomic::AtomicU64::new(0),
             history: Script::new(HISTORY_SCRIPT),
             commands: tokio::sync::Mutex::new(commands),
             subs: tokio::sync::Mutex::default(),
@@ -651,10 +655,21 @@ impl Engine for RedisEngine {
 
     fn background_tasks(&self) -> Vec<(&'static str, BackgroundTask)> {
         let shared = self.shared.clone();
-        vec![(
-            "redis-subscriber",
-            Arc::new(move || Box::pin(subscriber(shared.clone()))),
-        )]
+        let counted = self.shared.clone();
+        vec![
+            (
+                "redis-subscriber",
+                Arc::new(move || Box::pin(subscriber(shared.clone()))),
+            ),
+            (
+                "redis-retained",
+                Arc::new(move || Box::pin(count_retained(counted.clone()))),
+            ),
+        ]
+    }
+
+    fn retained_events(&self) -> u64 {
+        self.shared.retained.load(Ordering::Relaxed)
     }
 
     async fn revoke(&self, user: &UserId, at: u64, ttl: Duration) -> Result<(), EngineError> {
@@ -771,6 +786,38 @@ impl Engine for RedisEngine {
             .await?;
         }
         Ok(counts.iter().sum())
+    }
+}
+
+/// How often the events held in Redis are counted for `/metrics` and
+/// `/api/stats`.
+const RETAINED_EVERY: Duration = Duration::from_secs(5);
+
+/// Counts the events every stream holds (`SCAN` + `XLEN`, pipelined;
+/// bounded like [`scan`]: past 10,000 channels the figure is a floor).
+async fn count_retained(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(RETAINED_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let Ok(keys) = scan(&shared, &format!("{PREFIX}h:*")).await else {
+            continue;
+        };
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("XLEN").arg(key);
+        }
+        let mut conn = shared.conn();
+        let counted: Result<Vec<u64>, _> = if keys.is_empty() {
+            Ok(Vec::new())
+        } else {
+            call(pipe.query_async(&mut conn)).await
+        };
+        if let Ok(lengths) = counted {
+            shared
+                .retained
+                .store(lengths.iter().sum(), Ordering::Relaxed);
+        }
     }
 }
 

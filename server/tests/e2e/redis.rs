@@ -839,3 +839,25 @@ async fn disconnect_and_revocation_act_on_every_node_and_every_node_is_listed() 
             .all(|n| n["engine"] == "redis")
     );
 }
+
+#[tokio::test]
+async fn stats_and_metrics_report_the_history_redis_holds() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let (a, b) = (node(&redis).await, node(&redis).await);
+    for org in ["7", "8", "8"] {
+        a.publish_org(org, "entity.created", json!({})).await;
+    }
+    // Counted every 5 s, on every node (bounded: 10 s).
+    for _ in 0..100 {
+        let (_, stats) = b.get("/api/stats", Some(&service_token())).await;
+        if stats["history_events"] == 3 {
+            let metrics = b.metrics().await;
+            assert!(metrics.contains("hrrt_history_events 3"), "{metrics}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("history_events never reached 3");
+}
