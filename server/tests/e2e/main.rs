@@ -18,3 +18,4 @@ mod redis;
 mod resume;
 mod sentinel;
 mod shutdown;
+mod soak;
