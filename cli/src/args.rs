@@ -2,6 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::commands::admin::{DisconnectArgs, HistoryArgs, NodesArgs, StatsArgs};
 use crate::commands::completions::CompletionsArgs;
 use crate::commands::dash::DashArgs;
 use crate::commands::listen::ListenArgs;
@@ -71,6 +72,15 @@ pub enum Command {
     Dash(DashArgs),
     /// QA scenarios: run YAML scenario files (or print their schema).
     Scenario(ScenarioArgs),
+    /// What the node is doing: connections per org, events per type.
+    Stats(StatsArgs),
+    /// The live nodes of the cluster.
+    Nodes(NodesArgs),
+    /// A channel's retained events, oldest first.
+    History(HistoryArgs),
+    /// Close every connection of a user on every node (and optionally
+    /// refuse their earlier tokens).
+    Disconnect(DisconnectArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }

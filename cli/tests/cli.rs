@@ -694,3 +694,100 @@ async fn load_against_a_server_that_is_gone_fails_clearly() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn stats_nodes_history_and_disconnect_from_the_command_line() {
+    let server = Server::start().await;
+    let listen = Listener::start(&server, &["--user", "42", "--org", "7"]).await;
+    server
+        .publish(&["entity.created", "--org", "7", "--payload", r#"{"id":1}"#])
+        .await;
+    server
+        .publish(&[
+            "chat.message",
+            "--org",
+            "7",
+            "--payload",
+            r#"{"text":"hi"}"#,
+        ])
+        .await;
+
+    let (code, stdout, stderr) = server.hrrt(&["stats"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("connections 1"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("entity.created") && l.contains('1')),
+        "{stdout}"
+    );
+    let (code, stdout, _) = server.hrrt(&["stats", "--json"]).await;
+    assert_eq!(code, 0);
+    let stats: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(stats["connections"]["by_org"]["7"], 1);
+
+    let (code, stdout, _) = server.hrrt(&["nodes"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("NODE") && stdout.contains("memory"),
+        "{stdout}"
+    );
+    let (_, stdout, _) = server.hrrt(&["nodes", "--json"]).await;
+    let nodes: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(nodes.as_array().unwrap().len(), 1);
+
+    let (code, stdout, stderr) = server.hrrt(&["history", "org:7"]).await;
+    assert_eq!(code, 0, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].contains("org:7") && lines[0].contains("2 shown"),
+        "{stdout}"
+    );
+    assert!(
+        lines[1].contains("entity.created") && lines[1].contains(r#"{"id":1}"#),
+        "{stdout}"
+    );
+    assert!(lines[2].contains("chat.message"), "{stdout}");
+    let (_, stdout, _) = server
+        .hrrt(&["history", "org:7", "--since", "1", "--json"])
+        .await;
+    let page: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    assert_eq!(page["events"][0]["seq"], 2);
+    // A request the server refuses is a failed request (1) that says why.
+    let (code, _, stderr) = server.hrrt(&["history", "nonsense"]).await;
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("400"), "{stderr}");
+
+    let (code, stdout, stderr) = server
+        .hrrt(&[
+            "disconnect",
+            "--user",
+            "42",
+            "--reason",
+            "access revoked",
+            "--revoke",
+        ])
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("closed 1 connection of user 42"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("refused"), "{stdout}");
+    // listen sees 1008: a token problem, exit 2.
+    assert_eq!(listen.exit_code().await, 2);
+
+    // No secret, no token: a usage error (2) naming the fix.
+    let out = within(
+        Command::new(BIN)
+            .args(["--url", &server.url(), "stats"])
+            .env_remove("HRRT_JWT_SECRET")
+            .env_remove("HRRT_TOKEN")
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret"));
+}

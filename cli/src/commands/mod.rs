@@ -1,5 +1,6 @@
 //! One module per subcommand; each has `XArgs` and `run`.
 
+pub mod admin;
 pub mod completions;
 pub mod dash;
 pub mod listen;
@@ -21,6 +22,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Load(args) => load::run(args, &cli.global).await,
         Command::Dash(args) => dash::run(args, &cli.global).await,
         Command::Scenario(args) => scenario::run(args, &cli.global).await,
+        Command::Stats(args) => admin::stats(args, &cli.global).await,
+        Command::Nodes(args) => admin::nodes(args, &cli.global).await,
+        Command::History(args) => admin::history(args, &cli.global).await,
+        Command::Disconnect(args) => admin::disconnect(args, &cli.global).await,
         Command::Completions(args) => completions::run(args),
     }
 }

@@ -1,0 +1,310 @@
+//! The admin API from the command line: `hrrt stats`, `hrrt nodes`,
+//! `hrrt history`, `hrrt disconnect`. Human tables by default, `--json`
+//! for scripts (the server's answer as it is); a service token minted
+//! from `--secret` as the other commands do; the same exit codes (2 for a
+//! token the server refuses or no server, 1 for a request it refused).
+
+use anyhow::bail;
+use clap::Args;
+use hrrt_protocol::Role;
+use serde_json::{Value, json};
+
+use crate::args::GlobalArgs;
+use crate::client::{Api, Target, TokenSource, explain};
+use crate::exit::{ExitStatus, Failed};
+use crate::output::{self, BOLD, DIM, paint};
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The channel: org:<id> or user:<id>.
+    pub channel: String,
+    /// Events after this seq (default: everything retained).
+    #[arg(long)]
+    pub since: Option<u64>,
+    /// At most this many events (default 100).
+    #[arg(long)]
+    pub limit: Option<u64>,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DisconnectArgs {
+    /// Close every connection of this user, on every node.
+    #[arg(long)]
+    pub user: String,
+    /// The close reason the user's tabs get (default: disconnected).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Also refuse the user's tokens issued until now (for the server's
+    /// --revocation-ttl).
+    #[arg(long)]
+    pub revoke: bool,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn api(global: &GlobalArgs) -> anyhow::Result<(Api, String)> {
+    let tokens = TokenSource::from_args(
+        global,
+        Some("hrrt-cli"),
+        None,
+        Role::Service,
+        "pass --token, or --secret (HRRT_JWT_SECRET) to mint a service token",
+    )?;
+    Ok((Api::new(Target::parse(&global.url)?)?, tokens.token()?))
+}
+
+/// 200 answers its body; a refused token is a usage error (2); anything
+/// else the server refused is a failed request (1).
+fn answer(status: u16, body: Value) -> anyhow::Result<Value> {
+    match status {
+        200 => Ok(body),
+        401 | 403 => bail!("{}", explain(status, &body, "service or admin")),
+        _ => Err(Failed::new(explain(status, &body, "service or admin")).into()),
+    }
+}
+
+fn print_json(value: &Value) -> anyhow::Result<ExitStatus> {
+    output::line(&value.to_string())?;
+    Ok(ExitStatus::Ok)
+}
+
+/// Rows as aligned columns, the header dimmed.
+fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let render = |cells: Vec<String>| {
+        let mut line = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 < cells.len() {
+                line.push_str(&format!("{cell:<w$}  "));
+            } else {
+                line.push_str(cell);
+            }
+        }
+        line
+    };
+    output::line(&paint(
+        DIM,
+        render(header.iter().map(|h| (*h).to_owned()).collect()),
+    ))?;
+    for row in rows {
+        output::line(&render(row.clone()))?;
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+fn uptime(seconds: u64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
+}
+
+pub async fn stats(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let (api, token) = api(global)?;
+    let (status, body) = api.get("/api/stats", &token).await?;
+    let stats = answer(status, body)?;
+    if args.json {
+        return print_json(&stats);
+    }
+    output::line(&format!(
+        "{} {}  engine {}  epoch {}  up {}",
+        paint(BOLD, "node"),
+        text(&stats["node_id"]),
+        text(&stats["engine"]),
+        text(&stats["epoch"]),
+        uptime(stats["uptime_seconds"].as_u64().unwrap_or(0)),
+    ))?;
+    output::line(&format!(
+        "connections {}  users {}  history {} events  slow-consumer closes {}",
+        text(&stats["connections"]["total"]),
+        text(&stats["users"]),
+        text(&stats["history_events"]),
+        text(&stats["slow_consumer_closes"]),
+    ))?;
+    let mut orgs: Vec<(String, u64)> = stats["connections"]["by_org"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(o, n)| (o.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    orgs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if !orgs.is_empty() {
+        output::line("")?;
+        let rows: Vec<Vec<String>> = orgs
+            .into_iter()
+            .map(|(o, n)| vec![o, n.to_string()])
+            .collect();
+        table(&["ORG", "CONNECTIONS"], &rows)?;
+    }
+    let published = stats["events"]["published"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let delivered = stats["events"]["delivered"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    let mut types: Vec<&String> = published.keys().chain(delivered.keys()).collect();
+    types.sort();
+    types.dedup();
+    if !types.is_empty() {
+        output::line("")?;
+        let rows: Vec<Vec<String>> = types
+            .into_iter()
+            .map(|t| {
+                vec![
+                    t.clone(),
+                    published.get(t).map_or("0".to_owned(), text),
+                    delivered.get(t).map_or("0".to_owned(), text),
+                ]
+            })
+            .collect();
+        table(&["TYPE", "PUBLISHED", "DELIVERED"], &rows)?;
+    }
+    Ok(ExitStatus::Ok)
+}
+
+pub async fn nodes(args: NodesArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let (api, token) = api(global)?;
+    let (status, body) = api.get("/api/nodes", &token).await?;
+    let nodes = answer(status, body)?;
+    if args.json {
+        return print_json(&nodes);
+    }
+    let rows: Vec<Vec<String>> = nodes
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| {
+            vec![
+                text(&n["node_id"]),
+                text(&n["engine"]),
+                text(&n["connections"]),
+                text(&n["users"]),
+                uptime(n["uptime_s"].as_u64().unwrap_or(0)),
+                text(&n["last_seen"]),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "ENGINE",
+            "CONNECTIONS",
+            "USERS",
+            "UPTIME",
+            "LAST SEEN",
+        ],
+        &rows,
+    )?;
+    Ok(ExitStatus::Ok)
+}
+
+pub async fn history(args: HistoryArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let (api, token) = api(global)?;
+    let mut query = vec![format!("channel={}", urlencode(&args.channel))];
+    if let Some(since) = args.since {
+        query.push(format!("since={since}"));
+    }
+    if let Some(limit) = args.limit {
+        query.push(format!("limit={limit}"));
+    }
+    let (status, body) = api
+        .get(&format!("/api/history?{}", query.join("&")), &token)
+        .await?;
+    let page = answer(status, body)?;
+    if args.json {
+        return print_json(&page);
+    }
+    let events = page["events"].as_array().cloned().unwrap_or_default();
+    output::line(&paint(
+        DIM,
+        format!(
+            "{}  epoch {}  retained {}..{}  {} shown",
+            text(&page["channel"]),
+            text(&page["epoch"]),
+            text(&page["oldest"]),
+            text(&page["latest"]),
+            events.len()
+        ),
+    ))?;
+    for e in &events {
+        output::line(&format!(
+            "{:>6}  {}  {}  {}",
+            text(&e["seq"]),
+            paint(DIM, text(&e["timestamp"])),
+            paint(BOLD, text(&e["type"])),
+            e["payload"]
+        ))?;
+    }
+    Ok(ExitStatus::Ok)
+}
+
+pub async fn disconnect(args: DisconnectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let (api, token) = api(global)?;
+    let mut body = json!({"user_id": args.user, "revoke": args.revoke});
+    if let Some(reason) = &args.reason {
+        body["reason"] = json!(reason);
+    }
+    let (status, answer_body) = api.post("/api/disconnect", &token, &body).await?;
+    let done = answer(status, answer_body)?;
+    if args.json {
+        return print_json(&done);
+    }
+    let closed = done["closed"].as_u64().unwrap_or(0);
+    output::line(&format!(
+        "closed {closed} connection{} of user {}{}",
+        if closed == 1 { "" } else { "s" },
+        args.user,
+        if args.revoke {
+            "; tokens issued until now are refused"
+        } else {
+            ""
+        }
+    ))?;
+    Ok(ExitStatus::Ok)
+}
+
+/// Percent-encodes a query value (channels hold ':' and any id character).
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
