@@ -791,3 +791,77 @@ async fn stats_nodes_history_and_disconnect_from_the_command_line() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret"));
 }
+
+#[tokio::test]
+async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
+    let Some(redis) = hrrt_testkit::TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let url = redis.url();
+    let a = TestServer::with({
+        let url = url.clone();
+        move |c| c.redis_url = Some(url)
+    })
+    .await;
+    let b = TestServer::with(move |c| c.redis_url = Some(url)).await;
+    let report = std::env::temp_dir().join(format!("hrrt-load-nodes-{}.json", std::process::id()));
+    let nodes = format!("{},{}", a.url(), b.url());
+    let run = |nodes: String, json: Option<std::path::PathBuf>| async move {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--secret", SECRET, "load", "--nodes", &nodes])
+            .args([
+                "--connections",
+                "40",
+                "--orgs",
+                "4",
+                "--rate",
+                "50",
+                "--duration",
+                "1s",
+            ])
+            .env_remove("HRRT_JWT_SECRET")
+            .env_remove("HRRT_URL")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(json) = json {
+            cmd.arg("--json").arg(json);
+        }
+        let out = within(cmd.output()).await.unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run(nodes, Some(report.clone())).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["events"]["lost"], 0, "{report}");
+    assert_eq!(report["events"]["delivered"], 50 * 10, "{report}");
+    assert_eq!(report["nodes"][0]["connections"], 20, "{report}");
+    assert_eq!(report["nodes"][1]["connections"], 20, "{report}");
+    assert!(
+        stdout.contains(&format!("node         {}", b.url())),
+        "{stdout}"
+    );
+
+    // A node that refuses: named, the report still printed, exit 1.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, stdout, stderr) = run(format!("{},{dead}", a.url()), None).await;
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("20 failed") || stdout.contains("failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&dead),
+        "the refusing node is named: {stdout}"
+    );
+    assert!(
+        stdout.contains("deliveries"),
+        "the report is printed: {stdout}"
+    );
+}

@@ -64,10 +64,15 @@ pub struct LoadArgs {
     /// How long to wait for the last deliveries after publishing.
     #[arg(long, default_value = "5s", value_parser = hrrt_protocol::positive_duration)]
     pub drain: Duration,
-    /// Publish through this node instead of --url (with the Redis engine:
-    /// connections on one node, events entering through another).
-    #[arg(long, value_name = "URL")]
-    pub publish_url: Option<String>,
+    /// Spread the connections round-robin over these nodes (a cluster
+    /// sharing one Redis) instead of --url; the report adds a line per node.
+    #[arg(long, value_name = "URL,URL,…", value_delimiter = ',')]
+    pub nodes: Vec<String>,
+    /// Publish through these nodes (round-robin per request) instead of
+    /// --nodes (or --url), e.g. connections on some nodes, events entering
+    /// through others.
+    #[arg(long, value_name = "URL,URL,…", value_delimiter = ',')]
+    pub publish_url: Vec<String>,
     /// The server's process id: report its RSS per connection and CPU time.
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -94,6 +99,8 @@ const CONNECTS_IN_FLIGHT: usize = 512;
 /// What every connection task updates.
 struct Shared {
     latency: Vec<Mutex<Histogram<u64>>>,
+    /// The same samples, per node of `--nodes`.
+    node_latency: Vec<Mutex<Histogram<u64>>>,
     connect: Mutex<Histogram<u64>>,
     /// Event frames received, duplicates included (for progress).
     received: AtomicU64,
@@ -121,20 +128,28 @@ fn unix_nanos() -> u64 {
 /// How one connection ended.
 pub struct ConnOutcome {
     pub org: usize,
+    /// The index of its node in `--nodes`.
+    pub node: usize,
     pub tally: Tally,
     pub closed_early: Option<String>,
 }
 
 /// A connection's first report: open (with its start seq) or failed.
 enum Opened {
-    Ok { connect: Duration, org: usize },
+    Ok {
+        connect: Duration,
+        org: usize,
+        node: usize,
+    },
     Failed(String),
 }
 
 /// What the flags ask for, checked, before anything is opened.
 struct Plan {
-    target: Target,
-    api: Api,
+    /// `--nodes`, or `--url` alone.
+    targets: Vec<Target>,
+    /// `--publish-url`, or `--url` alone.
+    apis: Vec<Api>,
     secret: String,
     thresholds: Vec<Threshold>,
     run_id: String,
@@ -164,11 +179,30 @@ impl Plan {
         let Some(secret) = global.secret.clone() else {
             bail!("hrrt load mints a token per connection: pass --secret or set HRRT_JWT_SECRET");
         };
-        let target = Target::parse(&global.url)?;
-        let api = Api::new(match &args.publish_url {
-            Some(url) => Target::parse(url)?,
-            None => target.clone(),
-        })?;
+        let parse = |flag: &str, urls: &[String]| -> anyhow::Result<Vec<Target>> {
+            urls.iter()
+                .map(|url| Target::parse(url).with_context(|| format!("{flag}: '{url}'")))
+                .collect()
+        };
+        let targets = if args.nodes.is_empty() {
+            vec![Target::parse(&global.url)?]
+        } else {
+            parse("--nodes", &args.nodes)?
+        };
+        // Without --publish-url, events enter through the nodes the
+        // connections are on (round-robin), or --url.
+        let apis = if args.publish_url.is_empty() {
+            targets
+                .iter()
+                .cloned()
+                .map(Api::new)
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            parse("--publish-url", &args.publish_url)?
+                .into_iter()
+                .map(Api::new)
+                .collect::<anyhow::Result<_>>()?
+        };
         let run_id = crate::random_hex(3);
         let orgs = (0..args.orgs)
             .map(|k| format!("load-{run_id}-{k}"))
@@ -178,8 +212,8 @@ impl Plan {
             bail!("--rate × --duration is {total_events} events; at most 50,000,000 per run");
         }
         Ok(Self {
-            target,
-            api,
+            targets,
+            apis,
             secret,
             thresholds,
             run_id,
@@ -204,6 +238,7 @@ struct Connected {
     opened: u64,
     failures: BTreeMap<String, u64>,
     per_org: Vec<u64>,
+    per_node: Vec<u64>,
     seconds: f64,
     tasks: JoinSet<Option<ConnOutcome>>,
     stop: watch::Sender<bool>,
@@ -246,7 +281,19 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
     }
     let measured = Measured {
         run_id: run.plan.run_id.clone(),
-        url: run.plan.target.http.to_string(),
+        url: run.plan.targets[0].http.to_string(),
+        nodes: run
+            .plan
+            .targets
+            .iter()
+            .zip(&run.shared.node_latency)
+            .zip(&connected.per_node)
+            .map(|((target, latency), opened)| report::NodeMeasured {
+                url: target.http.to_string(),
+                opened: *opened,
+                latency_ms: Percentiles::from_micros(&lock(latency)),
+            })
+            .collect(),
         config: RunConfig {
             connections: args.connections,
             orgs: args.orgs,
@@ -296,6 +343,9 @@ impl<'a> Run<'a> {
             latency: (0..SHARDS)
                 .map(|_| histogram().map(Mutex::new))
                 .collect::<Result<_, _>>()?,
+            node_latency: (0..plan.targets.len())
+                .map(|_| histogram().map(Mutex::new))
+                .collect::<Result<_, _>>()?,
             connect: Mutex::new(histogram()?),
             received: AtomicU64::new(0),
             last_recipient: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
@@ -330,7 +380,15 @@ impl<'a> Run<'a> {
         let args = self.args;
         self.say(format!(
             "connecting {} connections over {} orgs to {} ({}/s)",
-            args.connections, args.orgs, self.plan.target.ws, args.connect_rate
+            args.connections,
+            args.orgs,
+            self.plan
+                .targets
+                .iter()
+                .map(|t| t.ws.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            args.connect_rate
         ));
         let bar = self.progress.add(bar(args.connections, "connecting"));
         let (stop, stop_rx) = watch::channel(false);
@@ -342,6 +400,8 @@ impl<'a> Run<'a> {
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
         let mut opened = 0u64;
         let mut per_org = vec![0u64; self.plan.orgs.len()];
+        let mut per_node = vec![0u64; self.plan.targets.len()];
+        let targets = Arc::new(self.plan.targets.clone());
         let (mut reported, mut launched) = (0u64, 0u64);
         let mut next_start = Instant::now();
         while reported < args.connections {
@@ -355,9 +415,10 @@ impl<'a> Run<'a> {
                     reported += 1;
                     bar.inc(1);
                     match result {
-                        Opened::Ok { connect, org } => {
+                        Opened::Ok { connect, org, node } => {
                             opened += 1;
                             per_org[org] += 1;
+                            per_node[node] += 1;
                             let _ = lock(&self.shared.connect).record(micros(connect));
                         }
                         Opened::Failed(why) => *failures.entry(why).or_default() += 1,
@@ -371,7 +432,7 @@ impl<'a> Run<'a> {
                     launched += 1;
                     tasks.spawn(connection(
                         spec,
-                        self.plan.target.clone(),
+                        targets.clone(),
                         self.shared.clone(),
                         opened_tx.clone(),
                         stop_rx.clone(),
@@ -396,6 +457,7 @@ impl<'a> Run<'a> {
             opened,
             failures,
             per_org,
+            per_node,
             seconds,
             tasks,
             stop,
@@ -417,6 +479,7 @@ impl<'a> Run<'a> {
         Ok(ConnectionSpec {
             index: i,
             org,
+            node: usize::try_from(i).unwrap_or(0) % self.plan.targets.len(),
             org_channel: format!("org:{}", self.plan.orgs[org]),
             source,
             token,
@@ -486,8 +549,10 @@ impl<'a> Run<'a> {
                         let Ok(permit) = in_flight.clone().acquire_owned().await else {
                             break;
                         };
+                        let api = &self.plan.apis[usize::try_from(sent / args.batch).unwrap_or(0)
+                            % self.plan.apis.len()];
                         requests.spawn(publish_batch(
-                            self.plan.api.clone(),
+                            api.clone(),
                             token.clone(),
                             batch_body(sent, n, &self.plan.orgs, args.payload_bytes),
                             (sent, n),
@@ -636,6 +701,7 @@ fn batch_body(first: u64, n: u64, orgs: &[String], pad: u64) -> Value {
 struct ConnectionSpec {
     index: u64,
     org: usize,
+    node: usize,
     org_channel: String,
     source: IpAddr,
     token: String,
@@ -644,17 +710,23 @@ struct ConnectionSpec {
 /// One connection: open it, report, then count what arrives until stopped.
 async fn connection(
     spec: ConnectionSpec,
-    target: Target,
+    targets: Arc<Vec<Target>>,
     shared: Arc<Shared>,
     opened: mpsc::UnboundedSender<Opened>,
     mut stop: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Option<ConnOutcome> {
     let started = Instant::now();
-    let open = open(&spec, &target).await;
+    let target = &targets[spec.node % targets.len()];
+    let open = open(&spec, target).await;
     drop(permit);
     let (mut connection, start) = match open {
         Ok(pair) => pair,
+        // With several nodes, the failure names its node.
+        Err(e) if targets.len() > 1 => {
+            let _ = opened.send(Opened::Failed(format!("{}: {e}", target.http)));
+            return None;
+        }
         Err(e) => {
             let _ = opened.send(Opened::Failed(e));
             return None;
@@ -663,6 +735,7 @@ async fn connection(
     let _ = opened.send(Opened::Ok {
         connect: started.elapsed(),
         org: spec.org,
+        node: spec.node,
     });
     drop(opened);
 
@@ -673,10 +746,15 @@ async fn connection(
     // connection that gets a few events a second must still show in the
     // live p99 (it read 0.00 all through a run of sparse connections).
     let mut flushed = Instant::now();
+    let node_shard = &shared.node_latency[spec.node % shared.node_latency.len().max(1)];
     let flush = |samples: &mut Vec<u64>| {
         let mut h = lock(shard);
+        let mut n = (shared.node_latency.len() > 1).then(|| lock(node_shard));
         for s in samples.drain(..) {
             let _ = h.record(s.max(1));
+            if let Some(n) = n.as_mut() {
+                let _ = n.record(s.max(1));
+            }
         }
     };
     let closed_early = loop {
@@ -715,6 +793,7 @@ async fn connection(
     connection.close().await;
     Some(ConnOutcome {
         org: spec.org,
+        node: spec.node,
         tally,
         closed_early,
     })

@@ -15,6 +15,8 @@ use crate::output::{BOLD, DIM, ERROR, NOTE, paint};
 pub struct Measured {
     pub run_id: String,
     pub url: String,
+    /// Per node of `--nodes` (one entry without it).
+    pub nodes: Vec<NodeMeasured>,
     pub config: RunConfig,
     pub interrupted: bool,
     /// Connections opened, and why the others failed.
@@ -33,6 +35,24 @@ pub struct Measured {
     pub latency_ms: Percentiles,
     pub last_recipient_ms: Percentiles,
     pub server: Option<ServerSamples>,
+}
+
+/// What one node of `--nodes` measured.
+pub struct NodeMeasured {
+    pub url: String,
+    pub opened: u64,
+    /// Empty with one node (the run's own latency is the node's).
+    pub latency_ms: Percentiles,
+}
+
+/// One node's line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub url: String,
+    pub connections: u64,
+    pub latency_ms: Percentiles,
+    /// Events its connections should have had and did not.
+    pub lost: u64,
 }
 
 /// The server's RSS (KiB) and CPU seconds before connecting, with every
@@ -55,8 +75,24 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
         ..EventReport::default()
     };
     let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
+    let mut nodes: Vec<NodeReport> = if m.nodes.len() > 1 {
+        m.nodes
+            .into_iter()
+            .map(|n| NodeReport {
+                url: n.url,
+                connections: n.opened,
+                latency_ms: n.latency_ms,
+                lost: 0,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     for outcome in &m.outcomes {
         let expected = m.published_per_org.get(outcome.org).copied().unwrap_or(0);
+        if let Some(node) = nodes.get_mut(outcome.node) {
+            node.lost += outcome.tally.lost(expected);
+        }
         events.expected_deliveries += expected;
         events.delivered += outcome.tally.unique.min(expected);
         events.lost += outcome.tally.lost(expected);
@@ -101,6 +137,7 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
         },
         latency_ms: m.latency_ms,
         last_recipient_ms: m.last_recipient_ms,
+        nodes,
         throughput: Throughput {
             publish_rate: per_second(events.published as f64, m.publish_seconds),
             deliveries_per_s: per_second(events.delivered as f64, m.delivery_seconds),
@@ -133,6 +170,9 @@ pub struct Report {
     /// Per event, the latency of its last recipient: how long one event
     /// takes to reach every connection of its org.
     pub last_recipient_ms: Percentiles,
+    /// Per node of `--nodes`; empty for one node.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodeReport>,
     pub throughput: Throughput,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerReport>,
@@ -433,6 +473,17 @@ impl Report {
             "last one     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (per event: until its last recipient had it)",
             r.p50, r.p99, r.max
         );
+        for n in &self.nodes {
+            let _ = writeln!(
+                s,
+                "node         {}  {} connections  p50 {:.2} ms  p99 {:.2} ms  lost {}",
+                n.url,
+                n.connections,
+                n.latency_ms.p50,
+                n.latency_ms.p99,
+                bad(n.lost)
+            );
+        }
         let _ = writeln!(
             s,
             "throughput   {:.0} deliveries/s",
@@ -498,6 +549,18 @@ mod tests {
         Measured {
             run_id: "r".into(),
             url: "http://x/".into(),
+            nodes: vec![
+                NodeMeasured {
+                    url: "http://a/".into(),
+                    opened: 2,
+                    latency_ms: Percentiles::default(),
+                },
+                NodeMeasured {
+                    url: "http://b/".into(),
+                    opened: 1,
+                    latency_ms: Percentiles::default(),
+                },
+            ],
             config: RunConfig {
                 connections: 3,
                 orgs: 2,
@@ -537,9 +600,31 @@ mod tests {
         }
         super::super::ConnOutcome {
             org,
+            // Connections alternate between the two nodes, as --nodes does.
+            node: seqs.len() % 2,
             tally,
             closed_early: closed.map(str::to_owned),
         }
+    }
+
+    #[test]
+    fn loss_is_reported_per_node() {
+        let m = measured(vec![
+            outcome(0, &[1, 2, 3, 4], None),
+            outcome(0, &[1, 2, 3], None),
+            outcome(1, &[1, 2], None),
+        ]);
+        let report = build(m, &[]);
+        assert_eq!(report.nodes.len(), 2);
+        assert_eq!((report.nodes[0].lost, report.nodes[1].lost), (0, 1));
+        assert_eq!(report.events.lost, 1);
+        assert!(
+            report
+                .human()
+                .contains("node         http://b/  1 connections"),
+            "{}",
+            report.human()
+        );
     }
 
     #[test]
