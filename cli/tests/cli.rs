@@ -806,9 +806,10 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
     let b = TestServer::with(move |c| c.redis_url = Some(url)).await;
     let report = std::env::temp_dir().join(format!("hrrt-load-nodes-{}.json", std::process::id()));
     let nodes = format!("{},{}", a.url(), b.url());
-    let run = |nodes: String, json: Option<std::path::PathBuf>| async move {
+    let run = |nodes: String, json: Option<std::path::PathBuf>, extra: &'static [&'static str]| async move {
         let mut cmd = Command::new(BIN);
         cmd.args(["--secret", SECRET, "load", "--nodes", &nodes])
+            .args(extra)
             .args([
                 "--connections",
                 "40",
@@ -834,7 +835,7 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, stdout, stderr) = run(nodes, Some(report.clone())).await;
+    let (code, stdout, stderr) = run(nodes.clone(), Some(report.clone()), &[]).await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["events"]["lost"], 0, "{report}");
@@ -846,11 +847,25 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
         "{stdout}"
     );
 
+    // Under churn (connections dropping and resuming on random nodes with
+    // since + epoch), still nothing lost.
+    let churned = std::env::temp_dir().join(format!("hrrt-load-churn-{}.json", std::process::id()));
+    let (code, stdout, stderr) = run(nodes, Some(churned.clone()), &["--churn", "40"]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&churned).unwrap()).unwrap();
+    assert_eq!(report["events"]["lost"], 0, "{report}");
+    assert_eq!(report["events"]["duplicated"], 0, "{report}");
+    assert!(
+        report["churn"]["resumes"].as_u64().unwrap() >= 10,
+        "{report}"
+    );
+    assert!(stdout.contains("churn "), "{stdout}");
+
     // A node that refuses: named, the report still printed, exit 1.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let (code, stdout, stderr) = run(format!("{},{dead}", a.url()), None).await;
+    let (code, stdout, stderr) = run(format!("{},{dead}", a.url()), None, &[]).await;
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(
         stdout.contains("20 failed") || stdout.contains("failed"),

@@ -30,6 +30,7 @@ use crate::args::GlobalArgs;
 use crate::client::{Api, ConnectOptions, Connection, RawReceived, Received, Target, explain};
 use crate::exit::ExitStatus;
 use crate::output;
+use hrrt_protocol::Cursor;
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -58,6 +59,11 @@ pub struct LoadArgs {
     /// Extra bytes of padding in each event's payload.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
     pub payload_bytes: u64,
+    /// Churn: this many random connections a second drop during the
+    /// publish phase and reconnect after a random pause of at most 1 s, to
+    /// a random node of --nodes, resuming with `since` + `epoch`.
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    pub churn: f64,
     /// Publish requests in flight at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub publishers: u64,
@@ -101,6 +107,9 @@ struct Shared {
     latency: Vec<Mutex<Histogram<u64>>>,
     /// The same samples, per node of `--nodes`.
     node_latency: Vec<Mutex<Histogram<u64>>>,
+    /// Per connection, the churn driver's "drop now" (empty without
+    /// `--churn`).
+    churn: Vec<tokio::sync::Notify>,
     connect: Mutex<Histogram<u64>>,
     /// Event frames received, duplicates included (for progress).
     received: AtomicU64,
@@ -130,6 +139,9 @@ pub struct ConnOutcome {
     pub org: usize,
     /// The index of its node in `--nodes`.
     pub node: usize,
+    /// Reconnects under `--churn`, and the resyncs they were answered with.
+    pub resumes: u64,
+    pub resyncs: BTreeMap<String, u64>,
     pub tally: Tally,
     pub closed_early: Option<String>,
 }
@@ -168,6 +180,9 @@ impl Plan {
                 args.orgs,
                 args.connections
             );
+        }
+        if !(args.churn >= 0.0 && args.churn.is_finite()) {
+            bail!("--churn must be a number of connections per second, 0 or more");
         }
         if args.source_ips.is_empty() {
             bail!("--source-ips needs at least one address");
@@ -302,6 +317,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
             batch: args.batch,
             connect_rate: args.connect_rate,
             source_ips: args.source_ips.iter().map(ToString::to_string).collect(),
+            churn: args.churn,
         },
         interrupted: run.interrupted,
         opened: connected.opened,
@@ -346,6 +362,13 @@ impl<'a> Run<'a> {
             node_latency: (0..plan.targets.len())
                 .map(|_| histogram().map(Mutex::new))
                 .collect::<Result<_, _>>()?,
+            churn: if args.churn > 0.0 {
+                (0..args.connections)
+                    .map(|_| tokio::sync::Notify::new())
+                    .collect()
+            } else {
+                Vec::new()
+            },
             connect: Mutex::new(histogram()?),
             received: AtomicU64::new(0),
             last_recipient: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
@@ -498,6 +521,26 @@ impl<'a> Run<'a> {
         );
         let failures: Arc<Mutex<BTreeMap<String, u64>>> = Arc::default();
         let bar = self.progress.add(bar(total, "publishing"));
+        // --churn: R random connections a second are told to drop and
+        // resume, for as long as events are published.
+        let churner = (args.churn > 0.0 && !self.shared.churn.is_empty()).then(|| {
+            let shared = self.shared.clone();
+            let every = Duration::from_secs_f64(1.0 / args.churn).max(Duration::from_micros(100));
+            tokio::spawn(async move {
+                let mut rng = Rng::new(0xC0FFEE);
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let i = rng.below(shared.churn.len() as u64);
+                    if let Some(drop_now) =
+                        usize::try_from(i).ok().and_then(|i| shared.churn.get(i))
+                    {
+                        drop_now.notify_one();
+                    }
+                }
+            })
+        });
         let started = Instant::now();
         let service_token = mint(
             &self.plan.secret,
@@ -576,6 +619,9 @@ impl<'a> Run<'a> {
             }
         }
         bar.finish_and_clear();
+        if let Some(churner) = churner {
+            churner.abort();
+        }
         let failures = lock(&failures).clone();
         Published {
             per_org: per_org.iter().map(|n| n.load(Ordering::Relaxed)).collect(),
@@ -718,9 +764,9 @@ async fn connection(
 ) -> Option<ConnOutcome> {
     let started = Instant::now();
     let target = &targets[spec.node % targets.len()];
-    let open = open(&spec, target).await;
+    let first = open(&spec, target, Cursor::default()).await;
     drop(permit);
-    let (mut connection, start) = match open {
+    let (connection, start, mut epoch) = match first {
         Ok(pair) => pair,
         // With several nodes, the failure names its node.
         Err(e) if targets.len() > 1 => {
@@ -746,9 +792,17 @@ async fn connection(
     // connection that gets a few events a second must still show in the
     // live p99 (it read 0.00 all through a run of sparse connections).
     let mut flushed = Instant::now();
-    let node_shard = &shared.node_latency[spec.node % shared.node_latency.len().max(1)];
-    let flush = |samples: &mut Vec<u64>| {
+    let mut node = spec.node;
+    let (mut resumes, mut resyncs) = (0u64, BTreeMap::<String, u64>::new());
+    let mut rng = crate::commands::load::Rng::new(spec.index);
+    let idle = tokio::sync::Notify::new();
+    let churn = shared
+        .churn
+        .get(usize::try_from(spec.index).unwrap_or(usize::MAX))
+        .unwrap_or(&idle);
+    let flush = |samples: &mut Vec<u64>, node: usize| {
         let mut h = lock(shard);
+        let node_shard = &shared.node_latency[node % shared.node_latency.len().max(1)];
         let mut n = (shared.node_latency.len() > 1).then(|| lock(node_shard));
         for s in samples.drain(..) {
             let _ = h.record(s.max(1));
@@ -757,15 +811,63 @@ async fn connection(
             }
         }
     };
+    enum Step {
+        Stop,
+        Churn,
+        Got(RawReceived),
+    }
+    let mut current = Some(connection);
     let closed_early = loop {
-        let received = tokio::select! {
+        let Some(connection) = current.as_mut() else {
+            break Some("no connection".to_owned());
+        };
+        let step = tokio::select! {
             biased;
-            _ = stop.changed() => break None,
-            received = connection.next_raw() => received,
+            _ = stop.changed() => Step::Stop,
+            () = churn.notified() => Step::Churn,
+            received = connection.next_raw() => Step::Got(received),
+        };
+        let received = match step {
+            Step::Stop => break None,
+            Step::Got(received) => received,
+            Step::Churn => {
+                // Dropped as a closed laptop drops; back after a pause of
+                // at most 1 s, on a random node, from what it holds.
+                if let Some(old) = current.take() {
+                    old.close().await;
+                }
+                flush(&mut samples, node);
+                tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
+                node = usize::try_from(rng.below(targets.len() as u64)).unwrap_or(0);
+                let cursor = Cursor {
+                    epoch: epoch.clone(),
+                    positions: [(spec.org_channel.clone(), tally.last())].into(),
+                };
+                match open(&spec, &targets[node], cursor).await {
+                    Ok((again, _, e)) => {
+                        current = Some(again);
+                        epoch = e;
+                        resumes += 1;
+                        continue;
+                    }
+                    Err(why) => break Some(format!("resume failed: {why}")),
+                }
+            }
         };
         match received {
             RawReceived::Text(text) => {
                 let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) else {
+                    if let Ok(ServerFrame::Resync { payload, .. }) = ServerFrame::decode(&text)
+                        && payload.channel.as_str() == spec.org_channel
+                    {
+                        let reason = serde_json::to_value(payload.reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_default();
+                        *resyncs.entry(reason).or_default() += 1;
+                        // What the server could not replay is not lost.
+                        tally.cover(payload.requested + 1, payload.oldest.saturating_sub(1));
+                    }
                     continue;
                 };
                 tally.observe(seq);
@@ -781,7 +883,7 @@ async fn connection(
                 if samples.len() == samples.capacity()
                     || flushed.elapsed() >= Duration::from_millis(250)
                 {
-                    flush(&mut samples);
+                    flush(&mut samples, node);
                     flushed = Instant::now();
                 }
             }
@@ -789,11 +891,15 @@ async fn connection(
             RawReceived::Lost(why) => break Some(format!("connection lost: {why}")),
         }
     };
-    flush(&mut samples);
-    connection.close().await;
+    flush(&mut samples, node);
+    if let Some(connection) = current {
+        connection.close().await;
+    }
     Some(ConnOutcome {
         org: spec.org,
         node: spec.node,
+        resumes,
+        resyncs,
         tally,
         closed_early,
     })
@@ -802,11 +908,16 @@ async fn connection(
 /// Connects from `spec.source` with small buffers (a load generator holds
 /// tens of thousands of these), TLS for `wss://`; reads `connected`;
 /// answers the org channel's start position.
-async fn open(spec: &ConnectionSpec, target: &Target) -> Result<(Connection, u64), String> {
+async fn open(
+    spec: &ConnectionSpec,
+    target: &Target,
+    cursor: Cursor,
+) -> Result<(Connection, u64, Option<String>), String> {
     let options = ConnectOptions {
         source: Some(spec.source),
         buffers: Some((16 * 1024, 0)),
         timeout: CONNECT_TIMEOUT,
+        cursor,
         ..ConnectOptions::default()
     };
     let mut connection = Connection::open(target, &spec.token, &options)
@@ -825,7 +936,7 @@ async fn open(spec: &ConnectionSpec, target: &Target) -> Result<(Connection, u64
                 .get(&spec.org_channel)
                 .copied()
                 .unwrap_or(0);
-            Ok((connection, start))
+            Ok((connection, start, Some(payload.epoch)))
         }
         Received::Frame { frame, .. } => Err(format!("first frame was {}", frame.kind())),
         Received::Garbled { error, .. } => Err(format!("bad first frame: {error}")),
@@ -867,6 +978,22 @@ fn parse_event(text: &str) -> Option<LoadEvent> {
         sent_ns: number_after("\"sent_ns\":", false)?,
         n: number_after("\"n\":", false)?,
     })
+}
+
+/// A small xorshift for churn's choices: spread, not quality.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub(crate) fn new(seed: u64) -> Self {
+        Self(seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
 }
 
 /// Raises the soft open-file limit as far as the hard limit allows.

@@ -45,6 +45,13 @@ pub struct NodeMeasured {
     pub latency_ms: Percentiles,
 }
 
+/// What `--churn` did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChurnReport {
+    pub resumes: u64,
+    pub resyncs: BTreeMap<String, u64>,
+}
+
 /// One node's line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct NodeReport {
@@ -75,6 +82,7 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
         ..EventReport::default()
     };
     let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
+    let mut churn = ChurnReport::default();
     let mut nodes: Vec<NodeReport> = if m.nodes.len() > 1 {
         m.nodes
             .into_iter()
@@ -90,6 +98,10 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
     };
     for outcome in &m.outcomes {
         let expected = m.published_per_org.get(outcome.org).copied().unwrap_or(0);
+        churn.resumes += outcome.resumes;
+        for (reason, n) in &outcome.resyncs {
+            *churn.resyncs.entry(reason.clone()).or_default() += n;
+        }
         if let Some(node) = nodes.get_mut(outcome.node) {
             node.lost += outcome.tally.lost(expected);
         }
@@ -138,6 +150,7 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
         latency_ms: m.latency_ms,
         last_recipient_ms: m.last_recipient_ms,
         nodes,
+        churn: (m.config.churn > 0.0).then_some(churn),
         throughput: Throughput {
             publish_rate: per_second(events.published as f64, m.publish_seconds),
             deliveries_per_s: per_second(events.delivered as f64, m.delivery_seconds),
@@ -173,6 +186,10 @@ pub struct Report {
     /// Per node of `--nodes`; empty for one node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<NodeReport>,
+    /// With `--churn`: resumes, and the resyncs they were answered with
+    /// (what a resync covers is not counted lost, by the SPEC's definition).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnReport>,
     pub throughput: Throughput,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerReport>,
@@ -189,6 +206,7 @@ pub struct RunConfig {
     pub batch: u64,
     pub connect_rate: u64,
     pub source_ips: Vec<String>,
+    pub churn: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -473,6 +491,23 @@ impl Report {
             "last one     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (per event: until its last recipient had it)",
             r.p50, r.p99, r.max
         );
+        if let Some(churn) = &self.churn {
+            let resyncs: Vec<String> = churn
+                .resyncs
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "churn        {} resumes  resyncs: {}",
+                churn.resumes,
+                if resyncs.is_empty() {
+                    "none".to_owned()
+                } else {
+                    resyncs.join(", ")
+                }
+            );
+        }
         for n in &self.nodes {
             let _ = writeln!(
                 s,
@@ -569,6 +604,7 @@ mod tests {
                 batch: 1,
                 connect_rate: 100,
                 source_ips: vec!["127.0.0.1".into()],
+                churn: 0.0,
             },
             interrupted: false,
             opened: 3,
@@ -602,6 +638,8 @@ mod tests {
             org,
             // Connections alternate between the two nodes, as --nodes does.
             node: seqs.len() % 2,
+            resumes: 0,
+            resyncs: BTreeMap::new(),
             tally,
             closed_early: closed.map(str::to_owned),
         }

@@ -50,6 +50,28 @@ impl Tally {
         self.max_seen = self.max_seen.max(seq);
     }
 
+    /// The highest seq that arrived (where a resume starts from).
+    pub fn last(&self) -> u64 {
+        self.max_seen
+    }
+
+    /// Seqs `from ..= to` the server said it could not replay
+    /// (`resync.required`): not lost by the SPEC's definition, not
+    /// delivered either.
+    pub fn cover(&mut self, from: u64, to: u64) {
+        for seq in from.max(self.start + 1)..=to {
+            let index = usize::try_from(seq - self.start - 1).unwrap_or(usize::MAX);
+            let word = index / 64;
+            if word >= 1 << 20 {
+                return;
+            }
+            if word >= self.seen.len() {
+                self.seen.resize(word + 1, 0);
+            }
+            self.seen[word] |= 1 << (index % 64);
+        }
+    }
+
     /// How many of the seqs `start+1 ..= start+published` never arrived.
     pub fn lost(&self, published: u64) -> u64 {
         let arrived_in_range = (0..published)
@@ -67,6 +89,17 @@ impl Tally {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resync_covers_its_gap() {
+        let mut t = Tally::new(0);
+        for seq in [1, 2, 6] {
+            t.observe(seq);
+        }
+        assert_eq!(t.lost(6), 3);
+        t.cover(3, 5);
+        assert_eq!((t.lost(6), t.unique, t.last()), (0, 3, 6));
+    }
 
     #[test]
     fn in_order_stream_is_clean() {
