@@ -77,3 +77,58 @@ async fn the_dashboard_shows_what_is_published() {
     // Org 7 has a row in the orgs table, with its event counted.
     assert!(text.lines().any(|l| l.starts_with("│7 ")), "{text}");
 }
+
+#[tokio::test]
+async fn the_dashboard_shows_the_cluster_and_a_node_that_left() {
+    let Some(redis) = hrrt_testkit::TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let url = redis.url();
+    let watched = TestServer::with({
+        let url = url.clone();
+        move |c| c.redis_url = Some(url)
+    })
+    .await;
+    let other = TestServer::with(move |c| c.redis_url = Some(url)).await;
+    let other_id = other.state.node_id.clone();
+    let target = Target::parse(&watched.url()).unwrap();
+    let tokens = TokenSource::Fixed(
+        mint(SECRET, &Claims::new("ops", Some("ops"), Role::Admin, 600)).unwrap(),
+    );
+    let (tx, mut rx) = mpsc::channel(1000);
+    tokio::spawn(hrrt_cli::commands::dash::feed(
+        target,
+        tokens,
+        "*".into(),
+        tx,
+    ));
+    let mut app = App::new(watched.url());
+    // Both nodes listed (heartbeats every 2 s; bounded by `within`).
+    within(async {
+        while app.nodes.values().filter(|n| !n.gone).count() < 2 {
+            let feed = rx.recv().await.unwrap();
+            app.update(Action::Feed(feed));
+        }
+    })
+    .await;
+    let text = screen(&app);
+    assert!(
+        text.contains("nodes (2 live)") && text.contains(&other_id),
+        "{text}"
+    );
+
+    // The other node stops: after three silent heartbeats it is gone.
+    other.stop().await.unwrap();
+    hrrt_testkit::within_for(Duration::from_secs(15), async {
+        while !app.nodes.get(&other_id).is_some_and(|n| n.gone) {
+            let feed = rx.recv().await.unwrap();
+            app.update(Action::Feed(feed));
+        }
+    })
+    .await;
+    let text = screen(&app);
+    assert!(
+        text.contains("nodes (1 live)") && text.contains("gone"),
+        "{text}"
+    );
+}

@@ -159,6 +159,7 @@ impl AppState {
             users,
             uptime_s: self.started.elapsed().as_secs(),
             last_seen: crate::protocol::timestamp(SystemTime::now()),
+            delivered_total: self.metrics.by_type().values().map(|c| c.delivered).sum(),
         }
     }
 }

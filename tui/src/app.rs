@@ -24,6 +24,50 @@ pub enum Feed {
     /// A `resync.required` frame: history could not cover a gap.
     Resync(Resync),
     Stats(StatsSnapshot),
+    /// `GET /api/nodes`: the live nodes of the cluster.
+    Nodes(Vec<NodeSnapshot>),
+}
+
+/// One node as `GET /api/nodes` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct NodeSnapshot {
+    pub node_id: String,
+    pub connections: u64,
+    pub users: u64,
+    pub last_seen: String,
+    pub delivered_total: u64,
+}
+
+impl NodeSnapshot {
+    /// Reads `GET /api/nodes`; entries without a node id are skipped.
+    pub fn list_from_json(v: &Value) -> Vec<Self> {
+        let u = |v: &Value| v.as_u64().unwrap_or(0);
+        v.as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| {
+                Some(Self {
+                    node_id: n["node_id"].as_str()?.to_owned(),
+                    connections: u(&n["connections"]),
+                    users: u(&n["users"]),
+                    last_seen: n["last_seen"].as_str().unwrap_or("").to_owned(),
+                    delivered_total: u(&n["delivered_total"]),
+                })
+            })
+            .collect()
+    }
+}
+
+/// A node of the nodes pane: what it last said, and whether it is gone.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub node: NodeSnapshot,
+    /// Deliveries per second, from its last two entries.
+    pub rate: f64,
+    /// No longer listed: silent for three heartbeats.
+    pub gone: bool,
+    seen_at: Instant,
 }
 
 /// The connection to the server, as the header shows it.
@@ -244,6 +288,8 @@ pub struct App {
     pub url: String,
     pub status: ServerStatus,
     pub stats: Option<StatsSnapshot>,
+    /// The cluster's nodes (one, or none yet, for a single node).
+    pub nodes: BTreeMap<String, NodeRow>,
     /// Published and delivered per second, from successive stats.
     pub published_rate: f64,
     pub delivered_rate: f64,
@@ -277,6 +323,7 @@ impl App {
             url: url.into(),
             status: ServerStatus::Connecting,
             stats: None,
+            nodes: BTreeMap::new(),
             published_rate: 0.0,
             delivered_rate: 0.0,
             last_stats: None,
@@ -313,6 +360,7 @@ impl App {
             Feed::Status(status) => self.status = status,
             Feed::Resync(_) => self.resyncs += 1,
             Feed::Stats(stats) => self.on_stats(stats, Instant::now()),
+            Feed::Nodes(nodes) => self.on_nodes(nodes, Instant::now()),
             Feed::Event(envelope) => {
                 let event = StreamEvent::from_event(&envelope);
                 self.total_events += 1;
@@ -341,6 +389,52 @@ impl App {
     }
 
     /// Takes a stats snapshot; rates come from the difference with the last.
+    /// A fresh node list: rates from the previous entries; a node no
+    /// longer listed is kept, marked gone, so ops see it left.
+    pub fn on_nodes(&mut self, nodes: Vec<NodeSnapshot>, now: Instant) {
+        for row in self.nodes.values_mut() {
+            row.gone = !nodes.iter().any(|n| n.node_id == row.node.node_id);
+        }
+        for node in nodes {
+            match self.nodes.get_mut(&node.node_id) {
+                Some(row) => {
+                    let secs = now.duration_since(row.seen_at).as_secs_f64();
+                    if secs > 0.0 {
+                        row.rate = node
+                            .delivered_total
+                            .saturating_sub(row.node.delivered_total)
+                            as f64
+                            / secs;
+                    }
+                    row.node = node;
+                    row.seen_at = now;
+                }
+                None => {
+                    self.nodes.insert(
+                        node.node_id.clone(),
+                        NodeRow {
+                            node,
+                            rate: 0.0,
+                            gone: false,
+                            seen_at: now,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Connections over the live nodes of a cluster (None for one node).
+    pub fn cluster_connections(&self) -> Option<u64> {
+        (self.nodes.len() > 1).then(|| {
+            self.nodes
+                .values()
+                .filter(|r| !r.gone)
+                .map(|r| r.node.connections)
+                .sum()
+        })
+    }
+
     pub fn on_stats(&mut self, stats: StatsSnapshot, now: Instant) {
         if let Some((at, last)) = &self.last_stats {
             let secs = now.duration_since(*at).as_secs_f64();

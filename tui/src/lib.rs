@@ -21,6 +21,6 @@ pub mod event;
 pub mod theme;
 pub mod ui;
 
-pub use app::{Action, App, Feed, Key, ServerStatus, StatsSnapshot, glob_matches};
+pub use app::{Action, App, Feed, Key, NodeSnapshot, ServerStatus, StatsSnapshot, glob_matches};
 pub use event::run;
 pub use ui::screen;

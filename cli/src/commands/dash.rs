@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::Args;
 use hrrt_protocol::{Role, ServerFrame};
-use hrrt_tui::{App, Feed, ServerStatus, StatsSnapshot};
+use hrrt_tui::{App, Feed, NodeSnapshot, ServerStatus, StatsSnapshot};
 use tokio::sync::mpsc;
 
 use crate::args::GlobalArgs;
@@ -86,6 +86,15 @@ async fn stats(api: &Api, tokens: &TokenSource, tx: &mpsc::Sender<Feed>) {
             _ => continue,
         };
         if tx.send(feed).await.is_err() {
+            return;
+        }
+        // The cluster's nodes, for the nodes pane (one node: no pane).
+        if let Ok((200, body)) = api.get("/api/nodes", &token).await
+            && tx
+                .send(Feed::Nodes(NodeSnapshot::list_from_json(&body)))
+                .await
+                .is_err()
+        {
             return;
         }
     }

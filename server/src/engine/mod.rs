@@ -139,6 +139,10 @@ pub struct NodeInfo {
     pub uptime_s: u64,
     /// When the node last said it was alive (RFC 3339).
     pub last_seen: String,
+    /// Event frames handed to this node's connections since it started
+    /// (the dashboard's events/s per node).
+    #[serde(default)]
+    pub delivered_total: u64,
 }
 
 /// The contract every engine keeps:

@@ -23,9 +23,23 @@ impl Widget for &App {
         let [left, stream] =
             Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)])
                 .areas(body);
-        let [orgs, types] =
-            Layout::vertical([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(left);
+        // A cluster adds a nodes pane above the orgs.
+        let cluster = self.nodes.len() > 1;
+        let node_rows = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
+        let [nodes, orgs, types] = Layout::vertical([
+            Constraint::Length(if cluster {
+                node_rows.saturating_add(3)
+            } else {
+                0
+            }),
+            Constraint::Percentage(55),
+            Constraint::Percentage(45),
+        ])
+        .areas(left);
         render_header(self, header, buf);
+        if cluster {
+            render_nodes(self, nodes, buf);
+        }
         render_orgs(self, orgs, buf);
         render_types(self, types, buf);
         render_stream(self, stream, buf);
@@ -76,7 +90,10 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
             label("  up "),
             value(uptime(s.uptime_seconds)),
             label("  connections "),
-            value(s.connections.to_string()),
+            value(match app.cluster_connections() {
+                Some(total) => format!("{} (cluster {total})", s.connections),
+                None => s.connections.to_string(),
+            }),
             label("  users "),
             value(s.users.to_string()),
             label("  events/s in "),
@@ -95,6 +112,48 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
                 .border_style(theme::BORDER),
         )
         .render(area, buf);
+}
+
+fn render_nodes(app: &App, area: Rect, buf: &mut Buffer) {
+    let rows: Vec<Row> = app
+        .nodes
+        .values()
+        .map(|row| {
+            let (status, style) = if row.gone {
+                ("gone", theme::BAD)
+            } else {
+                ("live", theme::GOOD)
+            };
+            // RFC 3339 down to the second: the time of day is what matters.
+            let seen = row
+                .node
+                .last_seen
+                .get(11..19)
+                .unwrap_or(&row.node.last_seen);
+            Row::new(vec![
+                Cell::from(row.node.node_id.clone()),
+                Cell::from(row.node.connections.to_string()),
+                Cell::from(format!("{:.0}", row.rate)),
+                Cell::from(seen.to_owned()),
+                Cell::from(Span::styled(status, style)),
+            ])
+        })
+        .collect();
+    let total = app.nodes.values().filter(|r| !r.gone).count();
+    let title = format!("nodes ({total} live)");
+    let table = Table::new(
+        rows,
+        [
+            Constraint::Length(10),
+            Constraint::Length(7),
+            Constraint::Length(9),
+            Constraint::Length(9),
+            Constraint::Length(5),
+        ],
+    )
+    .header(Row::new(["node", "conns", "events/s", "heartbeat", ""]).style(theme::LABEL))
+    .block(block(&title, false));
+    Widget::render(table, area, buf);
 }
 
 fn uptime(secs: u64) -> String {
@@ -403,6 +462,33 @@ mod tests {
             "{screen}"
         );
         assert!(screen.contains("paused"), "{screen}");
+    }
+
+    #[test]
+    fn a_cluster_shows_its_nodes_and_a_node_that_left() {
+        let mut app = sample();
+        let node = |id: &str, connections: u64, delivered_total: u64| crate::app::NodeSnapshot {
+            node_id: id.into(),
+            connections,
+            users: connections,
+            last_seen: "2026-01-01T12:00:05.000000Z".into(),
+            delivered_total,
+        };
+        let t0 = Instant::now();
+        app.on_nodes(vec![node("aa11", 3, 100), node("bb22", 5, 0)], t0);
+        app.on_nodes(vec![node("aa11", 3, 300)], t0 + Duration::from_secs(2));
+        let screen = draw(&app);
+        assert!(screen.contains("nodes (1 live)"), "{screen}");
+        assert!(
+            screen.contains("aa11") && screen.contains("100"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("bb22") && screen.contains("gone"),
+            "{screen}"
+        );
+        assert!(screen.contains("12:00:05"), "{screen}");
+        assert!(screen.contains("(cluster 3)"), "{screen}");
     }
 
     #[test]
