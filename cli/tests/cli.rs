@@ -850,7 +850,12 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
     // Under churn (connections dropping and resuming on random nodes with
     // since + epoch), still nothing lost.
     let churned = std::env::temp_dir().join(format!("hrrt-load-churn-{}.json", std::process::id()));
-    let (code, stdout, stderr) = run(nodes, Some(churned.clone()), &["--churn", "40"]).await;
+    let (code, stdout, stderr) = run(
+        nodes,
+        Some(churned.clone()),
+        &["--churn", "40", "--user-rate", "30"],
+    )
+    .await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&churned).unwrap()).unwrap();
     assert_eq!(report["events"]["lost"], 0, "{report}");
@@ -860,6 +865,12 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
         "{report}"
     );
     assert!(stdout.contains("churn "), "{stdout}");
+    // User-channel traffic beside it, each event to one connection.
+    let user = &report["user_events"];
+    assert!(user["published"].as_u64().unwrap() >= 20, "{report}");
+    assert_eq!(user["delivered"], user["published"], "{report}");
+    assert_eq!(user["lost"], 0, "{report}");
+    assert!(stdout.contains("user events"), "{stdout}");
 
     // A node that refuses: named, the report still printed, exit 1.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -59,6 +59,11 @@ pub struct LoadArgs {
     /// Extra bytes of padding in each event's payload.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=(1 << 20)))]
     pub payload_bytes: u64,
+    /// User-channel traffic beside the org events: this many `share.created`
+    /// events a second, each to the user of one random connection (its
+    /// own channel), with its own latency line in the report.
+    #[arg(long, default_value_t = 0.0, value_name = "R")]
+    pub user_rate: f64,
     /// Churn: this many random connections a second drop during the
     /// publish phase and reconnect after a random pause of at most 1 s, to
     /// a random node of --nodes, resuming with `since` + `epoch`.
@@ -95,6 +100,8 @@ pub struct LoadArgs {
 
 /// The event type the load test publishes.
 const EVENT_TYPE: &str = "load.tick";
+/// The type of its user-channel events (a seed type that goes to users).
+const USER_EVENT_TYPE: &str = "share.created";
 /// Shards of the latency histogram, so connections rarely share a lock.
 const SHARDS: usize = 16;
 /// How long one connection may take to open.
@@ -110,6 +117,10 @@ struct Shared {
     /// Per connection, the churn driver's "drop now" (empty without
     /// `--churn`).
     churn: Vec<tokio::sync::Notify>,
+    /// Per connection, user events its user was sent and the server
+    /// accepted (empty without `--user-rate`).
+    user_published: Vec<AtomicU64>,
+    user_latency: Mutex<Histogram<u64>>,
     connect: Mutex<Histogram<u64>>,
     /// Event frames received, duplicates included (for progress).
     received: AtomicU64,
@@ -136,9 +147,15 @@ fn unix_nanos() -> u64 {
 
 /// How one connection ended.
 pub struct ConnOutcome {
+    /// The connection's number in the run.
+    pub index: u64,
     pub org: usize,
     /// The index of its node in `--nodes`.
     pub node: usize,
+    /// Its user channel's events (`--user-rate`), and how many its user
+    /// was sent (filled in after the run).
+    pub user_tally: Tally,
+    pub user_published: u64,
     /// Reconnects under `--churn`, and the resyncs they were answered with.
     pub resumes: u64,
     pub resyncs: BTreeMap<String, u64>,
@@ -170,6 +187,12 @@ struct Plan {
 }
 
 impl Plan {
+    /// The user id of connection `i`: one user per connection, so a user
+    /// event has exactly one recipient.
+    fn user_of(&self, i: u64) -> String {
+        format!("load-{}-u{i}", self.run_id)
+    }
+
     fn new(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Self> {
         if !(args.rate > 0.0 && args.rate.is_finite()) {
             bail!("--rate must be a positive number of events per second");
@@ -180,6 +203,9 @@ impl Plan {
                 args.orgs,
                 args.connections
             );
+        }
+        if !(args.user_rate >= 0.0 && args.user_rate.is_finite()) {
+            bail!("--user-rate must be a number of events per second, 0 or more");
         }
         if !(args.churn >= 0.0 && args.churn.is_finite()) {
             bail!("--churn must be a number of connections per second, 0 or more");
@@ -278,7 +304,13 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
     run.drain(&connected, &published).await;
     let delivery_seconds = published.started.elapsed().as_secs_f64();
     let server_end = args.server_pid.map(ProcSample::read);
-    let outcomes = connected.stop().await;
+    let mut outcomes = connected.stop().await;
+    for outcome in &mut outcomes {
+        outcome.user_published = usize::try_from(outcome.index)
+            .ok()
+            .and_then(|i| run.shared.user_published.get(i))
+            .map_or(0, |n| n.load(Ordering::Relaxed));
+    }
 
     let merged = |shards: &[Mutex<Histogram<u64>>]| -> anyhow::Result<Percentiles> {
         let mut h = histogram()?;
@@ -318,6 +350,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
             connect_rate: args.connect_rate,
             source_ips: args.source_ips.iter().map(ToString::to_string).collect(),
             churn: args.churn,
+            user_rate: args.user_rate,
         },
         interrupted: run.interrupted,
         opened: connected.opened,
@@ -330,6 +363,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
         delivery_seconds,
         outcomes,
         latency_ms: merged(&run.shared.latency)?,
+        user_latency_ms: Percentiles::from_micros(&lock(&run.shared.user_latency)),
         last_recipient_ms: Percentiles::from_micros(&last_recipient),
         server: match (args.server_pid, server_before, server_connected, server_end) {
             (Some(pid), Some(before), Some(connected), Some(end)) => Some(ServerSamples {
@@ -362,6 +396,12 @@ impl<'a> Run<'a> {
             node_latency: (0..plan.targets.len())
                 .map(|_| histogram().map(Mutex::new))
                 .collect::<Result<_, _>>()?,
+            user_published: if args.user_rate > 0.0 {
+                (0..args.connections).map(|_| AtomicU64::new(0)).collect()
+            } else {
+                Vec::new()
+            },
+            user_latency: Mutex::new(histogram()?),
             churn: if args.churn > 0.0 {
                 (0..args.connections)
                     .map(|_| tokio::sync::Notify::new())
@@ -492,7 +532,7 @@ impl<'a> Run<'a> {
         let args = self.args;
         let org = usize::try_from(i % args.orgs).unwrap_or(0);
         let claims = Claims::new(
-            &format!("load-{}-u{i}", self.plan.run_id),
+            &self.plan.user_of(i),
             Some(&self.plan.orgs[org]),
             Role::User,
             args.duration.as_secs() + 600,
@@ -501,6 +541,7 @@ impl<'a> Run<'a> {
         let source = args.source_ips[usize::try_from(i).unwrap_or(0) % args.source_ips.len()];
         Ok(ConnectionSpec {
             index: i,
+            user_channel: format!("user:{}", self.plan.user_of(i)),
             org,
             node: usize::try_from(i).unwrap_or(0) % self.plan.targets.len(),
             org_channel: format!("org:{}", self.plan.orgs[org]),
@@ -570,6 +611,7 @@ impl<'a> Run<'a> {
                 ));
                 let mut requests = JoinSet::new();
                 let mut sent = 0u64;
+                let (mut user_sent, mut user_rng) = (0u64, Rng::new(0x05EE));
                 let mut tick = tokio::time::interval(Duration::from_millis(2));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_status = Instant::now();
@@ -581,6 +623,29 @@ impl<'a> Run<'a> {
                             break;
                         }
                         _ = tick.tick() => {}
+                    }
+                    // User events, one per request, to random connections.
+                    let user_due = (started.elapsed().as_secs_f64() * args.user_rate) as u64;
+                    while user_sent < user_due && !self.shared.user_published.is_empty() {
+                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let k = user_rng.below(self.shared.user_published.len() as u64);
+                        let api = &self.plan.apis
+                            [usize::try_from(user_sent).unwrap_or(0) % self.plan.apis.len()];
+                        requests.spawn(publish_user(
+                            api.clone(),
+                            token.clone(),
+                            json!({
+                                "type": USER_EVENT_TYPE,
+                                "user_id": self.plan.user_of(k),
+                                "payload": {"sent_ns": unix_nanos(), "load": self.plan.run_id},
+                            }),
+                            (k, self.shared.clone()),
+                            failures.clone(),
+                            permit,
+                        ));
+                        user_sent += 1;
                     }
                     let due = ((started.elapsed().as_secs_f64() * args.rate) as u64).min(total);
                     while sent < due {
@@ -672,6 +737,40 @@ impl Connected {
     }
 }
 
+/// One user event; counts it for its connection once accepted.
+async fn publish_user(
+    api: Api,
+    token: String,
+    body: Value,
+    (k, shared): (u64, Arc<Shared>),
+    failures: Arc<Mutex<BTreeMap<String, u64>>>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    match api.post("/api/events", &token, &body).await {
+        Ok((200, _)) => {
+            if let Some(n) = usize::try_from(k)
+                .ok()
+                .and_then(|k| shared.user_published.get(k))
+            {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok((status, answer)) => {
+            *lock(&failures)
+                .entry(format!(
+                    "user event: {}",
+                    explain(status, &answer, "service")
+                ))
+                .or_default() += 1;
+        }
+        Err(e) => {
+            *lock(&failures)
+                .entry(format!("user event: {e:#}"))
+                .or_default() += 1
+        }
+    }
+}
+
 /// One publish request of events `first .. first + n`; counts what was
 /// accepted per org, and why the rest failed.
 async fn publish_batch(
@@ -746,6 +845,7 @@ fn batch_body(first: u64, n: u64, orgs: &[String], pad: u64) -> Value {
 
 struct ConnectionSpec {
     index: u64,
+    user_channel: String,
     org: usize,
     node: usize,
     org_channel: String,
@@ -766,7 +866,7 @@ async fn connection(
     let target = &targets[spec.node % targets.len()];
     let first = open(&spec, target, Cursor::default()).await;
     drop(permit);
-    let (connection, start, mut epoch) = match first {
+    let (connection, start, user_start, mut epoch) = match first {
         Ok(pair) => pair,
         // With several nodes, the failure names its node.
         Err(e) if targets.len() > 1 => {
@@ -786,6 +886,7 @@ async fn connection(
     drop(opened);
 
     let mut tally = Tally::new(start);
+    let mut user_tally = Tally::new(user_start);
     let shard = &shared.latency[usize::try_from(spec.index).unwrap_or(0) % SHARDS];
     let mut samples: Vec<u64> = Vec::with_capacity(64);
     // Samples reach the shared histogram every 64, or every 250 ms: a
@@ -841,10 +942,14 @@ async fn connection(
                 node = usize::try_from(rng.below(targets.len() as u64)).unwrap_or(0);
                 let cursor = Cursor {
                     epoch: epoch.clone(),
-                    positions: [(spec.org_channel.clone(), tally.last())].into(),
+                    positions: [
+                        (spec.org_channel.clone(), tally.last()),
+                        (spec.user_channel.clone(), user_tally.last()),
+                    ]
+                    .into(),
                 };
                 match open(&spec, &targets[node], cursor).await {
-                    Ok((again, _, e)) => {
+                    Ok((again, _, _, e)) => {
                         current = Some(again);
                         epoch = e;
                         resumes += 1;
@@ -857,8 +962,15 @@ async fn connection(
         match received {
             RawReceived::Text(text) => {
                 let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) else {
+                    if let Some((seq, sent_ns)) = parse_user_event(&text) {
+                        user_tally.observe(seq);
+                        let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
+                        let _ = lock(&shared.user_latency).record(latency.max(1));
+                        continue;
+                    }
                     if let Ok(ServerFrame::Resync { payload, .. }) = ServerFrame::decode(&text)
-                        && payload.channel.as_str() == spec.org_channel
+                        && (payload.channel.as_str() == spec.org_channel
+                            || payload.channel.as_str() == spec.user_channel)
                     {
                         let reason = serde_json::to_value(payload.reason)
                             .ok()
@@ -866,7 +978,12 @@ async fn connection(
                             .unwrap_or_default();
                         *resyncs.entry(reason).or_default() += 1;
                         // What the server could not replay is not lost.
-                        tally.cover(payload.requested + 1, payload.oldest.saturating_sub(1));
+                        let which = if payload.channel.as_str() == spec.org_channel {
+                            &mut tally
+                        } else {
+                            &mut user_tally
+                        };
+                        which.cover(payload.requested + 1, payload.oldest.saturating_sub(1));
                     }
                     continue;
                 };
@@ -896,10 +1013,13 @@ async fn connection(
         connection.close().await;
     }
     Some(ConnOutcome {
+        index: spec.index,
         org: spec.org,
         node: spec.node,
         resumes,
         resyncs,
+        user_tally,
+        user_published: 0,
         tally,
         closed_early,
     })
@@ -912,7 +1032,7 @@ async fn open(
     spec: &ConnectionSpec,
     target: &Target,
     cursor: Cursor,
-) -> Result<(Connection, u64, Option<String>), String> {
+) -> Result<(Connection, u64, u64, Option<String>), String> {
     let options = ConnectOptions {
         source: Some(spec.source),
         buffers: Some((16 * 1024, 0)),
@@ -931,12 +1051,9 @@ async fn open(
             frame: ServerFrame::Connected { payload, .. },
             ..
         } => {
-            let start = payload
-                .positions
-                .get(&spec.org_channel)
-                .copied()
-                .unwrap_or(0);
-            Ok((connection, start, Some(payload.epoch)))
+            let at = |channel: &str| payload.positions.get(channel).copied().unwrap_or(0);
+            let (start, user_start) = (at(&spec.org_channel), at(&spec.user_channel));
+            Ok((connection, start, user_start, Some(payload.epoch)))
         }
         Received::Frame { frame, .. } => Err(format!("first frame was {}", frame.kind())),
         Received::Garbled { error, .. } => Err(format!("bad first frame: {error}")),
@@ -978,6 +1095,15 @@ fn parse_event(text: &str) -> Option<LoadEvent> {
         sent_ns: number_after("\"sent_ns\":", false)?,
         n: number_after("\"n\":", false)?,
     })
+}
+
+/// A user event of this run: its seq and send time.
+fn parse_user_event(text: &str) -> Option<(u64, u64)> {
+    if !text.contains(USER_EVENT_TYPE) {
+        return None;
+    }
+    let v: Value = serde_json::from_str(text).ok()?;
+    Some((v["seq"].as_u64()?, v["payload"]["sent_ns"].as_u64()?))
 }
 
 /// A small xorshift for churn's choices: spread, not quality.

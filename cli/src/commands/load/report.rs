@@ -33,6 +33,7 @@ pub struct Measured {
     /// What each connection received.
     pub outcomes: Vec<super::ConnOutcome>,
     pub latency_ms: Percentiles,
+    pub user_latency_ms: Percentiles,
     pub last_recipient_ms: Percentiles,
     pub server: Option<ServerSamples>,
 }
@@ -42,6 +43,16 @@ pub struct NodeMeasured {
     pub url: String,
     pub opened: u64,
     /// Empty with one node (the run's own latency is the node's).
+    pub latency_ms: Percentiles,
+}
+
+/// The user-channel events of `--user-rate`: each to one connection.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UserEventReport {
+    pub published: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
     pub latency_ms: Percentiles,
 }
 
@@ -83,6 +94,10 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
     };
     let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
     let mut churn = ChurnReport::default();
+    let mut user = UserEventReport {
+        latency_ms: m.user_latency_ms,
+        ..UserEventReport::default()
+    };
     let mut nodes: Vec<NodeReport> = if m.nodes.len() > 1 {
         m.nodes
             .into_iter()
@@ -99,6 +114,10 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
     for outcome in &m.outcomes {
         let expected = m.published_per_org.get(outcome.org).copied().unwrap_or(0);
         churn.resumes += outcome.resumes;
+        user.published += outcome.user_published;
+        user.delivered += outcome.user_tally.unique.min(outcome.user_published);
+        user.lost += outcome.user_tally.lost(outcome.user_published);
+        user.duplicated += outcome.user_tally.duplicates;
         for (reason, n) in &outcome.resyncs {
             *churn.resyncs.entry(reason.clone()).or_default() += n;
         }
@@ -151,6 +170,7 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
         last_recipient_ms: m.last_recipient_ms,
         nodes,
         churn: (m.config.churn > 0.0).then_some(churn),
+        user_events: (m.config.user_rate > 0.0).then_some(user),
         throughput: Throughput {
             publish_rate: per_second(events.published as f64, m.publish_seconds),
             deliveries_per_s: per_second(events.delivered as f64, m.delivery_seconds),
@@ -190,6 +210,9 @@ pub struct Report {
     /// (what a resync covers is not counted lost, by the SPEC's definition).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnReport>,
+    /// With `--user-rate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_events: Option<UserEventReport>,
     pub throughput: Throughput,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerReport>,
@@ -207,6 +230,7 @@ pub struct RunConfig {
     pub connect_rate: u64,
     pub source_ips: Vec<String>,
     pub churn: f64,
+    pub user_rate: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -420,6 +444,10 @@ impl Report {
     /// loss, duplicate or reordering, and every threshold held.
     pub fn clean(&self) -> bool {
         self.connections.failed == 0
+            && self
+                .user_events
+                .as_ref()
+                .is_none_or(|u| u.lost == 0 && u.duplicated == 0)
             && self.connections.closed_early.is_empty()
             && self.events.publish_errors == 0
             && self.events.lost == 0
@@ -491,6 +519,19 @@ impl Report {
             "last one     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (per event: until its last recipient had it)",
             r.p50, r.p99, r.max
         );
+        if let Some(u) = &self.user_events {
+            let _ = writeln!(
+                s,
+                "user events  {} of {} delivered   lost {}  duplicated {}   latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+                u.delivered,
+                u.published,
+                bad(u.lost),
+                bad(u.duplicated),
+                u.latency_ms.p50,
+                u.latency_ms.p99,
+                u.latency_ms.max
+            );
+        }
         if let Some(churn) = &self.churn {
             let resyncs: Vec<String> = churn
                 .resyncs
@@ -605,6 +646,7 @@ mod tests {
                 connect_rate: 100,
                 source_ips: vec!["127.0.0.1".into()],
                 churn: 0.0,
+                user_rate: 0.0,
             },
             interrupted: false,
             opened: 3,
@@ -620,6 +662,7 @@ mod tests {
                 p99: 5.0,
                 ..Percentiles::default()
             },
+            user_latency_ms: Percentiles::default(),
             last_recipient_ms: Percentiles::default(),
             server: Some(ServerSamples {
                 pid: 1,
@@ -638,8 +681,11 @@ mod tests {
             org,
             // Connections alternate between the two nodes, as --nodes does.
             node: seqs.len() % 2,
+            index: 0,
             resumes: 0,
             resyncs: BTreeMap::new(),
+            user_tally: super::super::tally::Tally::new(0),
+            user_published: 0,
             tally,
             closed_early: closed.map(str::to_owned),
         }
