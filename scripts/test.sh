@@ -27,3 +27,11 @@ HRRT_REQUIRE_REDIS=1 cargo test --workspace --locked
 # The HTTP API against its OpenAPI document, on a real server.
 cargo build --workspace --locked --bins
 scripts/schemathesis.sh
+# The Python publisher (clients/python) against a real server.
+PYVENV=target/python-venv
+if [ ! -x "$PYVENV/bin/pytest" ]; then
+  echo "test.sh: installing clients/python's test dependencies into $PYVENV" >&2
+  python3 -m venv "$PYVENV"
+  "$PYVENV/bin/pip" install -q --disable-pip-version-check -e 'clients/python[test]'
+fi
+HRRT_SERVER_BIN=target/debug/hrrt-server "$PYVENV/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests

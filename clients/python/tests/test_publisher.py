@@ -1,0 +1,204 @@
+"""hrrt_client against a real hrrt-server: publish, batch, every error
+mapped, a retry past the client timeout that delivers once, and the
+compat functions reaching a real WebSocket listener."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from websockets.sync.client import connect
+
+from hrrt_client import (
+    AsyncPublisher,
+    BadRequest,
+    Forbidden,
+    Publisher,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+from hrrt_client import compat
+from hrrt_client._publisher import _Core
+
+from conftest import SECRET
+
+
+class Listener:
+    """A real WebSocket client of hrrt, as the browser is."""
+
+    def __init__(self, server, user: str, org: str):
+        self._connection = connect(
+            f"ws://127.0.0.1:{server.port}/ws?token={server.token(user, org)}"
+        )
+        self.ws = self._connection.__enter__()
+        connected = self.next()
+        assert connected["type"] == "connected", connected
+
+    def next(self, timeout: float = 5.0) -> dict:
+        while True:
+            frame = json.loads(self.ws.recv(timeout=timeout))
+            if frame["type"] != "ping":
+                return frame
+
+    def nothing_more(self, within: float = 0.5) -> bool:
+        try:
+            frame = self.next(timeout=within)
+        except TimeoutError:
+            return True
+        raise AssertionError(f"unexpected frame {frame}")
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+
+def test_publish_and_batch_reach_a_listener(server):
+    listener = Listener(server, "42", "7")
+    with Publisher(server.url, SECRET) as hrrt:
+        ack = hrrt.publish("entity.created", org_id=7, payload={"id": 1, "name": "Ann"})
+        assert ack.channel == "org:7"
+        event = listener.next()
+        assert (event["type"], event["seq"], event["payload"]) == (
+            "entity.created",
+            ack.seq,
+            {"id": 1, "name": "Ann"},
+        )
+        acks = hrrt.publish_batch(
+            [
+                {"type": "chat.message", "org_id": "7", "payload": {"text": "hi"}},
+                {"type": "share.created", "user_id": 42, "payload": {"share_id": 5}},
+            ]
+        )
+        assert [a.channel for a in acks] == ["org:7", "user:42"]
+        assert listener.next()["type"] == "chat.message"
+        assert listener.next()["type"] == "share.created"
+    listener.close()
+
+
+def test_every_error_is_typed(server):
+    with Publisher(server.url, SECRET, retries=0) as hrrt:
+        with pytest.raises(BadRequest) as e:
+            hrrt.publish("Not A Type", org_id=7)
+        assert e.value.status == 400 and e.value.code == "bad_event"
+        with pytest.raises(BadRequest):
+            hrrt.publish("entity.created", org_id=7, user_id=1)
+        with pytest.raises(TooLarge) as e:
+            hrrt.publish("entity.created", org_id=7, payload={"blob": "x" * (2 << 20)})
+        assert e.value.status == 413
+    with Publisher(server.url, "another-secret-another-secret-xx", retries=0) as wrong:
+        with pytest.raises(Unauthorized) as e:
+            wrong.publish("entity.created", org_id=7)
+        assert e.value.status == 401
+    # 403 needs a token whose role may not publish, which the Publisher
+    # never mints: the mapping itself.
+    core = _Core(server.url, SECRET, 1.0, 0, "backend")
+    kind, error = core.outcome(
+        httpx.Response(403, json={"error": {"code": "forbidden", "message": "no"}})
+    )
+    assert kind == "raise" and isinstance(error, Forbidden)
+    with Publisher("http://127.0.0.1:1", SECRET, retries=1, timeout=0.5) as nowhere:
+        with pytest.raises(Unavailable):
+            nowhere.publish("entity.created", org_id=7)
+    with pytest.raises(ValueError):
+        Publisher(server.url, "")
+
+
+def test_a_429_is_waited_out_with_retry_after(rate_limited_server):
+    with Publisher(rate_limited_server.url, SECRET) as hrrt:
+        first = hrrt.publish("entity.created", org_id=9)
+        started = time.monotonic()
+        second = hrrt.publish("entity.created", org_id=9)
+        assert second.seq == first.seq + 1
+        assert time.monotonic() - started >= 0.5, "it waited for the rate limit"
+
+
+class SlowProxy:
+    """Forwards to hrrt but holds the first answer back for `delay`
+    seconds: the client times out though the publish was committed."""
+
+    def __init__(self, port: int, delay: float):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.upstream, self.delay, self.connections = port, delay, 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            delay = self.delay if self.connections == 1 else 0.0
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pump, args=(client, server, 0.0), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, delay):
+        try:
+            while data := src.recv(65536):
+                if delay:
+                    time.sleep(delay)
+                    delay = 0.0
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_retry_past_the_client_timeout_delivers_once(server):
+    listener = Listener(server, "43", "11")
+    proxy = SlowProxy(server.port, delay=1.5)
+    with Publisher(f"http://127.0.0.1:{proxy.port}", SECRET, timeout=0.5, retries=3) as hrrt:
+        ack = hrrt.publish("entity.created", org_id=11, payload={"n": "once"})
+    assert proxy.connections >= 2, "the first attempt timed out and was retried"
+    event = listener.next()
+    assert (event["seq"], event["payload"]) == (ack.seq, {"n": "once"})
+    assert listener.nothing_more(), "delivered once"
+    proxy.close()
+    listener.close()
+
+
+def test_the_async_publisher_and_the_compat_functions_reach_the_front_end(server):
+    listener = Listener(server, "44", "12")
+
+    async def main():
+        async with AsyncPublisher(server.url, SECRET) as hrrt:
+            ack = await hrrt.publish("entity.updated", org_id=12, payload={"id": 3})
+            assert ack.channel == "org:12"
+        compat.configure(server.url, SECRET)
+        await compat.broadcast_entity_created(12, {"id": 1, "name": "Ann"})
+        await compat.broadcast_entity_updated(12, {"id": 1, "name": "Anna"})
+        await compat.broadcast_entity_deleted(12, 1)
+        await compat.broadcast_chat_message(12, {"text": "hello"})
+        await compat.broadcast_share_created(44, {"share_id": 5})
+        await compat.broadcast_share_revoked(44, {"share_id": 5})
+
+    asyncio.run(main())
+    got = [listener.next() for _ in range(7)]
+    assert [f["type"] for f in got] == [
+        "entity.updated",
+        "entity.created",
+        "entity.updated",
+        "entity.deleted",
+        "chat.message",
+        "share.created",
+        "share.revoked",
+    ]
+    assert got[3]["payload"] == {"id": 1}, "the front end reads payload.id"
+    assert got[5]["channel"] == "user:44"
+    listener.close()
