@@ -2,8 +2,8 @@
 # Runs every check and test of the workspace, as CI does. Needs a Rust
 # toolchain; installs what the tests run when it is missing (Debian
 # packages): redis-server and redis-sentinel, since the Redis engine's tests
-# start their own, and python3 with venv for schemathesis. Tests that use
-# Node.js skip themselves when it is missing.
+# start their own; python3 with venv for schemathesis and the Python client;
+# chromium and Node.js for the browser client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,8 @@ MISSING=()
 command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || MISSING+=(redis-sentinel)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || MISSING+=(python3 python3-venv)
+[ -x /usr/bin/chromium ] || MISSING+=(chromium)
+command -v node >/dev/null 2>&1 || MISSING+=(nodejs npm)
 if [ ${#MISSING[@]} -gt 0 ]; then
   echo "test.sh: installing ${MISSING[*]}" >&2
   SUDO=
@@ -35,3 +37,6 @@ if [ ! -x "$PYVENV/bin/pytest" ]; then
   "$PYVENV/bin/pip" install -q --disable-pip-version-check -e 'clients/python[test]'
 fi
 HRRT_SERVER_BIN=target/debug/hrrt-server "$PYVENV/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests
+# The browser client (clients/js) in headless Chromium against a real server.
+(cd clients/js && npm ci --no-audit --no-fund --silent)
+HRRT_SERVER_BIN="$PWD/target/debug/hrrt-server" node --test clients/js/test/

@@ -1,0 +1,176 @@
+// The client in a real headless Chromium against a real hrrt-server:
+// a server-side disconnect (1008: a new token), a token that expires while
+// connected (refreshed in place), a server restart (memory engine: the
+// epoch changes, reported, then live), duplicate-free replay, and the seed
+// front end's plain handler beside it.
+//
+// Needs /usr/bin/chromium (Debian's `chromium`; scripts/test.sh installs
+// it) and the debug hrrt-server (HRRT_SERVER_BIN, or target/debug/).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import { createServer } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../../..');
+const SECRET = 'js-client-secret-js-client-secret-js';
+const BIN = process.env.HRRT_SERVER_BIN || path.join(root, 'target/debug/hrrt-server');
+
+const b64 = (v) => Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)).toString('base64url');
+function mint(claims) {
+  const head = b64({ alg: 'HS256', typ: 'JWT' });
+  const body = b64(claims);
+  const sig = createHmac('sha256', SECRET).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+const now = () => Math.floor(Date.now() / 1000);
+const userToken = (user, org, ttl = 600) =>
+  mint({ sub: user, org_id: org, role: 'user', iat: now(), exp: now() + ttl });
+const service = () => mint({ sub: 'backend', role: 'service', iat: now(), exp: now() + 600 });
+
+const freePort = () =>
+  new Promise((resolve) => {
+    const s = net.createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+
+let hrrtPort, hrrt, web, webPort, browser, page;
+const ttl = {};
+
+async function startHrrt() {
+  hrrt = spawn(
+    BIN,
+    ['--jwt-secret', SECRET, '--listen', `127.0.0.1:${hrrtPort}`, '--token-check-interval', '500ms'],
+    { stdio: 'ignore' },
+  );
+  for (let i = 0; i < 200; i++) {
+    try {
+      const r = await fetch(`http://127.0.0.1:${hrrtPort}/healthz`);
+      if (r.ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('hrrt-server did not start');
+}
+
+async function stopHrrt() {
+  const exited = new Promise((r) => hrrt.once('exit', r));
+  hrrt.kill('SIGTERM');
+  await exited;
+}
+
+async function publish(body) {
+  const r = await fetch(`http://127.0.0.1:${hrrtPort}/api${body.path || '/events'}`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${service()}`, 'content-type': 'application/json' },
+    body: JSON.stringify(body.json || body),
+  });
+  const text = await r.text();
+  assert.equal(r.status, 200, text);
+  return JSON.parse(text);
+}
+
+const run = (name) => page.evaluate((n) => window.runs[n], name);
+const until = (fn, arg, timeout = 10000) => page.waitForFunction(fn, arg, { timeout });
+const seqs = (events, channel) => events.filter((e) => e.channel === channel).map((e) => e.seq);
+
+before(async () => {
+  hrrtPort = await freePort();
+  await startHrrt();
+  web = createServer(async (req, res) => {
+    const file = req.url === '/hrrt.js' ? path.join(here, '../hrrt.js') : path.join(here, 'page.html');
+    res.setHeader('content-type', file.endsWith('.js') ? 'text/javascript' : 'text/html');
+    res.end(await readFile(file));
+  });
+  webPort = await freePort();
+  await new Promise((r) => web.listen(webPort, '127.0.0.1', r));
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage();
+  page.on('console', (m) => consoleLines.push(m.text()));
+  await page.exposeFunction('mintToken', (name) => userToken(name, 'o1', ttl[name] ?? 600));
+  await page.goto(`http://127.0.0.1:${webPort}/page.html`);
+  await until(() => window.ready === true);
+});
+const consoleLines = [];
+
+after(async () => {
+  await browser?.close();
+  web?.close();
+  if (hrrt && hrrt.exitCode === null) await stopHrrt();
+});
+
+test('a server-side disconnect (1008) fetches a new token and loses nothing', async () => {
+  await page.evaluate((url) => window.start('alice', url), `http://127.0.0.1:${hrrtPort}`);
+  await until(() => window.runs.alice.statuses.includes('live'));
+  await publish({ type: 'entity.created', org_id: 'o1', payload: { n: 1 } });
+  await until(() => window.runs.alice.events.length >= 1);
+  await publish({ path: '/disconnect', json: { user_id: 'alice', reason: 'access changed' } });
+  // Published while it is away: replayed on its resume.
+  await publish({ type: 'entity.created', org_id: 'o1', payload: { n: 2 } });
+  await publish({ type: 'share.created', user_id: 'alice', payload: { share_id: 5 } });
+  await until(() => window.runs.alice.events.length >= 3);
+  const r = await run('alice');
+  assert.ok(r.statuses.includes('unauthorized'), r.statuses.join(','));
+  assert.ok(r.tokens >= 2, 'asked getToken again after 1008');
+  assert.deepEqual(seqs(r.events, 'org:o1'), [1, 2]);
+  assert.deepEqual(seqs(r.events, 'user:alice'), [1]);
+});
+
+test('a token that expires while connected is refreshed in place', async () => {
+  ttl.bob = 3;
+  const expires = Date.now() + 3000;
+  await page.evaluate((url) => window.start('bob', url), `http://127.0.0.1:${hrrtPort}`);
+  await until(() => window.runs.bob.statuses.includes('live'));
+  await until(() => window.runs.bob.tokens >= 2);
+  // Past the first token's expiry, and two of the server's checks (500 ms).
+  await until((t) => Date.now() > t + 1000, expires);
+  const { seq } = await publish({ type: 'entity.updated', org_id: 'o1', payload: { n: 3 } });
+  await until((s) => window.runs.bob.events.some((e) => e.seq === s), seq);
+  const r = await run('bob');
+  assert.ok(r.tokens >= 2, 'refreshed with a new token');
+  assert.deepEqual(r.statuses.filter((s) => s === 'live'), ['live'], `no reconnect: ${r.statuses}`);
+});
+
+test('the seed front end handler works unchanged beside the client', async () => {
+  await page.evaluate(([url, t]) => window.seed(url, t), [`http://127.0.0.1:${hrrtPort}`, userToken('carol', 'o1')]);
+  await until(() => window.seedConnected === true);
+  await publish({ type: 'entity.created', org_id: 'o1', payload: { id: 9, name: 'Seed' } });
+  for (let i = 0; i < 100 && !consoleLines.some((l) => l.includes('New entity:')); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.ok(consoleLines.some((l) => l.includes('New entity:') && l.includes('Seed')), consoleLines.join('\n'));
+});
+
+test('a server restart is an epoch change, reported, then live again, without duplicates', async () => {
+  const before = await run('alice');
+  const oldEpoch = await page.evaluate(() => window.runs.alice.live.epoch());
+  await stopHrrt();
+  await startHrrt();
+  await until(() => window.runs.alice.resyncs.some((r) => r.reason === 'epoch_changed'), null, 20000);
+  await until(() => window.runs.alice.statuses.at(-1) === 'live', null, 20000);
+  const { seq } = await publish({ type: 'entity.deleted', org_id: 'o1', payload: { id: 1 } });
+  assert.equal(seq, 1, 'the new epoch starts at 1');
+  await until((s) => window.runs.alice.events.some((e) => e.type === 'entity.deleted' && e.seq === s), seq);
+  const r = await run('alice');
+  const resync = r.resyncs.find((x) => x.reason === 'epoch_changed');
+  assert.notEqual(resync.epoch, oldEpoch);
+  assert.equal(await page.evaluate(() => window.runs.alice.live.epoch()), resync.epoch);
+  // Every channel's seqs strictly increase within each epoch: no duplicate.
+  const org = seqs(r.events, 'org:o1');
+  assert.deepEqual(org.slice(0, seqs(before.events, 'org:o1').length), seqs(before.events, 'org:o1'));
+  assert.equal(org.at(-1), 1);
+});
