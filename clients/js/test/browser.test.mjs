@@ -47,20 +47,24 @@ const freePort = () =>
 let hrrtPort, hrrt, web, webPort, browser, page;
 const ttl = {};
 
-async function startHrrt() {
-  hrrt = spawn(
+async function spawnHrrt(port, extra = []) {
+  const child = spawn(
     BIN,
-    ['--jwt-secret', SECRET, '--listen', `127.0.0.1:${hrrtPort}`, '--token-check-interval', '500ms'],
+    ['--jwt-secret', SECRET, '--listen', `127.0.0.1:${port}`, '--token-check-interval', '500ms', ...extra],
     { stdio: 'ignore' },
   );
   for (let i = 0; i < 200; i++) {
     try {
-      const r = await fetch(`http://127.0.0.1:${hrrtPort}/healthz`);
-      if (r.ok) return;
+      const r = await fetch(`http://127.0.0.1:${port}/healthz`);
+      if (r.ok) return child;
     } catch {}
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error('hrrt-server did not start');
+}
+
+async function startHrrt() {
+  hrrt = await spawnHrrt(hrrtPort);
 }
 
 async function stopHrrt() {
@@ -69,8 +73,8 @@ async function stopHrrt() {
   await exited;
 }
 
-async function publish(body) {
-  const r = await fetch(`http://127.0.0.1:${hrrtPort}/api${body.path || '/events'}`, {
+async function publish(body, port = hrrtPort) {
+  const r = await fetch(`http://127.0.0.1:${port}/api${body.path || '/events'}`, {
     method: 'POST',
     headers: { authorization: `Bearer ${service()}`, 'content-type': 'application/json' },
     body: JSON.stringify(body.json || body),
@@ -173,4 +177,32 @@ test('a server restart is an epoch change, reported, then live again, without du
   const org = seqs(r.events, 'org:o1');
   assert.deepEqual(org.slice(0, seqs(before.events, 'org:o1').length), seqs(before.events, 'org:o1'));
   assert.equal(org.at(-1), 1);
+});
+
+test('a slow-consumer close (1013) reconnects and resumes every event once', async () => {
+  // A send queue of one frame: a batch fanned out faster than the socket
+  // takes it closes the tab as a slow consumer.
+  const port = await freePort();
+  const slow = await spawnHrrt(port, ['--send-queue', '1']);
+  try {
+    await page.evaluate((url) => window.start('dave', url), `http://127.0.0.1:${port}`);
+    await until(() => window.runs.dave.statuses.includes('live'));
+    let published = 0;
+    for (let i = 0; i < 20 && !(await run('dave')).codes.includes(1013); i++) {
+      const batch = Array.from({ length: 50 }, (_, k) => ({
+        type: 'entity.created', org_id: 'o1', payload: { k },
+      }));
+      await publish({ json: batch }, port);
+      published += 50;
+      await until((n) => window.runs.dave.events.length >= n, published, 15000);
+    }
+    const r = await run('dave');
+    assert.ok(r.codes.includes(1013), `closed as a slow consumer: ${r.codes}`);
+    assert.deepEqual(seqs(r.events, 'org:o1'), Array.from({ length: published }, (_, i) => i + 1));
+  } finally {
+    await page.evaluate(() => window.runs.dave.live.close());
+    const exited = new Promise((r) => slow.once('exit', r));
+    slow.kill('SIGTERM');
+    await exited;
+  }
 });
