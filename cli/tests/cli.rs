@@ -891,3 +891,56 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
         "the report is printed: {stdout}"
     );
 }
+
+#[tokio::test]
+async fn load_counts_what_a_resync_covers_as_not_lost_and_catches_a_real_loss() {
+    // History of one event: a churned connection away for a few events
+    // gets resync.required (history_trimmed) on its resume.
+    let server = TestServer::with(|c| c.history_size = 1).await;
+    let run = |extra: &'static [&'static str], json: std::path::PathBuf| {
+        let url = server.url();
+        async move {
+            let out = within(
+                Command::new(BIN)
+                    .args(["--url", &url, "--secret", SECRET, "load"])
+                    .args(["--connections", "20", "--rate", "300", "--duration", "1s"])
+                    .args(["--batch", "10", "--churn", "30", "--drain", "2s", "--json"])
+                    .arg(&json)
+                    .args(extra)
+                    .env_remove("HRRT_JWT_SECRET")
+                    .env("NO_COLOR", "1")
+                    .stdin(Stdio::null())
+                    .kill_on_drop(true)
+                    .output(),
+            )
+            .await
+            .unwrap();
+            let report: Value =
+                serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+            (out.status.code().unwrap_or(-1), report)
+        }
+    };
+    let dir = std::env::temp_dir();
+    let pid = std::process::id();
+    let (code, report) = run(&[], dir.join(format!("hrrt-load-trim-{pid}.json"))).await;
+    assert!(
+        report["churn"]["resyncs"]["history_trimmed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0,
+        "{report}"
+    );
+    assert_eq!(report["events"]["lost"], 0, "no false loss: {report}");
+    assert_eq!(code, 0, "{report}");
+
+    // A client that resumes past what it had loses events silently: the
+    // report must say so and fail. (History of one: the skipped seqs are
+    // behind the resume point, so no resync covers them.)
+    let (code, report) = run(
+        &["--churn-skip", "3"],
+        dir.join(format!("hrrt-load-broken-{pid}.json")),
+    )
+    .await;
+    assert!(report["events"]["lost"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(code, 1, "{report}");
+}

@@ -69,6 +69,10 @@ pub struct LoadArgs {
     /// a random node of --nodes, resuming with `since` + `epoch`.
     #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub churn: f64,
+    /// Test-only: resume this many seqs past what was received, as a
+    /// broken client would; the report must show the loss.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub churn_skip: u64,
     /// Publish requests in flight at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub publishers: u64,
@@ -496,6 +500,7 @@ impl<'a> Run<'a> {
                     tasks.spawn(connection(
                         spec,
                         targets.clone(),
+                        args.churn_skip,
                         self.shared.clone(),
                         opened_tx.clone(),
                         stop_rx.clone(),
@@ -857,6 +862,7 @@ struct ConnectionSpec {
 async fn connection(
     spec: ConnectionSpec,
     targets: Arc<Vec<Target>>,
+    churn_skip: u64,
     shared: Arc<Shared>,
     opened: mpsc::UnboundedSender<Opened>,
     mut stop: watch::Receiver<bool>,
@@ -897,6 +903,7 @@ async fn connection(
     let (mut resumes, mut resyncs) = (0u64, BTreeMap::<String, u64>::new());
     let mut rng = crate::commands::load::Rng::new(spec.index);
     let idle = tokio::sync::Notify::new();
+    let skip = churn_skip;
     let churn = shared
         .churn
         .get(usize::try_from(spec.index).unwrap_or(usize::MAX))
@@ -943,7 +950,7 @@ async fn connection(
                 let cursor = Cursor {
                     epoch: epoch.clone(),
                     positions: [
-                        (spec.org_channel.clone(), tally.last()),
+                        (spec.org_channel.clone(), tally.last() + skip),
                         (spec.user_channel.clone(), user_tally.last()),
                     ]
                     .into(),
