@@ -944,3 +944,58 @@ async fn load_counts_what_a_resync_covers_as_not_lost_and_catches_a_real_loss() 
     assert!(report["events"]["lost"].as_u64().unwrap() > 0, "{report}");
     assert_eq!(code, 1, "{report}");
 }
+
+#[tokio::test]
+async fn load_with_workers_reports_one_run_and_refuses_what_the_fd_limit_cannot_hold() {
+    let server = Server::start().await;
+    let report =
+        std::env::temp_dir().join(format!("hrrt-load-workers-{}.json", std::process::id()));
+    let (code, stdout, stderr) = server
+        .hrrt(&[
+            "load",
+            "--connections",
+            "300",
+            "--orgs",
+            "3",
+            "--rate",
+            "60",
+            "--duration",
+            "1s",
+            "--workers",
+            "3",
+            "--churn",
+            "20",
+            "--user-rate",
+            "10",
+            "--drain",
+            "3s",
+            "--json",
+            report.to_str().unwrap(),
+        ])
+        .await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(report["connections"]["ok"], 300, "{report}");
+    assert_eq!(report["events"]["delivered"], 60 * 100, "{report}");
+    assert_eq!(report["events"]["lost"], 0, "{report}");
+    assert_eq!(report["user_events"]["lost"], 0, "{report}");
+    assert!(report["churn"]["resumes"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    assert!(stderr.contains("through 3 workers"), "{stderr}");
+
+    // More connections than one process may open: say so, open nothing.
+    let (_, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+    let too_many = (hard * 2).to_string();
+    let (code, _, stderr) = server
+        .hrrt(&["load", "--connections", &too_many, "--orgs", "1"])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--workers 3 or more") || stderr.contains("or more"),
+        "{stderr}"
+    );
+    assert_eq!(server.state.hub.len(), 0, "nothing was opened");
+}

@@ -5,6 +5,7 @@
 
 mod report;
 mod tally;
+mod workers;
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -69,6 +70,16 @@ pub struct LoadArgs {
     /// a random node of --nodes, resuming with `since` + `epoch`.
     #[arg(long, default_value_t = 0.0, value_name = "R")]
     pub churn: f64,
+    /// Worker processes that hold the connections (each gets its own
+    /// open-file limit; this process publishes and reports for all).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: u64,
+    /// Internal: this process is worker I of --workers.
+    #[arg(long, hide = true)]
+    pub worker_index: Option<u64>,
+    /// Internal: the run a worker belongs to.
+    #[arg(long, hide = true)]
+    pub run_id: Option<String>,
     /// Test-only: resume this many seqs past what was received, as a
     /// broken client would; the report must show the loss.
     #[arg(long, default_value_t = 0, hide = true)]
@@ -125,6 +136,8 @@ struct Shared {
     /// accepted (empty without `--user-rate`).
     user_published: Vec<AtomicU64>,
     user_latency: Mutex<Histogram<u64>>,
+    /// With --workers: each worker's latency so far, for the live line.
+    remote_latency: Mutex<Vec<Histogram<u64>>>,
     connect: Mutex<Histogram<u64>>,
     /// Event frames received, duplicates included (for progress).
     received: AtomicU64,
@@ -150,6 +163,7 @@ fn unix_nanos() -> u64 {
 }
 
 /// How one connection ended.
+#[derive(serde::Serialize, serde::Deserialize)]
 pub struct ConnOutcome {
     /// The connection's number in the run.
     pub index: u64,
@@ -248,7 +262,10 @@ impl Plan {
                 .map(Api::new)
                 .collect::<anyhow::Result<_>>()?
         };
-        let run_id = crate::random_hex(3);
+        let run_id = args.run_id.clone().unwrap_or_else(|| crate::random_hex(3));
+        if args.worker_index.is_none() {
+            workers::check_open_files(args)?;
+        }
         let orgs = (0..args.orgs)
             .map(|k| format!("load-{run_id}-{k}"))
             .collect();
@@ -287,6 +304,8 @@ struct Connected {
     seconds: f64,
     tasks: JoinSet<Option<ConnOutcome>>,
     stop: watch::Sender<bool>,
+    /// With --workers: the processes that hold the connections.
+    workers: Vec<workers::Worker>,
 }
 
 /// After the publish phase.
@@ -298,8 +317,11 @@ struct Published {
 }
 
 pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    if let Some(index) = args.worker_index {
+        return workers::run_worker(&args, global, index).await;
+    }
     let plan = Plan::new(&args, global)?;
-    raise_open_files(args.connections);
+    raise_open_files(args.connections.div_ceil(args.workers));
     let mut run = Run::new(&args, plan)?;
     let server_before = args.server_pid.map(ProcSample::read);
     let mut connected = run.connect().await?;
@@ -308,7 +330,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
     run.drain(&connected, &published).await;
     let delivery_seconds = published.started.elapsed().as_secs_f64();
     let server_end = args.server_pid.map(ProcSample::read);
-    let mut outcomes = connected.stop().await;
+    let mut outcomes = connected.stop(&run.shared).await;
     for outcome in &mut outcomes {
         outcome.user_published = usize::try_from(outcome.index)
             .ok()
@@ -406,6 +428,7 @@ impl<'a> Run<'a> {
                 Vec::new()
             },
             user_latency: Mutex::new(histogram()?),
+            remote_latency: Mutex::new(Vec::new()),
             churn: if args.churn > 0.0 {
                 (0..args.connections)
                     .map(|_| tokio::sync::Notify::new())
@@ -417,7 +440,10 @@ impl<'a> Run<'a> {
             received: AtomicU64::new(0),
             last_recipient: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
         });
-        let progress = if args.no_progress || !std::io::stderr().is_terminal() {
+        let progress = if args.no_progress
+            || args.worker_index.is_some()
+            || !std::io::stderr().is_terminal()
+        {
             MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
         } else {
             MultiProgress::new()
@@ -434,7 +460,9 @@ impl<'a> Run<'a> {
 
     /// A line of progress: above the bars, or on stderr when they are hidden.
     fn say(&self, text: String) {
-        if self.progress.is_hidden() {
+        if self.args.worker_index.is_some() {
+            // A worker's stdout is its report to the parent; it says nothing.
+        } else if self.progress.is_hidden() {
             output::note(&text);
         } else {
             let _ = self.progress.println(text);
@@ -445,6 +473,17 @@ impl<'a> Run<'a> {
     /// arrives until stopped.
     async fn connect(&mut self) -> anyhow::Result<Connected> {
         let args = self.args;
+        if args.workers > 1 && args.worker_index.is_none() {
+            return self.connect_workers().await;
+        }
+        // A worker opens its share: every index ≡ its own, mod --workers.
+        let mine: Vec<u64> = match args.worker_index {
+            Some(w) => (0..args.connections)
+                .filter(|k| k % args.workers == w)
+                .collect(),
+            None => (0..args.connections).collect(),
+        };
+        let count = mine.len() as u64;
         self.say(format!(
             "connecting {} connections over {} orgs to {} ({}/s)",
             args.connections,
@@ -457,7 +496,7 @@ impl<'a> Run<'a> {
                 .join(", "),
             args.connect_rate
         ));
-        let bar = self.progress.add(bar(args.connections, "connecting"));
+        let bar = self.progress.add(bar(count, "connecting"));
         let (stop, stop_rx) = watch::channel(false);
         let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Opened>();
         let mut tasks = JoinSet::new();
@@ -471,7 +510,7 @@ impl<'a> Run<'a> {
         let targets = Arc::new(self.plan.targets.clone());
         let (mut reported, mut launched) = (0u64, 0u64);
         let mut next_start = Instant::now();
-        while reported < args.connections {
+        while reported < count {
             tokio::select! {
                 biased;
                 () = self.interrupt.recv() => {
@@ -491,11 +530,11 @@ impl<'a> Run<'a> {
                         Opened::Failed(why) => *failures.entry(why).or_default() += 1,
                     }
                 }
-                permit = permits.clone().acquire_owned(), if launched < args.connections => {
+                permit = permits.clone().acquire_owned(), if launched < count => {
                     let Ok(permit) = permit else { break };
                     tokio::time::sleep_until(next_start).await;
                     next_start += spacing;
-                    let spec = self.spec(launched)?;
+                    let spec = self.spec(mine[usize::try_from(launched).unwrap_or(0)])?;
                     launched += 1;
                     tasks.spawn(connection(
                         spec,
@@ -513,9 +552,8 @@ impl<'a> Run<'a> {
         let seconds = started.elapsed().as_secs_f64();
         bar.finish_and_clear();
         self.say(format!(
-            "connected {opened} of {} in {seconds:.2} s ({} failed)",
-            args.connections,
-            args.connections - opened
+            "connected {opened} of {count} in {seconds:.2} s ({} failed)",
+            count - opened
         ));
         if opened == 0 && !self.interrupted {
             let why = failures.keys().next().cloned().unwrap_or_default();
@@ -528,6 +566,7 @@ impl<'a> Run<'a> {
             per_node,
             seconds,
             tasks,
+            workers: Vec::new(),
             stop,
         })
     }
@@ -569,24 +608,12 @@ impl<'a> Run<'a> {
         let bar = self.progress.add(bar(total, "publishing"));
         // --churn: R random connections a second are told to drop and
         // resume, for as long as events are published.
-        let churner = (args.churn > 0.0 && !self.shared.churn.is_empty()).then(|| {
-            let shared = self.shared.clone();
-            let every = Duration::from_secs_f64(1.0 / args.churn).max(Duration::from_micros(100));
-            tokio::spawn(async move {
-                let mut rng = Rng::new(0xC0FFEE);
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    let i = rng.below(shared.churn.len() as u64);
-                    if let Some(drop_now) =
-                        usize::try_from(i).ok().and_then(|i| shared.churn.get(i))
-                    {
-                        drop_now.notify_one();
-                    }
-                }
-            })
-        });
+        // (With --workers, each worker runs its own.)
+        let churner = if args.workers == 1 {
+            churner(self.shared.clone(), args.churn)
+        } else {
+            None
+        };
         let started = Instant::now();
         let service_token = mint(
             &self.plan.secret,
@@ -730,7 +757,10 @@ impl<'a> Run<'a> {
 
 impl Connected {
     /// Stops every connection and collects what each saw.
-    async fn stop(&mut self) -> Vec<ConnOutcome> {
+    async fn stop(&mut self, shared: &Shared) -> Vec<ConnOutcome> {
+        if !self.workers.is_empty() {
+            return workers::stop_all(self, shared).await;
+        }
         let _ = self.stop.send(true);
         let mut outcomes = Vec::new();
         while let Some(joined) = self.tasks.join_next().await {
@@ -821,6 +851,10 @@ fn live_status(shared: &Shared, started: Instant) -> String {
     };
     for shard in &shared.latency {
         let _ = merged.add(&*lock(shard));
+    }
+    // The workers' running histograms (--workers).
+    for h in lock(&shared.remote_latency).iter() {
+        let _ = merged.add(h);
     }
     let received = shared.received.load(Ordering::Relaxed) as f64;
     format!(
@@ -1102,6 +1136,28 @@ fn parse_event(text: &str) -> Option<LoadEvent> {
         sent_ns: number_after("\"sent_ns\":", false)?,
         n: number_after("\"n\":", false)?,
     })
+}
+
+/// `--churn`: tells `rate` random connections a second to drop and resume
+/// (a worker's driver picks from every index, so it reaches its own share:
+/// `rate` over N workers in all).
+fn churner(shared: Arc<Shared>, rate: f64) -> Option<tokio::task::JoinHandle<()>> {
+    if rate <= 0.0 || shared.churn.is_empty() {
+        return None;
+    }
+    let every = Duration::from_secs_f64(1.0 / rate).max(Duration::from_micros(100));
+    Some(tokio::spawn(async move {
+        let mut rng = Rng::new(0xC0FFEE ^ u64::from(std::process::id()));
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let i = rng.below(shared.churn.len() as u64);
+            if let Some(drop_now) = usize::try_from(i).ok().and_then(|i| shared.churn.get(i)) {
+                drop_now.notify_one();
+            }
+        }
+    }))
 }
 
 /// A user event of this run: its seq and send time.

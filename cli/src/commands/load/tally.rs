@@ -1,7 +1,7 @@
 //! Per-connection accounting: which seqs arrived, how often, in what order.
 
 /// What one connection received of its org channel.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Tally {
     /// The channel's seq when the connection started; later seqs count.
     start: u64,

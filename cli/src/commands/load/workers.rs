@@ -1,0 +1,402 @@
+//! `--workers N`: the connections live in N worker processes of this same
+//! binary, each with its own open-file limit (20,000 here), while this
+//! process publishes, drains and reports for all of them.
+//!
+//! A worker is `hrrt load` with the same flags plus `--worker-index I
+//! --run-id R`: it opens the connections whose index ≡ I (mod N), and talks
+//! to the parent in JSON lines: on stdout `{"connected":…}` once, then
+//! `{"progress":…}` every 250 ms (deliveries so far and its latency
+//! histogram, for the live line and the drain), then `{"done":…}` (every
+//! connection's outcome and its histograms); on stdin one line, the
+//! accepted events per org and per user, which tells it to stop.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::oneshot;
+
+use super::{ConnOutcome, Connected, LoadArgs, Run, Shared, histogram, lock};
+use crate::args::GlobalArgs;
+use crate::exit::ExitStatus;
+
+/// Open files a process needs beside its connections.
+const SPARE_FILES: u64 = 64;
+
+/// Refuses, before anything is opened, a run whose per-process share of
+/// connections is over this machine's open-file limit.
+pub(super) fn check_open_files(args: &LoadArgs) -> anyhow::Result<()> {
+    let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
+        return Ok(());
+    };
+    let per_process = args.connections.div_ceil(args.workers);
+    if per_process + SPARE_FILES > hard {
+        let needed = args
+            .connections
+            .div_ceil(hard.saturating_sub(SPARE_FILES).max(1));
+        bail!(
+            "--connections {} needs {} open files per process with --workers {}, over this \
+             machine's limit of {hard}: use --workers {needed} or more",
+            args.connections,
+            per_process + SPARE_FILES,
+            args.workers
+        );
+    }
+    Ok(())
+}
+
+/// A histogram as `[[value, count], …]`: what crosses the pipe.
+fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
+}
+
+fn from_pairs(pairs: &Value) -> Histogram<u64> {
+    let mut h = histogram()
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_histogram()));
+    for pair in pairs.as_array().map(Vec::as_slice).unwrap_or_default() {
+        if let (Some(v), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) {
+            let _ = h.record_n(v.max(1), n);
+        }
+    }
+    h
+}
+
+/// `Histogram::new(3)` cannot fail (3 significant figures is valid); this
+/// only satisfies the types without a panic path.
+fn unreachable_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 2, 0).unwrap_or_else(|_| unreachable_histogram())
+}
+
+fn emit(line: &Value) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("writing to the parent")?;
+    out.flush().context("writing to the parent")
+}
+
+/// Runs as worker `index`: connects its share, reports, stops when told.
+pub(super) async fn run_worker(
+    args: &LoadArgs,
+    global: &GlobalArgs,
+    index: u64,
+) -> anyhow::Result<ExitStatus> {
+    if index >= args.workers {
+        bail!(
+            "--worker-index {index} is not below --workers {}",
+            args.workers
+        );
+    }
+    let plan = super::Plan::new(args, global)?;
+    super::raise_open_files(args.connections.div_ceil(args.workers));
+    let mut run = Run::new(args, plan)?;
+    let mut connected = run.connect().await?;
+    emit(&json!({"connected": {
+        "opened": connected.opened,
+        "failures": connected.failures,
+        "per_org": connected.per_org,
+        "per_node": connected.per_node,
+        "seconds": connected.seconds,
+        "connect": pairs(&lock(&run.shared.connect)),
+    }}))?;
+    // Churn runs in the workers (they hold the connections), from now on.
+    let churn = super::churner(run.shared.clone(), args.churn);
+    // Progress until the parent says stop (or goes away).
+    let shared = run.shared.clone();
+    let progress = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let mut h = match histogram() {
+                Ok(h) => h,
+                Err(_) => return,
+            };
+            for shard in &shared.latency {
+                let _ = h.add(&*lock(shard));
+            }
+            let line = json!({"progress": {
+                "received": shared.received.load(Ordering::Relaxed),
+                "latency": pairs(&h),
+            }});
+            if emit(&line).is_err() {
+                return;
+            }
+        }
+    });
+    // One line (or the parent gone: EOF) on stdin; read off the runtime.
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|_| line)
+    })
+    .await;
+    let stop: Value = match line {
+        Ok(Ok(line)) => serde_json::from_str(&line).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    progress.abort();
+    if let Some(churn) = churn {
+        churn.abort();
+    }
+    let user: BTreeMap<u64, u64> = stop["user_published"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
+        .collect();
+    let mut outcomes = connected.stop(&run.shared).await;
+    for outcome in &mut outcomes {
+        outcome.user_published = user.get(&outcome.index).copied().unwrap_or(0);
+    }
+    let merged = |shards: &[std::sync::Mutex<Histogram<u64>>]| {
+        let mut h = histogram().unwrap_or_else(|_| unreachable_histogram());
+        for shard in shards {
+            let _ = h.add(&*lock(shard));
+        }
+        pairs(&h)
+    };
+    let last_recipient: Vec<(usize, u64)> = run
+        .shared
+        .last_recipient
+        .iter()
+        .enumerate()
+        .filter_map(|(n, slot)| {
+            let us = slot.load(Ordering::Relaxed);
+            (us > 0).then_some((n, us))
+        })
+        .collect();
+    emit(&json!({"done": {
+        "outcomes": outcomes,
+        "latency": merged(&run.shared.latency),
+        "node_latency": run.shared.node_latency.iter().map(|h| pairs(&lock(h))).collect::<Vec<_>>(),
+        "user_latency": pairs(&lock(&run.shared.user_latency)),
+        "last_recipient": last_recipient,
+    }}))?;
+    Ok(ExitStatus::Ok)
+}
+
+/// One worker process, as the parent holds it.
+pub(super) struct Worker {
+    index: u64,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// Its connections that opened (taken back if it dies).
+    opened: u64,
+    done: Option<oneshot::Receiver<Value>>,
+}
+
+impl Run<'_> {
+    /// Starts the workers and waits until each has opened its share.
+    pub(super) async fn connect_workers(&mut self) -> anyhow::Result<Connected> {
+        let args = self.args;
+        let exe = std::env::current_exe().context("finding this program to start workers")?;
+        self.say(format!(
+            "starting {} workers for {} connections",
+            args.workers, args.connections
+        ));
+        let started = tokio::time::Instant::now();
+        let mut connected = Connected {
+            opened: 0,
+            failures: BTreeMap::new(),
+            per_org: vec![0; self.plan.orgs.len()],
+            per_node: vec![0; self.plan.targets.len()],
+            seconds: 0.0,
+            tasks: tokio::task::JoinSet::new(),
+            stop: tokio::sync::watch::channel(false).0,
+            workers: Vec::new(),
+        };
+        let mut connect = histogram()?;
+        let mut remote = Vec::new();
+        for index in 0..args.workers {
+            let mut child = Command::new(&exe)
+                .args(std::env::args_os().skip(1))
+                .args([
+                    "--worker-index",
+                    &index.to_string(),
+                    "--run-id",
+                    &self.plan.run_id,
+                ])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .with_context(|| format!("starting worker {index}"))?;
+            let stdin = child.stdin.take();
+            let Some(stdout) = child.stdout.take() else {
+                bail!("worker {index} has no stdout");
+            };
+            let mut lines = BufReader::new(stdout).lines();
+            // Its connections open at --connect-rate / N each, in parallel.
+            let limit =
+                Duration::from_secs_f64(args.connections as f64 / args.connect_rate as f64 + 60.0);
+            let first = tokio::time::timeout(limit, lines.next_line()).await;
+            let report: Value = match first {
+                Ok(Ok(Some(line))) => serde_json::from_str(&line).unwrap_or(Value::Null),
+                _ => Value::Null,
+            };
+            let c = &report["connected"];
+            if c.is_null() {
+                let status = child.try_wait().ok().flatten();
+                *connected
+                    .failures
+                    .entry(format!("worker {index} did not start (exit {status:?})"))
+                    .or_default() += args.connections.div_ceil(args.workers);
+                continue;
+            }
+            let opened = c["opened"].as_u64().unwrap_or(0);
+            connected.opened += opened;
+            for (why, n) in c["failures"].as_object().into_iter().flatten() {
+                *connected.failures.entry(why.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+            for (slot, n) in connected
+                .per_org
+                .iter_mut()
+                .zip(c["per_org"].as_array().into_iter().flatten())
+            {
+                *slot += n.as_u64().unwrap_or(0);
+            }
+            for (slot, n) in connected
+                .per_node
+                .iter_mut()
+                .zip(c["per_node"].as_array().into_iter().flatten())
+            {
+                *slot += n.as_u64().unwrap_or(0);
+            }
+            let _ = connect.add(from_pairs(&c["connect"]));
+            // Its progress feeds the drain and the live line; its last
+            // line is the outcome.
+            let (done_tx, done_rx) = oneshot::channel();
+            let shared = self.shared.clone();
+            let slot = remote.len();
+            remote.push(histogram()?);
+            tokio::spawn(read_progress(lines, shared, slot, done_tx));
+            connected.workers.push(Worker {
+                index,
+                child,
+                stdin,
+                opened,
+                done: Some(done_rx),
+            });
+        }
+        *lock(&self.shared.remote_latency) = remote;
+        let _ = lock(&self.shared.connect).add(&connect);
+        connected.seconds = started.elapsed().as_secs_f64();
+        self.say(format!(
+            "connected {} of {} through {} workers in {:.2} s",
+            connected.opened, args.connections, args.workers, connected.seconds
+        ));
+        if connected.opened == 0 && !self.interrupted {
+            let why = connected
+                .failures
+                .keys()
+                .next()
+                .cloned()
+                .unwrap_or_default();
+            bail!("no connection could be opened: {why}");
+        }
+        Ok(connected)
+    }
+}
+
+async fn read_progress(
+    mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    shared: Arc<Shared>,
+    slot: usize,
+    done: oneshot::Sender<Value>,
+) {
+    let mut received = 0u64;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(p) = v.get("progress") {
+            let now = p["received"].as_u64().unwrap_or(received);
+            shared
+                .received
+                .fetch_add(now.saturating_sub(received), Ordering::Relaxed);
+            received = now;
+            if let Some(h) = lock(&shared.remote_latency).get_mut(slot) {
+                *h = from_pairs(&p["latency"]);
+            }
+        } else if let Some(d) = v.get("done") {
+            let _ = done.send(d.clone());
+            return;
+        }
+    }
+}
+
+/// Tells every worker to stop, with what was published; merges their
+/// outcomes and histograms into `shared`. A worker that died is named and
+/// its connections counted as failed.
+pub(super) async fn stop_all(connected: &mut Connected, shared: &Shared) -> Vec<ConnOutcome> {
+    let per_user: Vec<(usize, u64)> = shared
+        .user_published
+        .iter()
+        .enumerate()
+        .filter_map(|(k, n)| {
+            let n = n.load(Ordering::Relaxed);
+            (n > 0).then_some((k, n))
+        })
+        .collect();
+    let stop = json!({"user_published": per_user}).to_string() + "\n";
+    let mut outcomes = Vec::new();
+    let mut lost_workers = Vec::new();
+    for worker in &mut connected.workers {
+        if let Some(stdin) = worker.stdin.as_mut() {
+            let _ = stdin.write_all(stop.as_bytes()).await;
+            let _ = stdin.flush().await;
+        }
+        let done = match worker.done.take() {
+            Some(done) => tokio::time::timeout(Duration::from_secs(120), done).await,
+            None => continue,
+        };
+        let Ok(Ok(d)) = done else {
+            let status = worker.child.try_wait().ok().flatten();
+            lost_workers.push((worker.index, worker.opened, status));
+            continue;
+        };
+        if let Ok(mut these) = serde_json::from_value::<Vec<ConnOutcome>>(d["outcomes"].clone()) {
+            outcomes.append(&mut these);
+        }
+        let _ = lock(&shared.latency[0]).add(from_pairs(&d["latency"]));
+        let _ = lock(&shared.user_latency).add(from_pairs(&d["user_latency"]));
+        for (h, p) in shared
+            .node_latency
+            .iter()
+            .zip(d["node_latency"].as_array().into_iter().flatten())
+        {
+            let _ = lock(h).add(from_pairs(p));
+        }
+        for pair in d["last_recipient"].as_array().into_iter().flatten() {
+            if let (Some(n), Some(us)) = (pair[0].as_u64(), pair[1].as_u64())
+                && let Some(slot) = usize::try_from(n)
+                    .ok()
+                    .and_then(|n| shared.last_recipient.get(n))
+            {
+                slot.fetch_max(us, Ordering::Relaxed);
+            }
+        }
+        let _ = worker.child.wait().await;
+    }
+    lock(&shared.remote_latency).clear();
+    for (index, opened, status) in lost_workers {
+        eprintln!(
+            "hrrt load: worker {index} ended before reporting (exit {status:?}); its {opened} connections count as failed"
+        );
+        connected.opened = connected.opened.saturating_sub(opened);
+        *connected
+            .failures
+            .entry(format!("worker {index} died"))
+            .or_default() += opened;
+    }
+    outcomes
+}
