@@ -16,6 +16,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The cluster rows (5 nodes + Redis, 100,000 connections) have their own script.
+if [ "${1:-}" = cluster ]; then
+  shift
+  exec scripts/bench-cluster.sh "$@"
+fi
+
 PORT=${BENCH_PORT:-18090}
 URL="http://127.0.0.1:$PORT"
 OUT_DIR=target/bench

@@ -1131,7 +1131,16 @@ async fn subscriber(shared: Arc<Shared>) {
             tokio::select! {
                 command = commands.recv() => {
                     let Some(command) = command else { return };
-                    if let Err(e) = apply(&shared, &mut sink, subs, command).await {
+                    // What else is waiting goes with it: a connect storm's
+                    // thousands of subscriptions become a few SUBSCRIBEs.
+                    let mut batch = vec![command];
+                    while batch.len() < SUBSCRIBE_BATCH {
+                        match commands.try_recv() {
+                            Ok(command) => batch.push(command),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Err(e) = apply_batch(&shared, &mut sink, subs, batch).await {
                         tracing::warn!(error = %e, "redis subscribe failed");
                         break;
                     }
@@ -1249,6 +1258,60 @@ async fn subscribe_new(
         subs.delivered
             .entry(channel.clone())
             .or_insert(seq.unwrap_or(0));
+    }
+    Ok(())
+}
+
+/// Most subscriber requests handled in one round.
+const SUBSCRIBE_BATCH: usize = 1024;
+
+/// Applies waiting requests: every `Subscribe` of the batch in one
+/// SUBSCRIBE (and one MGET for the new channels' baselines), then the rest
+/// in order. Taking subscriptions first is safe: counts only add, and a
+/// later unsubscribe of the same channel then finds it counted.
+async fn apply_batch(
+    shared: &Shared,
+    sink: &mut redis::aio::PubSubSink,
+    subs: &mut Subscriptions,
+    batch: Vec<Control>,
+) -> redis::RedisResult<()> {
+    let mut subscribes = Vec::new();
+    let mut others = Vec::new();
+    for command in batch {
+        match command {
+            Control::Subscribe(channels, ack) => subscribes.push((channels, ack)),
+            other => others.push(other),
+        }
+    }
+    if !subscribes.is_empty() {
+        let mut seen = std::collections::HashSet::new();
+        let mut new: Vec<ChannelName> = Vec::new();
+        for (channels, _) in &subscribes {
+            for channel in channels {
+                if !subs.counts.contains_key(channel) && seen.insert(channel) {
+                    new.push(channel.clone());
+                }
+            }
+        }
+        match subscribe_new(shared, sink, subs, &new).await {
+            Ok(()) => {
+                for (channels, ack) in subscribes {
+                    for channel in channels {
+                        *subs.counts.entry(channel).or_default() += 1;
+                    }
+                    let _ = ack.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                for (_, ack) in subscribes {
+                    let _ = ack.send(Err(unavailable(&e)));
+                }
+                return Err(e);
+            }
+        }
+    }
+    for command in others {
+        apply(shared, sink, subs, command).await?;
     }
     Ok(())
 }

@@ -502,7 +502,12 @@ impl<'a> Run<'a> {
         let mut tasks = JoinSet::new();
         let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
         let started = Instant::now();
-        let spacing = Duration::from_secs_f64(1.0 / args.connect_rate as f64);
+        // A worker opens its share at its share of --connect-rate.
+        let rate = match args.worker_index {
+            Some(_) => (args.connect_rate as f64 / args.workers as f64).max(1.0),
+            None => args.connect_rate as f64,
+        };
+        let spacing = Duration::from_secs_f64(1.0 / rate);
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
         let mut opened = 0u64;
         let mut per_org = vec![0u64; self.plan.orgs.len()];

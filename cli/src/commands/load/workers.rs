@@ -215,8 +215,11 @@ impl Run<'_> {
         };
         let mut connect = histogram()?;
         let mut remote = Vec::new();
+        // All start at once, then each is waited for (a worker opens its
+        // share at --connect-rate / N).
+        let mut spawned = Vec::new();
         for index in 0..args.workers {
-            let mut child = Command::new(&exe)
+            let child = Command::new(&exe)
                 .args(std::env::args_os().skip(1))
                 .args([
                     "--worker-index",
@@ -230,15 +233,18 @@ impl Run<'_> {
                 .kill_on_drop(true)
                 .spawn()
                 .with_context(|| format!("starting worker {index}"))?;
+            spawned.push((index, child));
+        }
+        let limit =
+            Duration::from_secs_f64(args.connections as f64 / args.connect_rate as f64 + 60.0);
+        let deadline = tokio::time::Instant::now() + limit;
+        for (index, mut child) in spawned {
             let stdin = child.stdin.take();
             let Some(stdout) = child.stdout.take() else {
                 bail!("worker {index} has no stdout");
             };
             let mut lines = BufReader::new(stdout).lines();
-            // Its connections open at --connect-rate / N each, in parallel.
-            let limit =
-                Duration::from_secs_f64(args.connections as f64 / args.connect_rate as f64 + 60.0);
-            let first = tokio::time::timeout(limit, lines.next_line()).await;
+            let first = tokio::time::timeout_at(deadline, lines.next_line()).await;
             let report: Value = match first {
                 Ok(Ok(Some(line))) => serde_json::from_str(&line).unwrap_or(Value::Null),
                 _ => Value::Null,

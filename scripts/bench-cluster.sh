@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The cluster benchmark of docs/benchmarks.md and docs/scaling.md: 5 nodes
+# and one Redis on this machine, 100,000 connections held by `hrrt load
+# --workers`, 100 orgs of 1,000 connections spread over every node, 10
+# events/s published through one node; then the same with --churn 200.
+# Reports cross-node delivery latency, per-node RSS per connection, Redis
+# CPU and losses. Nodes and Redis run on CPU 0, the load generator on CPU 1.
+#
+#   scripts/bench.sh cluster      (or this script; CLUSTER_CONNECTIONS=20000 for a smaller run)
+#
+# Needs redis-server, taskset, python3, curl. Traffic stays on 127.0.0.0/8.
+# Not run by CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONNECTIONS=${CLUSTER_CONNECTIONS:-100000}
+NODES=${CLUSTER_NODES:-5}
+DURATION=${CLUSTER_DURATION:-30s}
+BASE_PORT=${CLUSTER_PORT:-18200}
+REDIS_PORT=$((BASE_PORT + 99))
+SECRET=bench-secret-bench-secret-bench
+OUT=target/bench/cluster
+mkdir -p "$OUT"
+for tool in taskset python3 curl redis-server; do
+  command -v "$tool" >/dev/null || { echo "bench-cluster.sh needs $tool" >&2; exit 2; }
+done
+cargo build --release --locked -p hrrt -p hrrt-server
+ulimit -n "$(ulimit -Hn)"
+WORKERS=$(( (CONNECTIONS + 16999) / 17000 ))
+
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$OUT" >"$OUT/redis.log" 2>&1 &
+REDIS_PID=$!
+PIDS+=("$REDIS_PID")
+for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+# Fresh nodes for every run, so RSS per connection is measured from a
+# clean start.
+start_nodes() {
+  URLS=()
+  NODE_PIDS=()
+  for i in $(seq 0 $((NODES - 1))); do
+    port=$((BASE_PORT + i))
+    HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c 0 target/release/hrrt-server \
+      --listen "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
+      >"$OUT/node$i.log" 2>&1 &
+    NODE_PIDS+=($!)
+    PIDS+=($!)
+    URLS+=("http://127.0.0.1:$port")
+  done
+  for url in "${URLS[@]}"; do
+    for _ in $(seq 1 100); do curl -fsS "$url/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  NODE_LIST=$(IFS=,; echo "${URLS[*]}")
+}
+stop_nodes() {
+  for pid in "${NODE_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${NODE_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+
+rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+one_run() {
+  local name=$1; shift
+  start_nodes
+  local before=() peak=()
+  for pid in "${NODE_PIDS[@]}"; do before+=("$(rss_kib "$pid")"); peak+=(0); done
+  local redis_before; redis_before=$(cpu_ticks "$REDIS_PID")
+  # Peak RSS per node while the run holds its connections.
+  (
+    while true; do
+      line=""
+      for pid in "${NODE_PIDS[@]}"; do line="$line $(rss_kib "$pid" 2>/dev/null || echo 0)"; done
+      echo "$line"
+      sleep 1
+    done
+  ) >"$OUT/$name-rss.txt" &
+  local sampler=$!
+  HRRT_JWT_SECRET=$SECRET taskset -c 1 target/release/hrrt load \
+    --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
+    --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate 10 --duration "$DURATION" \
+    --workers "$WORKERS" --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
+    --connect-rate 3000 --drain 10s --no-progress --json "$OUT/$name.json" "$@" \
+    >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
+  kill "$sampler" 2>/dev/null || true
+  local redis_after; redis_after=$(cpu_ticks "$REDIS_PID")
+  stop_nodes
+  python3 - "$OUT/$name.json" "$OUT/$name-rss.txt" "$CONNECTIONS" "$NODES" \
+    "$(( redis_after - redis_before ))" "$(getconf CLK_TCK)" "${before[*]}" "$name" <<'PY'
+import json, sys
+report, rss, conns, nodes, redis_ticks, hz, before, name = sys.argv[1:]
+r = json.load(open(report))
+peaks = [0] * int(nodes)
+for line in open(rss):
+    for i, v in enumerate(line.split()):
+        peaks[i] = max(peaks[i], int(v))
+base = [int(v) for v in before.split()]
+per_node = [n["connections"] for n in r.get("nodes", [])]
+kib = [(p - b) / max(c, 1) for p, b, c in zip(peaks, base, per_node)]
+l, e = r["latency_ms"], r["events"]
+print(f"{name}: {r['connections']['ok']} of {conns} connections over {nodes} nodes; "
+      f"delivered {e['delivered']} of {e['expected_deliveries']}, lost {e['lost']}, duplicated {e['duplicated']}; "
+      f"cross-node latency p50 {l['p50']:.2f} ms p99 {l['p99']:.2f} ms max {l['max']:.2f} ms; "
+      f"last recipient p99 {r['last_recipient_ms']['p99']:.2f} ms; "
+      f"node RSS per connection {min(kib):.2f}-{max(kib):.2f} KiB; "
+      f"Redis CPU {int(redis_ticks) / int(hz):.2f} s; "
+      f"churn {r.get('churn')}; passed {r['passed']}")
+PY
+}
+
+one_run cluster
+one_run cluster-churn --churn 200
