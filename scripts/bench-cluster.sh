@@ -70,6 +70,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 one_run() {
   local name=$1; shift
+  rm -f "$OUT/$name.json"
   start_nodes
   local before=() peak=()
   for pid in "${NODE_PIDS[@]}"; do before+=("$(rss_kib "$pid")"); peak+=(0); done
@@ -88,9 +89,10 @@ one_run() {
     --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
     --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate 10 --duration "$DURATION" \
     --workers "$WORKERS" --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
-    --connect-rate 3000 --drain 10s --no-progress --json "$OUT/$name.json" "$@" \
+    --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" "$@" \
     >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
   kill "$sampler" 2>/dev/null || true
+  [ -s "$OUT/$name.json" ] || { echo "$name: no report; see $OUT/$name.err" >&2; stop_nodes; return; }
   local redis_after; redis_after=$(cpu_ticks "$REDIS_PID")
   stop_nodes
   python3 - "$OUT/$name.json" "$OUT/$name-rss.txt" "$CONNECTIONS" "$NODES" \

@@ -31,8 +31,8 @@ function mint(claims) {
   return `${head}.${body}.${sig}`;
 }
 const now = () => Math.floor(Date.now() / 1000);
-const userToken = (user, org, ttl = 600) =>
-  mint({ sub: user, org_id: org, role: 'user', iat: now(), exp: now() + ttl });
+const userToken = (user, org, ttl = 600, pad = undefined) =>
+  mint({ sub: user, org_id: org, role: 'user', iat: now(), exp: now() + ttl, ...(pad ? { pad } : {}) });
 const service = () => mint({ sub: 'backend', role: 'service', iat: now(), exp: now() + 600 });
 
 const freePort = () =>
@@ -46,6 +46,7 @@ const freePort = () =>
 
 let hrrtPort, hrrt, web, webPort, browser, page;
 const ttl = {};
+const pad = {};
 
 async function spawnHrrt(port, extra = []) {
   const child = spawn(
@@ -105,7 +106,7 @@ before(async () => {
   });
   page = await browser.newPage();
   page.on('console', (m) => consoleLines.push(m.text()));
-  await page.exposeFunction('mintToken', (name) => userToken(name, 'o1', ttl[name] ?? 600));
+  await page.exposeFunction('mintToken', (name) => userToken(name, 'o1', ttl[name] ?? 600, pad[name]));
   await page.goto(`http://127.0.0.1:${webPort}/page.html`);
   await until(() => window.ready === true);
 });
@@ -203,6 +204,26 @@ test('a slow-consumer close (1013) reconnects and resumes every event once', asy
     await page.evaluate(() => window.runs.dave.live.close());
     const exited = new Promise((r) => slow.once('exit', r));
     slow.kill('SIGTERM');
+    await exited;
+  }
+});
+
+test('a 1009 close stops the client and reports a bug instead of retrying', async () => {
+  // A server that takes frames of at most 1 KiB, and a token (sent in
+  // the refresh frame) over that: the refresh is refused with 1009.
+  const port = await freePort();
+  const strict = await spawnHrrt(port, ['--max-message-bytes', '1024']);
+  try {
+    ttl.erin = 2;
+    pad.erin = 'x'.repeat(1500);
+    await page.evaluate((url) => window.start('erin', url), `http://127.0.0.1:${port}`);
+    await until(() => window.runs.erin.statuses.includes('stopped'), null, 15000);
+    const r = await run('erin');
+    assert.ok(r.codes.includes(1009), `closed 1009: ${r.codes}`);
+    assert.equal(r.statuses.filter((s) => s === 'connecting').length, 1, `no retry: ${r.statuses}`);
+  } finally {
+    const exited = new Promise((r) => strict.once('exit', r));
+    strict.kill('SIGTERM');
     await exited;
   }
 });

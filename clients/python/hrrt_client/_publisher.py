@@ -175,9 +175,12 @@ class Publisher:
         timeout: float = 5.0,
         retries: int = 5,
         user: str = "backend",
+        http: Optional[httpx.Client] = None,
     ):
+        """`http`: your own httpx.Client (proxies, TLS settings, hooks);
+        its timeout is then yours too."""
         self._core = _Core(url, secret, timeout, retries, user)
-        self._http = httpx.Client(timeout=timeout)
+        self._http = http or httpx.Client(timeout=timeout)
 
     def publish(
         self,
@@ -237,9 +240,10 @@ class AsyncPublisher:
         timeout: float = 5.0,
         retries: int = 5,
         user: str = "backend",
+        http: Optional[httpx.AsyncClient] = None,
     ):
         self._core = _Core(url, secret, timeout, retries, user)
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self._http = http or httpx.AsyncClient(timeout=timeout)
 
     async def publish(
         self,

@@ -202,3 +202,72 @@ def test_the_async_publisher_and_the_compat_functions_reach_the_front_end(server
     assert got[3]["payload"] == {"id": 1}, "the front end reads payload.id"
     assert got[5]["channel"] == "user:44"
     listener.close()
+
+
+def test_a_503_while_redis_is_away_is_retried_until_it_is_back(tmp_path):
+    """The Redis engine answers 503 while Redis is down; the publisher
+    retries (same idempotency key) until it is back, and the event is
+    published once."""
+    import shutil
+    import subprocess
+
+    from conftest import Server, free_port
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (scripts/test.sh installs it)")
+    port = free_port()
+
+    def redis():
+        return subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )
+
+    def until_redis_answers():
+        for _ in range(200):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                    s.sendall(b"PING\r\n")
+                    if s.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    r = redis()
+    until_redis_answers()
+    server = Server("--redis-url", f"redis://127.0.0.1:{port}/")
+    try:
+        listener = Listener(server, "45", "13")
+        r.terminate()
+        r.wait(timeout=10)
+        result = {}
+        refused = threading.Event()
+
+        def seen(response):
+            if response.status_code == 503:
+                refused.set()
+
+        def publish():
+            http = httpx.Client(timeout=3.0, event_hooks={"response": [seen]})
+            with Publisher(server.url, SECRET, retries=30, http=http) as hrrt:
+                result["ack"] = hrrt.publish("entity.created", org_id=13, payload={"n": "back"})
+
+        thread = threading.Thread(target=publish)
+        thread.start()
+        # Redis comes back only after an attempt was refused with 503.
+        assert refused.wait(timeout=20), "no 503 while Redis was down"
+        r = redis()
+        until_redis_answers()
+        thread.join(timeout=60)
+        assert "ack" in result, "published once Redis was back"
+        event = listener.next(timeout=15)
+        assert (event["seq"], event["payload"]) == (result["ack"].seq, {"n": "back"})
+        assert listener.nothing_more()
+        listener.close()
+    finally:
+        server.stop()
+        r.terminate()
+        r.wait(timeout=10)

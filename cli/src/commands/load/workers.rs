@@ -235,8 +235,11 @@ impl Run<'_> {
                 .with_context(|| format!("starting worker {index}"))?;
             spawned.push((index, child));
         }
-        let limit =
-            Duration::from_secs_f64(args.connections as f64 / args.connect_rate as f64 + 60.0);
+        // Generous: a server slower than --connect-rate stretches the phase;
+        // a worker that is merely slow must not be taken for a dead one.
+        let limit = Duration::from_secs_f64(
+            args.connections as f64 / args.connect_rate as f64 * 4.0 + 120.0,
+        );
         let deadline = tokio::time::Instant::now() + limit;
         for (index, mut child) in spawned {
             let stdin = child.stdin.take();
