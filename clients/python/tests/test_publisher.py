@@ -263,7 +263,13 @@ def test_a_503_while_redis_is_away_is_retried_until_it_is_back(tmp_path):
         until_redis_answers()
         thread.join(timeout=60)
         assert "ack" in result, "published once Redis was back"
+        # Redis came back empty: a new epoch, told in band first.
         event = listener.next(timeout=15)
+        for _ in range(4):
+            if event["type"] != "resync.required":
+                break
+            assert event["payload"]["reason"] == "epoch_changed", event
+            event = listener.next(timeout=15)
         assert (event["seq"], event["payload"]) == (result["ack"].seq, {"n": "back"})
         assert listener.nothing_more()
         listener.close()
