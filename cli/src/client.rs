@@ -77,6 +77,18 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
+    /// What the HTTP API commands (`publish`, `stats`, `history`, …) use:
+    /// `--token`, or a `service` token for `hrrt-cli` minted from `--secret`.
+    pub fn service(global: &GlobalArgs) -> anyhow::Result<Self> {
+        Self::from_args(
+            global,
+            Some("hrrt-cli"),
+            None,
+            Role::Service,
+            "pass --token, or --secret (HRRT_JWT_SECRET) to mint a service token",
+        )
+    }
+
     /// `--token` if given, else a token minted from `--secret` for `user`
     /// of `org` with `role`. `hint` says what to pass when neither is there.
     pub fn from_args(

@@ -12,6 +12,22 @@ use tokio::sync::mpsc;
 
 use hrrt_testkit::{SECRET, TestServer, within};
 
+/// The dashboard's feed of `url`, as an admin watching every org.
+fn watch_everything(url: &str) -> mpsc::Receiver<Feed> {
+    let target = Target::parse(url).unwrap();
+    let tokens = TokenSource::Fixed(
+        mint(SECRET, &Claims::new("ops", Some("ops"), Role::Admin, 600)).unwrap(),
+    );
+    let (tx, rx) = mpsc::channel(1000);
+    tokio::spawn(hrrt_cli::commands::dash::feed(
+        target,
+        tokens,
+        "*".into(),
+        tx,
+    ));
+    rx
+}
+
 fn screen(app: &App) -> String {
     hrrt_tui::screen(app, 140, 30)
 }
@@ -20,17 +36,7 @@ fn screen(app: &App) -> String {
 async fn the_dashboard_shows_what_is_published() {
     let server = TestServer::start().await;
     let url = server.url();
-    let target = Target::parse(&url).unwrap();
-    let tokens = TokenSource::Fixed(
-        mint(SECRET, &Claims::new("ops", Some("ops"), Role::Admin, 600)).unwrap(),
-    );
-    let (tx, mut rx) = mpsc::channel(1000);
-    tokio::spawn(hrrt_cli::commands::dash::feed(
-        target,
-        tokens,
-        "*".into(),
-        tx,
-    ));
+    let mut rx = watch_everything(&url);
 
     let mut app = App::new(url.clone());
     // Until the feed is connected and has stats.
@@ -91,17 +97,7 @@ async fn the_dashboard_shows_the_cluster_and_a_node_that_left() {
     .await;
     let other = TestServer::with(move |c| c.redis_url = Some(url)).await;
     let other_id = other.state.node_id.clone();
-    let target = Target::parse(&watched.url()).unwrap();
-    let tokens = TokenSource::Fixed(
-        mint(SECRET, &Claims::new("ops", Some("ops"), Role::Admin, 600)).unwrap(),
-    );
-    let (tx, mut rx) = mpsc::channel(1000);
-    tokio::spawn(hrrt_cli::commands::dash::feed(
-        target,
-        tokens,
-        "*".into(),
-        tx,
-    ));
+    let mut rx = watch_everything(&watched.url());
     let mut app = App::new(watched.url());
     // Both nodes listed (heartbeats every 2 s; bounded by `within`).
     within(async {

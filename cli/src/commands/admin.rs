@@ -6,7 +6,6 @@
 
 use anyhow::bail;
 use clap::Args;
-use hrrt_protocol::Role;
 use serde_json::{Value, json};
 
 use crate::args::GlobalArgs;
@@ -61,13 +60,7 @@ pub struct DisconnectArgs {
 }
 
 fn api(global: &GlobalArgs) -> anyhow::Result<(Api, String)> {
-    let tokens = TokenSource::from_args(
-        global,
-        Some("hrrt-cli"),
-        None,
-        Role::Service,
-        "pass --token, or --secret (HRRT_JWT_SECRET) to mint a service token",
-    )?;
+    let tokens = TokenSource::service(global)?;
     Ok((Api::new(Target::parse(&global.url)?)?, tokens.token()?))
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hrrt_protocol::{ChannelName, Role};
+use hrrt_protocol::ChannelName;
 use serde_json::Value;
 
 use crate::args::GlobalArgs;
@@ -53,13 +53,7 @@ pub async fn run(args: PublishArgs, global: &GlobalArgs) -> anyhow::Result<ExitS
         Some(path) => batch(path)?,
         None => single(&args)?,
     };
-    let tokens = TokenSource::from_args(
-        global,
-        Some("hrrt-cli"),
-        None,
-        Role::Service,
-        "pass --token, or --secret (HRRT_JWT_SECRET) to mint a service token",
-    )?;
+    let tokens = TokenSource::service(global)?;
     let api = Api::new(Target::parse(&global.url)?)?;
     let (status, answer) = api.post("/api/events", &tokens.token()?, &body).await?;
     match status {
