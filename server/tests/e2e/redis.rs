@@ -861,3 +861,22 @@ async fn stats_and_metrics_report_the_history_redis_holds() {
     }
     panic!("history_events never reached 3");
 }
+
+#[tokio::test]
+async fn a_disconnect_while_redis_is_away_still_closes_this_nodes_tabs_and_says_so() {
+    let Some(mut redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let a = node(&redis).await;
+    let mut tab = a.connect("42", "7").await;
+    redis.stop().await;
+    let (status, body) = a
+        .post_json(
+            "/api/disconnect",
+            Some(&service_token()),
+            json!({"user_id": "42", "reason": "access revoked"}),
+        )
+        .await;
+    assert_eq!((status, body["closed"].as_u64()), (200, Some(1)), "{body}");
+    assert_eq!(tab.expect_close().await, (1008, "access revoked".into()));
+}
