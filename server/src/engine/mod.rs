@@ -15,11 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{ChannelName, EventType, UserId};
+use crate::protocol::{ChannelName, EventType, Frame, UserId};
 
 pub use memory::MemoryEngine;
 pub use redis::RedisEngine;
@@ -60,7 +59,7 @@ pub struct Publication {
     pub seq: u64,
     pub event_type: EventType,
     /// The serialised envelope; serialised once, shared by every recipient.
-    pub frame: Utf8Bytes,
+    pub frame: Frame,
     /// When this process learnt of the event, for the retention window and
     /// the delivery-latency measure.
     pub received: Instant,
