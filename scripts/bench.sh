@@ -6,7 +6,13 @@
 # two never share a core. Reports land in target/bench/*.json and the
 # table in docs/benchmarks.md (or $BENCH_OUT).
 #
-#   scripts/bench.sh            # the whole matrix (about 4 minutes)
+# Every row is also run, in the same invocation, against the two baselines
+# of bench/ (hrrt-baseline): `bare`, an axum + tungstenite broadcast, and
+# `floor`, a probe writing one pre-encoded frame per socket with a plain
+# non-blocking send; target/bench/compare.md puts the three side by side.
+#
+#   scripts/bench.sh            # the whole matrix, three servers (about 12 minutes)
+#   BENCH_SERVERS=hrrt scripts/bench.sh   # hrrt only
 #   scripts/bench.sh idle fanout-50   # some rows only
 #   BENCH_BIN_DIR=/tmp/old BENCH_OUT=/tmp/old.md scripts/bench.sh   # other binaries,
 #                               # e.g. a previous build, for a before/after pair
@@ -36,8 +42,10 @@ done
 
 BIN_DIR=${BENCH_BIN_DIR:-target/release}
 if [ -z "${BENCH_BIN_DIR:-}" ]; then
-  cargo build --release --locked -p hrrt -p hrrt-server
+  cargo build --release --locked -p hrrt -p hrrt-server -p hrrt-baseline
 fi
+SERVERS=${BENCH_SERVERS:-hrrt bare floor}
+BASELINE_BIN=target/release/hrrt-baseline
 # The load generator is always this build's, so both servers face the same client.
 LOAD_BIN=target/release/hrrt
 [ -x "$LOAD_BIN" ] || cargo build --release --locked -p hrrt
@@ -56,10 +64,17 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# start_server hrrt|bare|floor [hrrt-server flags…]
 start_server() {
-  HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c "$SERVER_CPU" \
-    "$BIN_DIR/hrrt-server" --listen "127.0.0.1:$PORT" "$@" \
-    >"$OUT_DIR/server.log" 2>&1 &
+  local kind=$1
+  shift
+  case $kind in
+    hrrt) HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c "$SERVER_CPU" \
+            "$BIN_DIR/hrrt-server" --listen "127.0.0.1:$PORT" "$@" \
+            >"$OUT_DIR/server.log" 2>&1 & ;;
+    *) HRRT_JWT_SECRET=$SECRET taskset -c "$SERVER_CPU" \
+            "$BASELINE_BIN" "$kind" "127.0.0.1:$PORT" >"$OUT_DIR/server.$kind.log" 2>&1 & ;;
+  esac
   SERVER_PID=$!
   for _ in $(seq 1 100); do
     curl -fsS "$URL/healthz" >/dev/null 2>&1 && return 0
@@ -73,18 +88,24 @@ start_server() {
 run() {
   local name=$1
   shift
-  echo "== $name: hrrt load $*" >&2
-  start_server --send-queue 4096
-  # A failed row (loss, thresholds) is recorded, not fatal.
-  HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
-    --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$name.json" "$@" \
-    | tee "$OUT_DIR/$name.txt" || true
-  echo "hrrt load $*" >"$OUT_DIR/$name.cmd"
-  stop_server
+  local kind file
+  for kind in $SERVERS; do
+    echo "== $name ($kind): hrrt load $*" >&2
+    # hrrt's reports keep their old names (bench_table.py reads them).
+    file=$name
+    [ "$kind" = hrrt ] || file=$name.$kind
+    if [ "$kind" = hrrt ]; then start_server hrrt --send-queue 4096; else start_server "$kind"; fi
+    # A failed row (loss, thresholds) is recorded, not fatal.
+    HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
+      --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$file.json" "$@" \
+      | tee "$OUT_DIR/$file.txt" || true
+    echo "hrrt load $*" >"$OUT_DIR/$file.cmd"
+    stop_server
+  done
 }
 
 ROWS=("$@")
-[ ${#ROWS[@]} -gt 0 ] || ROWS=(idle fanout-50 fanout-200 fanout-1000 target broadcast storm)
+[ ${#ROWS[@]} -gt 0 ] || ROWS=(idle fanout-50 fanout-200 fanout-1000 target batch broadcast storm)
 for row in "${ROWS[@]}"; do
   case $row in
     idle)        run idle --connections 19000 --orgs 10 --rate 1 --duration 1s --connect-rate 5000 ;;
@@ -92,11 +113,13 @@ for row in "${ROWS[@]}"; do
     fanout-200)  run fanout-200 --connections 10000 --orgs 10 --rate 200 --duration 20s --connect-rate 5000 ;;
     fanout-1000) run fanout-1000 --connections 10000 --orgs 10 --rate 1000 --duration 10s --connect-rate 5000 --drain 20s ;;
     target)      run target --connections 10000 --orgs 10 --rate 40 --duration 20s --connect-rate 5000 ;;
+    batch)       run batch --connections 2000 --orgs 10 --rate 1000 --batch 10 --duration 20s --connect-rate 5000 ;;
     broadcast)   run broadcast --connections 10000 --orgs 1 --rate 20 --duration 20s --connect-rate 5000 ;;
     storm)       run storm --connections 19000 --orgs 10 --rate 1 --duration 1s --connect-rate 1000000 --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4 ;;
     *) echo "unknown row '$row'" >&2; exit 2 ;;
   esac
 done
 
+python3 scripts/bench_compare.py "$OUT_DIR" "${ROWS[@]}" | tee "$OUT_DIR/compare.md"
 python3 scripts/bench_table.py "$OUT_DIR" "$DOC"
 echo "wrote $DOC" >&2

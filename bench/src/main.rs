@@ -173,7 +173,15 @@ fn connected(user: &hrrt_protocol::UserId, org: &OrgId, seq: u64) -> String {
 }
 
 async fn ws(State(app): State<App>, Query(query): Query<WsQuery>, request: Request) -> Response {
-    let identity = match app.verifier.verify(query.token.as_deref().unwrap_or("")) {
+    // `hrrt load` sends the token as `Authorization: Bearer`.
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = query.token.or(bearer).unwrap_or_default();
+    let identity = match app.verifier.verify(&token) {
         Ok(identity) => identity,
         Err(e) => return (StatusCode::UNAUTHORIZED, e.to_string()).into_response(),
     };

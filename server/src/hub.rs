@@ -1,48 +1,21 @@
 //! The live connections of this node, indexed by channel and by user.
 //!
-//! The hub delivers an event while holding its read lock and never awaits.
-//! A connection with nothing queued gets the event's pre-encoded frame
-//! written straight to its socket, without blocking (the fast path: no
-//! task wake, no lock, no copy per recipient); any other gets it in its
-//! bounded queue, and a full queue closes that one connection (slow
-//! consumer) instead of waiting.
-//!
-//! ## Who writes a socket
-//!
-//! A connection's write side has one holder at a time, kept in
-//! [`Conn`]'s `writer` state so two writers never interleave bytes:
-//!
-//! - `OPEN`: the session has nothing to send and handed the socket to the
-//!   fan-out. A pusher takes it (`OPEN → DIRECT`) with one compare-and-swap,
-//!   writes the frame with a non-blocking `send`, and gives it back.
-//! - `DIRECT`: a pusher is writing. Anyone else with something to send
-//!   marks it `DIRECT_QUEUED`, and that pusher then hands the socket to the
-//!   session instead of back to the fan-out.
-//! - `SESSION`: the session holds it, and writes the queue (one vectored
-//!   write), its own frames and the keep-alive, in the order of
-//!   `session::live`. It goes back to `OPEN` only under the queue lock and
-//!   with the queue empty, so a frame queued is never overtaken by one
-//!   written directly.
-//!
-//! A direct write the kernel takes only in part leaves the rest in the
-//! queue's `partial` slot and the socket with the session, which writes
-//! that remainder before anything else.
+//! The hub only ever pushes into each connection's bounded queue while
+//! holding its read lock: it never awaits, never touches a socket, and a
+//! full queue closes that one connection (slow consumer) instead of waiting.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Instant;
 
-use bytes::Bytes;
-use tokio::net::TcpStream;
-
+use axum::extract::ws::Utf8Bytes;
 use tokio::sync::Notify;
 
 use crate::engine::{Deliver, Publication};
 use crate::metrics::Metrics;
 use crate::protocol::close::{self, reason};
-use crate::protocol::{ChannelName, EventType, Frame, OrgId, Resync, ResyncReason, UserId};
+use crate::protocol::{ChannelName, EventType, OrgId, Resync, ResyncReason, UserId};
 
 /// A connection's id, unique within this process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,28 +82,7 @@ struct Queue {
     frames: usize,
     bytes: usize,
     /// The keep-alive due, if the session has not written it yet.
-    ping: Option<Frame>,
-    /// The rest of a frame the fan-out wrote in part: the session writes it
-    /// before anything else. Not counted in the bounds (one frame, at most
-    /// `--max-message-bytes`).
-    partial: Option<Bytes>,
-}
-
-/// States of [`Conn`]'s write side (module docs, "Who writes a socket").
-const OPEN: u8 = 0;
-const DIRECT: u8 = 1;
-const SESSION: u8 = 2;
-const DIRECT_QUEUED: u8 = 3;
-
-/// How [`Conn::push`] handed an event over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pushed {
-    /// Written to the socket whole.
-    Written,
-    /// Queued for the session (or written in part, the rest queued).
-    Queued,
-    /// Not taken: the connection is closing.
-    Refused,
+    ping: Option<Utf8Bytes>,
 }
 
 /// The hub's handle on one live connection: identity, what it reads, and
@@ -161,13 +113,6 @@ pub struct Conn {
     /// Whether `Queue::ping` holds a keep-alive: checked by the session
     /// before every frame it writes, without the lock.
     ping_due: AtomicBool,
-    /// The socket, for the fan-out's direct writes; `None` keeps every
-    /// event on the queue.
-    socket: Option<Arc<TcpStream>>,
-    /// Who holds the socket's write side: `OPEN`, `DIRECT`, `SESSION` or
-    /// `DIRECT_QUEUED`. Starts with the session, which writes `connected`
-    /// and the replay before any live event.
-    writer: AtomicU8,
 }
 
 impl std::fmt::Debug for Conn {
@@ -210,75 +155,16 @@ impl Conn {
             expires_at: AtomicU64::new(exp),
             unanswered_pings: AtomicU32::new(0),
             ping_due: AtomicBool::new(false),
-            socket: None,
-            writer: AtomicU8::new(SESSION),
         }
     }
 
-    /// Lets the fan-out write events straight to `socket` whenever the
-    /// session hands it over.
-    pub fn with_socket(mut self, socket: Arc<TcpStream>) -> Self {
-        self.socket = Some(socket);
-        self
-    }
-
-    /// Hands an event over without waiting: written to the socket if the
-    /// connection is idle and the kernel takes it, else queued. A queue
-    /// over its frame or byte bound closes the connection as a slow
-    /// consumer.
-    pub fn push(&self, item: &Arc<Publication>) -> Pushed {
+    /// Queues an event without waiting; a queue over its frame or byte
+    /// bound closes the connection as a slow consumer. Returns whether the
+    /// event was queued.
+    pub fn push(&self, item: Arc<Publication>) -> bool {
         if self.close_reason.get().is_some() {
-            return Pushed::Refused;
+            return false;
         }
-        // A resync marker restarts the session's record of what was sent,
-        // so it always goes through the session.
-        if let Some(socket) = &self.socket
-            && !item.event_type.is_resync_marker()
-            && self
-                .writer
-                .compare_exchange(OPEN, DIRECT, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        {
-            let wire = item.frame.wire();
-            // An error (the peer is gone) writes nothing; the session finds
-            // out on its own read or write.
-            let n = socket.try_write(wire).unwrap_or(0);
-            if n == wire.len() {
-                if self
-                    .writer
-                    .compare_exchange(DIRECT, OPEN, Ordering::Release, Ordering::Relaxed)
-                    .is_err()
-                {
-                    // Something was queued meanwhile (DIRECT_QUEUED).
-                    self.writer.store(SESSION, Ordering::Release);
-                    self.wake.notify_one();
-                }
-                return Pushed::Written;
-            }
-            let queued = if n > 0 {
-                self.lock().partial = Some(wire.slice(n..));
-                true
-            } else {
-                self.enqueue(item, false)
-            };
-            self.writer.store(SESSION, Ordering::Release);
-            self.wake.notify_one();
-            return if queued {
-                Pushed::Queued
-            } else {
-                Pushed::Refused
-            };
-        }
-        if self.enqueue(item, true) {
-            Pushed::Queued
-        } else {
-            Pushed::Refused
-        }
-    }
-
-    /// Queues an event within the bounds; `claim` also asks for the write
-    /// side on the session's behalf and wakes it.
-    fn enqueue(&self, item: &Arc<Publication>, claim: bool) -> bool {
         let len = item.frame.len();
         let mut queue = self.lock();
         if queue.frames >= self.max_frames || queue.bytes.saturating_add(len) > self.max_bytes {
@@ -288,64 +174,14 @@ impl Conn {
         }
         queue.frames += 1;
         queue.bytes += len;
-        queue.items.push_back(item.clone());
+        queue.items.push_back(item);
         let first = queue.items.len() == 1;
-        if claim {
-            self.claim_for_session();
-        }
         drop(queue);
         // Only the first frame into an empty queue needs to wake the
         // session; it takes everything queued when it runs.
         if first {
             self.wake.notify_one();
         }
-        true
-    }
-
-    /// Moves the write side towards the session: at once if it is open,
-    /// after the pusher writing now if one is. Called under the queue lock,
-    /// which [`Conn::release`] also takes.
-    fn claim_for_session(&self) {
-        let _ = self
-            .writer
-            .compare_exchange(OPEN, SESSION, Ordering::AcqRel, Ordering::Relaxed)
-            .or_else(|_| {
-                self.writer.compare_exchange(
-                    DIRECT,
-                    DIRECT_QUEUED,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-            });
-    }
-
-    /// The session asks for the write side; `want` when it has something
-    /// of its own to send (else it only takes what was handed to it).
-    /// `Some` when it holds it now, with the rest of a frame written in
-    /// part, which must go first; `None` when it must wait for a wake.
-    pub fn acquire(&self, want: bool) -> Option<Option<Bytes>> {
-        if want && self.writer.load(Ordering::Acquire) != SESSION {
-            let _guard = self.lock();
-            self.claim_for_session();
-        }
-        if self.writer.load(Ordering::Acquire) == SESSION {
-            return Some(self.lock().partial.take());
-        }
-        None
-    }
-
-    /// The session, with nothing left to write, hands the socket to the
-    /// fan-out; `false` if something was queued meanwhile.
-    pub fn release(&self) -> bool {
-        let queue = self.lock();
-        if !queue.items.is_empty() || queue.partial.is_some() || self.ping_pending() {
-            return false;
-        }
-        if self.close_reason.get().is_some() {
-            return false;
-        }
-        self.writer.store(OPEN, Ordering::Release);
-        drop(queue);
         true
     }
 
@@ -365,12 +201,9 @@ impl Conn {
     /// then a WebSocket Ping) ahead of anything queued: a client that
     /// reads steadily but is behind on events still sees (and answers) it
     /// within the interval. A ping not yet written is replaced, not added.
-    pub fn ping(&self, frame: Frame) {
-        let mut queue = self.lock();
-        queue.ping = Some(frame);
+    pub fn ping(&self, frame: Utf8Bytes) {
+        self.lock().ping = Some(frame);
         self.ping_due.store(true, Ordering::Release);
-        self.claim_for_session();
-        drop(queue);
         self.wake.notify_one();
     }
 
@@ -380,7 +213,7 @@ impl Conn {
     }
 
     /// The keep-alive to write now, if one is due.
-    pub fn take_ping(&self) -> Option<Frame> {
+    pub fn take_ping(&self) -> Option<Utf8Bytes> {
         // A plain load first: this runs before every frame written, and a
         // ping is due once per interval.
         if !self.ping_due.load(Ordering::Acquire) || !self.ping_due.swap(false, Ordering::Acquire) {
@@ -398,11 +231,6 @@ impl Conn {
     /// Asks the session to close with `reason`; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
-        // The close frame needs the write side.
-        {
-            let _queue = self.lock();
-            self.claim_for_session();
-        }
         self.wake.notify_one();
     }
 
@@ -581,7 +409,7 @@ impl Hub {
 
     /// Sends the keep-alive to every connection and closes those that left
     /// two pings unanswered.
-    pub fn ping_all(&self, frame: Frame) {
+    pub fn ping_all(&self, frame: Utf8Bytes) {
         self.for_each(|conn| {
             if conn.ping_sent() >= 2 {
                 conn.close(CloseReason::PING_TIMEOUT);
@@ -620,26 +448,13 @@ impl Deliver for Hub {
     fn deliver(&self, publication: &Arc<Publication>) -> usize {
         let inner = self.read();
         let subscribers = inner.by_channel.get(&publication.channel);
-        let (mut recipients, mut written) = (0, 0);
-        for conn in subscribers
+        let recipients = subscribers
             .into_iter()
             .flat_map(HashMap::values)
             .chain(inner.watch_all.values())
-        {
-            match conn.push(publication) {
-                Pushed::Written => written += 1,
-                Pushed::Queued => {}
-                Pushed::Refused => continue,
-            }
-            recipients += 1;
-        }
+            .filter(|conn| conn.push(publication.clone()))
+            .count();
         drop(inner);
-        if written > 0 {
-            // Once per event, for the last direct write: the queued
-            // recipients are measured by their sessions at each flush.
-            self.metrics
-                .delivery_latency(Instant::now().duration_since(publication.received));
-        }
         self.metrics
             .delivered(publication.event_type.as_str(), recipients);
         recipients
@@ -675,7 +490,7 @@ impl Deliver for Hub {
                     }
                     for channel in &conn.interest.channels {
                         let frame = frames.entry(channel).or_insert_with(|| marker(channel));
-                        conn.push(frame);
+                        conn.push(frame.clone());
                     }
                 }
             }
@@ -688,7 +503,7 @@ impl Deliver for Hub {
                     .flat_map(HashMap::values)
                     .chain(inner.watch_all.values())
                     .for_each(|conn| {
-                        conn.push(&frame);
+                        conn.push(frame.clone());
                     });
             }
         }
@@ -878,7 +693,7 @@ mod tests {
         let hub = Arc::new(Hub::new(Arc::default()));
         let c = conn(1, "1", "7", 8);
         let _r = hub.register(c.clone(), Limits::default()).unwrap();
-        let frame = Frame::from("{}");
+        let frame = Utf8Bytes::from("{}");
         hub.ping_all(frame.clone());
         hub.ping_all(frame.clone());
         assert!(c.close_reason().is_none());

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::protocol::{ChannelName, EventType, Frame, UserId};
+use crate::protocol::{ChannelName, EventType, UserId};
 
 pub use memory::MemoryEngine;
 pub use redis::RedisEngine;
@@ -59,7 +60,7 @@ pub struct Publication {
     pub seq: u64,
     pub event_type: EventType,
     /// The serialised envelope; serialised once, shared by every recipient.
-    pub frame: Frame,
+    pub frame: Utf8Bytes,
     /// When this process learnt of the event, for the retention window and
     /// the delivery-latency measure.
     pub received: Instant,

@@ -31,6 +31,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
@@ -41,7 +42,7 @@ use super::{
     BackgroundTask, DISCONNECT_WAIT, Deliver, Engine, EngineError, Epoch, HEARTBEAT, HistoryPage,
     IDEMPOTENCY_WINDOW, NewEvent, NodeInfo, Publication, PublishAck,
 };
-use crate::protocol::{ChannelName, EventType, Frame, UserId, encode_event_prefix};
+use crate::protocol::{ChannelName, EventType, UserId, encode_event_prefix};
 
 const PREFIX: &str = "hrrt:";
 /// How long one Redis call may take before it counts as unavailable.
@@ -986,7 +987,7 @@ fn parse_entries(channel: &ChannelName, entries: &Value) -> Vec<Arc<Publication>
                 channel: channel.clone(),
                 seq,
                 event_type: EventType::parse(kind?).ok()?,
-                frame: Frame::from(frame?),
+                frame: Utf8Bytes::from(frame?),
                 received,
             }))
         })
@@ -1009,7 +1010,7 @@ fn parse_message(channel_name: &str, payload: &[u8]) -> Option<(String, Arc<Publ
             channel,
             seq,
             event_type,
-            frame: Frame::from(frame),
+            frame: Utf8Bytes::from(frame),
             received: Instant::now(),
         }),
     ))

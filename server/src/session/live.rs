@@ -9,40 +9,31 @@
 //! frames gets one read per turn and the task yields every [`TURNS`]
 //! turns, so it cannot starve the other connections.
 //!
-//! The session writes only while it holds the socket's write side (see
-//! `hub`, "Who writes a socket"); with nothing left to write it hands the
-//! socket to the fan-out, which then writes events directly until one
-//! would block. What the session writes, in order of priority, gathered
-//! into one vectored `send` of at most [`GATHER_FRAMES`] frames and
-//! [`GATHER_BYTES`] bytes:
-//! 0. the rest of a frame the fan-out wrote in part;
-//! 1. control frames (Pong answers, close replies) and the keep-alive;
-//! 2. the session's own frames: `connected`, resyncs, answers to client
+//! What is written, in order of priority:
+//! 1. the session's own frames: `connected`, resyncs, answers to client
 //!    frames (reading pauses while more than [`MAX_OWN`] wait, so a client
 //!    that sends without reading cannot grow them);
-//! 3. the resume replay, one page (at most `--send-queue-bytes`) at a time,
+//! 2. the resume replay, one page (at most `--send-queue-bytes`) at a time,
 //!    the next page fetched only once the last one is written;
-//! 4. once the replay is done, the live queue.
+//! 3. once the replay is done, the live queue, taken whole and flushed once.
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes};
-use tungstenite::Message;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::{Sink, SinkExt, Stream};
 
-use super::socket::{PING, Socket, is_too_big};
-use super::{Sent, Start, Subscription, policy, refresh};
+use super::{Sent, Start, Subscription, close_socket, is_too_big, policy, refresh};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::engine::Publication;
 use crate::engine::{Engine, EngineError, HistoryPage};
 use crate::hub::{CloseReason, Conn, Registration};
 use crate::metrics::ClosedBy;
-use crate::protocol::{self, ChannelName, ClientFrame, Frame, Resync, ResyncReason, error_code};
+use crate::protocol::{self, ChannelName, ClientFrame, Resync, ResyncReason, error_code};
 
 /// Turns of the loop in one poll before the task yields to others.
 const TURNS: usize = 32;
@@ -50,17 +41,6 @@ const TURNS: usize = 32;
 /// Session frames (answers to the client) that may wait before reading
 /// pauses.
 const MAX_OWN: usize = 64;
-
-/// Control bytes (Pong answers) that may wait before reading pauses.
-const MAX_CONTROL: usize = 64 << 10;
-
-/// Most frames, and bytes, gathered into one write: a keep-alive that
-/// comes while the socket is busy waits behind at most this much.
-const GATHER_FRAMES: usize = 64;
-const GATHER_BYTES: usize = 64 << 10;
-
-/// Vectored writes per turn before the loop reads again.
-const WRITES: usize = 8;
 
 /// A replay page being fetched from the engine.
 type PageFuture = Pin<Box<dyn Future<Output = Result<HistoryPage, EngineError>> + Send>>;
@@ -110,7 +90,7 @@ impl Replay {
     /// history no longer starts where the client is (trimmed before the
     /// replay or while it ran); moves on to the next channel when this one
     /// reached its target.
-    fn take_page(&mut self, page: HistoryPage, out: &mut VecDeque<Frame>) {
+    fn take_page(&mut self, page: HistoryPage, out: &mut VecDeque<Utf8Bytes>) {
         let Some(current) = self.channels.front_mut() else {
             return;
         };
@@ -155,35 +135,26 @@ enum Turn {
 
 /// Everything a live connection's task holds.
 pub(super) struct Live {
-    socket: Socket,
+    socket: WebSocket,
     state: AppState,
     conn: Arc<Conn>,
     identity: Identity,
     sent: Sent,
-    /// Frames the session made itself.
-    own: VecDeque<Frame>,
+    /// Frames the session made itself; written first.
+    own: VecDeque<Utf8Bytes>,
     replay: Replay,
     page: Option<PageFuture>,
     /// The fetched page, not yet written.
-    replayed: VecDeque<Frame>,
-    /// Live frames taken from the queue, not yet gathered.
+    replayed: VecDeque<Utf8Bytes>,
+    /// Live frames taken from the queue, not yet written.
     batch: VecDeque<Arc<Publication>>,
-    /// Gathered bytes, in the order they go out; the first may be partly
-    /// written.
-    out: VecDeque<Bytes>,
-    out_bytes: usize,
-    /// Whether the session holds the socket's write side.
-    owns: bool,
-    /// Whether the first of `out` is partly written: nothing else may go
-    /// out before its rest.
-    started: bool,
     /// Taken frames (count, bytes) handed to the socket and not yet
     /// reported to the queue's bounds.
     written: (usize, usize),
-    /// A JSON ping was gathered; its WebSocket Ping goes next.
+    /// A JSON ping was written; its WebSocket Ping goes next.
     ping_next: bool,
-    /// The oldest live event gathered since `out` was last empty (latency
-    /// metric).
+    unflushed: bool,
+    /// The oldest live event written since the last flush (latency metric).
     oldest: Option<Instant>,
     /// The close code the peer sent, if it sent one.
     peer_code: Option<u16>,
@@ -192,7 +163,7 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub(super) fn new(socket: Socket, state: AppState, start: Start) -> Self {
+    pub(super) fn new(socket: WebSocket, state: AppState, start: Start) -> Self {
         Self {
             socket,
             state,
@@ -204,13 +175,9 @@ impl Live {
             page: None,
             replayed: VecDeque::new(),
             batch: VecDeque::new(),
-            out: VecDeque::new(),
-            out_bytes: 0,
-            // A new connection's write side starts with the session.
-            owns: true,
-            started: false,
             written: (0, 0),
             ping_next: false,
+            unflushed: false,
             oldest: None,
             peer_code: None,
             registration: start.registration,
@@ -250,8 +217,7 @@ impl Live {
         }
         let mut progress = false;
         if self.own.len() <= MAX_OWN
-            && self.socket.control_len() <= MAX_CONTROL
-            && let Poll::Ready(incoming) = self.socket.poll_next(cx)
+            && let Poll::Ready(incoming) = Pin::new(&mut self.socket).poll_next(cx)
         {
             progress = true;
             if let Some(ending) = self.on_incoming(incoming) {
@@ -278,169 +244,100 @@ impl Live {
         if progress { Turn::Progress } else { Turn::Idle }
     }
 
-    /// Takes the write side if the session has been handed it or has
-    /// something of its own to send; `false` while the fan-out holds it
-    /// (its pusher wakes the task when it hands it over).
-    fn acquire(&mut self) -> bool {
-        if self.owns {
-            return true;
-        }
-        let want = !self.own.is_empty() || self.socket.control_len() > 0;
-        match self.conn.acquire(want) {
-            Some(partial) => {
-                self.owns = true;
-                if let Some(partial) = partial {
-                    self.out_bytes += partial.len();
-                    self.out.push_front(partial);
-                    self.started = true;
-                }
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Writes as much as the socket takes; `Ok(true)` if anything moved.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
-        if !self.acquire() {
-            return Ok(false);
-        }
         let mut progress = false;
-        for _ in 0..WRITES {
-            self.gather();
-            if self.out.is_empty() {
+        let mut blocked = false;
+        loop {
+            if !self.has_pending() {
                 if !self.replay.is_done() {
                     if self.page.is_none() {
                         self.page = self.replay.fetch(&self.state.engine);
                         // Polled by the next turn.
                         progress = true;
                     }
-                    return Ok(progress);
+                    break;
                 }
-                // Nothing left: the fan-out may write directly again,
-                // unless something was queued meanwhile.
-                if self.conn.release() {
-                    self.owns = false;
-                    self.flushed();
-                    return Ok(progress);
+                self.conn
+                    .take_queued(&mut self.batch, std::mem::take(&mut self.written));
+                if self.batch.is_empty() {
+                    break;
                 }
-                continue;
             }
-            match self.send() {
-                Ok(n) => {
-                    self.advance(n);
+            match Pin::new(&mut self.socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => {
+                    blocked = true;
+                    break;
+                }
+            }
+            if let Some(message) = self.next_message() {
+                Pin::new(&mut self.socket)
+                    .start_send(message)
+                    .map_err(|_| ())?;
+                self.unflushed = true;
+            }
+            progress = true;
+        }
+        // A blocked `poll_ready` already tried to flush.
+        if self.unflushed && !blocked {
+            match Pin::new(&mut self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
                     progress = true;
-                    if self.out.is_empty() {
-                        self.flushed();
-                    }
+                    self.flushed();
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.socket.tcp().poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(_)) => return Err(()),
-                        Poll::Pending => return Ok(progress),
-                    }
-                }
-                Err(_) => return Err(()),
+                Poll::Ready(Err(_)) => return Err(()),
+                Poll::Pending => {}
             }
         }
         Ok(progress)
     }
 
-    /// One vectored `send` of what is gathered.
-    fn send(&self) -> io::Result<usize> {
-        let mut slices = [IoSlice::new(&[]); GATHER_FRAMES + 4];
-        let mut n = 0;
-        for (slice, bytes) in slices.iter_mut().zip(&self.out) {
-            *slice = IoSlice::new(bytes);
-            n += 1;
+    fn has_pending(&self) -> bool {
+        self.ping_next
+            || !self.own.is_empty()
+            || self.conn.ping_pending()
+            || !self.replayed.is_empty()
+            || !self.batch.is_empty()
+    }
+
+    /// The next message to write, by priority; `None` when the item taken
+    /// was a live event the replay already sent.
+    fn next_message(&mut self) -> Option<Message> {
+        if std::mem::take(&mut self.ping_next) {
+            return Some(Message::Ping(Default::default()));
         }
-        self.socket.tcp().try_write_vectored(&slices[..n])
-    }
-
-    /// Drops `n` written bytes from the front of `out`.
-    fn advance(&mut self, mut n: usize) {
-        self.out_bytes = self.out_bytes.saturating_sub(n);
-        while n > 0 {
-            let Some(front) = self.out.front_mut() else {
-                return;
-            };
-            if front.len() > n {
-                front.advance(n);
-                self.started = true;
-                return;
-            }
-            n -= front.len();
-            self.out.pop_front();
-            self.started = false;
+        if let Some(frame) = self.own.pop_front() {
+            return Some(Message::Text(frame));
         }
-    }
-
-    fn push_out(&mut self, bytes: Bytes) {
-        self.out_bytes += bytes.len();
-        self.out.push_back(bytes);
-    }
-
-    fn room(&self) -> bool {
-        self.out.len() < GATHER_FRAMES && self.out_bytes < GATHER_BYTES
-    }
-
-    /// Tops `out` up, by priority (module docs).
-    fn gather(&mut self) {
-        if let Some(control) = self.socket.take_control() {
-            self.push_out(control);
+        if let Some(ping) = self.conn.take_ping() {
+            self.ping_next = true;
+            return Some(Message::Text(ping));
         }
-        while self.room() {
-            if std::mem::take(&mut self.ping_next) {
-                self.push_out(Bytes::from_static(PING));
-                continue;
-            }
-            if let Some(ping) = self.conn.take_ping() {
-                self.ping_next = true;
-                self.push_out(ping.wire().clone());
-                continue;
-            }
-            if let Some(frame) = self.own.pop_front() {
-                self.push_out(frame.wire().clone());
-                continue;
-            }
-            if let Some(frame) = self.replayed.pop_front() {
-                self.push_out(frame.wire().clone());
-                continue;
-            }
-            if !self.replay.is_done() {
-                return;
-            }
-            if self.batch.is_empty() {
-                self.conn
-                    .take_queued(&mut self.batch, std::mem::take(&mut self.written));
-            }
-            let Some(publication) = self.batch.pop_front() else {
-                return;
-            };
-            self.written.0 += 1;
-            self.written.1 += publication.frame.len();
-            if !self.sent.is_new(&publication) {
-                continue;
-            }
-            let received = publication.received;
-            self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
-            self.push_out(publication.frame.wire().clone());
+        if let Some(frame) = self.replayed.pop_front() {
+            return Some(Message::Text(frame));
         }
+        let publication = self.batch.pop_front()?;
+        self.written.0 += 1;
+        self.written.1 += publication.frame.len();
+        if !self.sent.is_new(&publication) {
+            return None;
+        }
+        let received = publication.received;
+        self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
+        Some(Message::Text(publication.frame.clone()))
     }
 
-    /// After everything gathered was written: the latency metric, and
-    /// memory back after a burst rather than kept at its peak for the
-    /// connection's whole life.
+    /// After a flush: the latency metric, and memory back after a burst
+    /// rather than kept at its peak for the connection's whole life.
     fn flushed(&mut self) {
         if let Some(oldest) = self.oldest.take() {
             self.state.metrics.delivery_latency(oldest.elapsed());
         }
         if self.batch.is_empty() && self.batch.capacity() > 64 {
             self.batch = VecDeque::new();
-        }
-        if self.out.is_empty() && self.out.capacity() > 0 {
-            self.out = VecDeque::new();
         }
         if self.own.is_empty() && self.own.capacity() > 0 {
             self.own = VecDeque::new();
@@ -451,10 +348,7 @@ impl Live {
     }
 
     /// Handles a client frame; `Some` when it ends the connection.
-    fn on_incoming(
-        &mut self,
-        incoming: Option<Result<Message, tungstenite::Error>>,
-    ) -> Option<Ending> {
+    fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Option<Ending> {
         let message = match incoming {
             None => return Some(Ending::PeerGone),
             Some(Err(e)) if is_too_big(&e) => {
@@ -465,13 +359,10 @@ impl Live {
         };
         match message {
             Message::Pong(_) => self.conn.pong(),
-            // tungstenite makes the answers to Pings and Close frames;
-            // they go out with the next write.
-            Message::Ping(_) | Message::Frame(_) => self.socket.flush_control_frames(),
-            Message::Close(frame) => {
-                self.peer_code = Some(frame.map_or(1005, |f| f.code.into()));
-                self.socket.flush_control_frames();
-            }
+            // tungstenite answers Pings and Close frames itself on the next
+            // read or write.
+            Message::Ping(_) => {}
+            Message::Close(frame) => self.peer_code = Some(frame.map_or(1005, |f| f.code)),
             Message::Binary(_) => self.own.push_back(protocol::error_frame(
                 error_code::BAD_MESSAGE,
                 "binary frames are not supported; send JSON text frames",
@@ -503,38 +394,8 @@ impl Live {
             conn,
             peer_code,
             registration,
-            mut out,
-            owns,
-            started,
             ..
         } = *self;
-        // Bytes may go out only from the holder of the write side, and only
-        // after the frame the socket is in the middle of.
-        let ready = tokio::time::timeout(super::CLOSE_GRACE, async {
-            if !owns {
-                loop {
-                    if let Some(partial) = conn.acquire(true) {
-                        out = partial.into_iter().collect();
-                        return socket.write_all(out.front().map_or(&[], |b| b)).await;
-                    }
-                    conn.woken().await;
-                }
-            }
-            // After the peer's close, what was gathered holds the answer to
-            // it (at most GATHER_BYTES in all); else only a frame begun
-            // must be finished.
-            let upto = if peer_code.is_some() {
-                out.len()
-            } else {
-                usize::from(started)
-            };
-            for bytes in out.iter().take(upto) {
-                socket.write_all(bytes).await?;
-            }
-            Ok(())
-        })
-        .await
-        .is_ok_and(|written| written.is_ok());
         let (code, by) = match ending {
             Ending::Close(reason) => {
                 if reason == CloseReason::SLOW_CONSUMER {
@@ -546,16 +407,15 @@ impl Live {
                 // Out of the hub first: a client that stopped reading must
                 // not hold a place (or a cap) while its close frame waits.
                 drop(registration);
-                if ready {
-                    Box::pin(socket.close(&reason, super::CLOSE_GRACE)).await;
-                }
+                Box::pin(close_socket(&mut socket, &reason)).await;
                 (reason.code, ClosedBy::Server)
             }
             // 1006: the connection ended without a close frame.
             Ending::PeerGone => {
-                if peer_code.is_some() && ready {
-                    // The answer to the peer's close.
-                    let _ = tokio::time::timeout(super::CLOSE_GRACE, socket.flush_control()).await;
+                if peer_code.is_some() {
+                    // tungstenite queued the answer to the peer's close;
+                    // it may sit behind frames the socket had not taken.
+                    let _ = tokio::time::timeout(super::CLOSE_GRACE, socket.flush()).await;
                 }
                 let code = peer_code.unwrap_or(1006);
                 state.metrics.closed(code, ClosedBy::Client);
@@ -606,7 +466,7 @@ mod tests {
         }
     }
 
-    fn kinds(out: &VecDeque<Frame>) -> Vec<String> {
+    fn kinds(out: &VecDeque<Utf8Bytes>) -> Vec<String> {
         out.iter()
             .map(|f| {
                 let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();

@@ -12,21 +12,17 @@
 //! watches the close signal, so neither side waits for the other.
 
 mod live;
-mod socket;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::extract::{Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tungstenite::protocol::WebSocketConfig;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Identity, Role};
@@ -35,10 +31,9 @@ use crate::engine::{EngineError, Publication};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Conn, ConnId, Interest, Limits, QueueLimits, Refused, Registration};
 use crate::metrics::ClosedBy;
-use crate::protocol::{self, ChannelName, Connected, Frame, OrgId, Resync, ResyncReason, close};
+use crate::protocol::{self, ChannelName, Connected, OrgId, Resync, ResyncReason, close};
 
 use live::{Live, Replay, ReplayChannel};
-use socket::Socket;
 
 /// How long a close frame (and the peer's answer) may take before the
 /// socket is dropped regardless; a client that stopped reading cannot
@@ -51,6 +46,14 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// a larger one still fits because the buffer grows to the frame's length.
 /// Measured with `scripts/bench.sh` (idle row of docs/benchmarks.md).
 const READ_BUFFER: usize = 512;
+
+/// tungstenite's write buffer: frames gather here and go to the socket in
+/// one `send` once it holds this much (or at a flush). Its default, 128 KiB,
+/// is kept at its peak by every connection that ever had a burst, and sits
+/// in front of a keep-alive Ping or an `auth.refreshed` that the session
+/// writes ahead of queued events; 16 KiB still makes one `send` of a
+/// typical batch.
+const WRITE_BUFFER: usize = 16 << 10;
 
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]
@@ -67,39 +70,27 @@ pub struct WsParams {
 
 /// `GET /ws`: authenticates, upgrades, and runs the session. Failures are
 /// reported after the upgrade as close 1008 so browsers can read the reason.
-///
-/// The upgrade is done here rather than by axum's `WebSocketUpgrade`, which
-/// keeps the TCP stream out of reach: the hub writes events straight to it
-/// (`hub`, "Who writes a socket").
 pub async fn handler(
     State(state): State<AppState>,
     query: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
-    mut request: Request,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
-    let accept = match accept_key(request.headers()) {
-        Ok(accept) => accept,
-        Err((status, why)) => {
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
             return ApiError::new(
-                status,
+                rejection.status(),
                 "upgrade_required",
-                format!("/ws takes WebSocket handshakes only: {why}"),
+                format!(
+                    "/ws takes WebSocket handshakes only: {}",
+                    rejection.body_text()
+                ),
             )
             .into_response();
         }
     };
-    let Some(on_upgrade) = request
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-    else {
-        return ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            "/ws takes WebSocket handshakes only: connection cannot be upgraded",
-        )
-        .into_response();
-    };
-    let headers = request.headers();
-    if !origin_allowed(&state.config.allowed_origins, headers) {
+    if !origin_allowed(&state.config.allowed_origins, &headers) {
         // Refused before the upgrade: a page on another site must not get a
         // socket that rides on the user's credentials (cross-site WebSocket
         // hijacking).
@@ -110,7 +101,7 @@ pub async fn handler(
         .token
         .as_deref()
         .filter(|t| !t.is_empty())
-        .or_else(|| bearer(headers));
+        .or_else(|| bearer(&headers));
     let auth = match token {
         None => Err(AuthError::Missing),
         Some(token) => state.authenticate(token).and_then(|id| match id.role {
@@ -119,88 +110,32 @@ pub async fn handler(
         }),
     };
     let max = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
-    let config = WebSocketConfig::default()
+    upgrade
         .read_buffer_size(READ_BUFFER)
-        .max_message_size(Some(max))
-        .max_frame_size(Some(max));
-    let tracker = state.tracker.clone();
-    tokio::spawn(tracker.track_future(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
-            Err(e) => {
-                tracing::debug!(error = %e, "websocket upgrade failed");
-                return;
-            }
-        };
-        // Every connection is served over `TokioIo<TcpStream>` (listener.rs).
-        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            tracing::error!("upgraded connection is not a TCP stream; dropping it");
-            return;
-        };
-        let tcp = Arc::new(parts.io.into_inner());
-        let socket = Socket::new(tcp, parts.read_buf, config);
-        let hard_stop = state.hard_stop.clone();
-        // Boxed, so setup's larger future and its refusals are freed before
-        // the live loop starts: an idle connection's task holds only the
-        // loop (idle row of docs/benchmarks.md).
-        let prepared = Box::pin(async {
-            tokio::select! {
-                live = prepare(socket, state, auth, params) => live,
-                () = hard_stop.cancelled() => None,
-            }
-        });
-        let Some(live) = prepared.await else { return };
-        tokio::select! {
-            () = live.run() => {}
-            // The shutdown grace is over: drop the socket as it is.
-            () = hard_stop.cancelled() => {}
-        }
-    }));
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
-}
-
-/// Checks a WebSocket handshake (RFC 6455 §4.2.1) and answers its
-/// `Sec-WebSocket-Accept`.
-fn accept_key(headers: &HeaderMap) -> Result<String, (StatusCode, &'static str)> {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|value| {
-            value
-                .to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = state.tracker.clone();
+            let hard_stop = state.hard_stop.clone();
+            tracker.track_future(async move {
+                // Boxed, so setup's larger future and its refusals are
+                // freed before the live loop starts: an idle connection's
+                // task holds only the loop (idle row of docs/benchmarks.md).
+                let prepared = Box::pin(async {
+                    tokio::select! {
+                        live = prepare(socket, state, auth, params) => live,
+                        () = hard_stop.cancelled() => None,
+                    }
+                });
+                let Some(live) = prepared.await else { return };
+                tokio::select! {
+                    () = live.run() => {}
+                    // The shutdown grace is over: drop the socket as it is.
+                    () = hard_stop.cancelled() => {}
+                }
+            })
         })
-    };
-    if !has_token(header::UPGRADE, "websocket") {
-        return Err((
-            StatusCode::UPGRADE_REQUIRED,
-            "`Upgrade` header did not include 'websocket'",
-        ));
-    }
-    if !has_token(header::CONNECTION, "upgrade") {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "`Connection` header did not include 'upgrade'",
-        ));
-    }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .is_none_or(|v| v.as_bytes() != b"13")
-    {
-        return Err((
-            StatusCode::BAD_REQUEST,
-            "`Sec-WebSocket-Version` header did not include '13'",
-        ));
-    }
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or((
-        StatusCode::BAD_REQUEST,
-        "`Sec-WebSocket-Key` header missing",
-    ))?;
-    Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
 
 /// Whether the handshake's `Origin` is on the allow-list. An empty list
@@ -238,14 +173,13 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Sets the session up within `--handshake-timeout`; a connection that
 /// cannot start is closed here.
 async fn prepare(
-    mut socket: Socket,
+    mut socket: WebSocket,
     state: AppState,
     auth: Result<Identity, AuthError>,
     params: WsParams,
 ) -> Option<Box<Live>> {
     let timeout = state.config.handshake_timeout;
-    let tcp = socket.tcp().clone();
-    let reason = match tokio::time::timeout(timeout, setup(&state, auth, &params, tcp)).await {
+    let reason = match tokio::time::timeout(timeout, setup(&state, auth, &params)).await {
         // On the heap: the task's future then holds a pointer, not a
         // second copy of the live state next to the loop's.
         Ok(Ok(start)) => return Some(Box::new(Live::new(socket, state, start))),
@@ -268,7 +202,7 @@ struct Start {
     subscription: Subscription,
     sent: Sent,
     /// `connected`, then the resyncs known at once.
-    first: VecDeque<Frame>,
+    first: VecDeque<Utf8Bytes>,
     replay: Replay,
 }
 
@@ -278,7 +212,6 @@ async fn setup(
     state: &AppState,
     auth: Result<Identity, AuthError>,
     params: &WsParams,
-    tcp: Arc<TcpStream>,
 ) -> Result<Start, CloseReason> {
     let Admitted {
         identity,
@@ -289,20 +222,17 @@ async fn setup(
         tracing::debug!(code = reason.code, reason = %reason.reason, "refused websocket");
     })?;
     let id = ConnId(state.next_conn.fetch_add(1, Ordering::Relaxed));
-    let conn = Arc::new(
-        Conn::new(
-            id,
-            identity.user.clone(),
-            org,
-            interest,
-            identity.exp,
-            QueueLimits {
-                frames: usize::try_from(state.config.send_queue).unwrap_or(usize::MAX),
-                bytes: usize::try_from(state.config.send_queue_bytes).unwrap_or(usize::MAX),
-            },
-        )
-        .with_socket(tcp),
-    );
+    let conn = Arc::new(Conn::new(
+        id,
+        identity.user.clone(),
+        org,
+        interest,
+        identity.exp,
+        QueueLimits {
+            frames: usize::try_from(state.config.send_queue).unwrap_or(usize::MAX),
+            bytes: usize::try_from(state.config.send_queue_bytes).unwrap_or(usize::MAX),
+        },
+    ));
     let limits = Limits {
         max_connections: state.config.max_connections,
         max_per_user: state.config.max_connections_per_user,
@@ -419,9 +349,9 @@ pub(crate) fn parse_orgs(orgs: &str) -> Option<Interest> {
 }
 
 /// Closes a connection that never started, and counts it.
-async fn refuse(state: &AppState, socket: &mut Socket, reason: &CloseReason) {
+async fn refuse(state: &AppState, socket: &mut WebSocket, reason: &CloseReason) {
     state.metrics.closed(reason.code, ClosedBy::Server);
-    socket.close(reason, CLOSE_GRACE).await;
+    close_socket(socket, reason).await;
 }
 
 /// Holds the engine subscription of a connection; released on drop.
@@ -533,7 +463,7 @@ async fn plan(
     conn: &Conn,
     cursor: &[(ChannelName, u64)],
     epoch: Option<&str>,
-) -> Result<(Sent, VecDeque<Frame>, Replay), EngineError> {
+) -> Result<(Sent, VecDeque<Utf8Bytes>, Replay), EngineError> {
     let engine = &state.engine;
     let current_epoch = engine.epoch();
     let epoch_changed = epoch.is_some_and(|e| e != &*current_epoch);
@@ -617,9 +547,40 @@ fn refresh(state: &AppState, identity: &Identity, token: &str) -> Result<u64, Au
     Ok(new.exp)
 }
 
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 fn policy(reason: String) -> CloseReason {
     CloseReason {
         code: close::POLICY,
         reason: reason.into(),
     }
+}
+
+/// Sends a close frame and waits briefly for the peer's answer, so the
+/// frame is not lost to a reset; gives up after [`CLOSE_GRACE`].
+async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
+    let frame = CloseFrame {
+        code: reason.code,
+        reason: Utf8Bytes::from(reason.reason.as_ref()),
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""hrrt, the bare broadcast and the floor probe side by side, per row, from
+the reports scripts/bench.sh wrote (ROW.json, ROW.bare.json, ROW.floor.json).
+
+    python3 scripts/bench_compare.py target/bench target batch idle
+"""
+import json
+import os
+import sys
+
+
+def load(directory, name):
+    try:
+        with open(os.path.join(directory, name + ".json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def figures(r):
+    if r is None:
+        return None
+    s = r.get("server") or {}
+    l = r["latency_ms"]
+    delivered = r["throughput"].get("deliveries_per_s", 0)
+    per_cpu = s.get("deliveries_per_cpu_second", 0)
+    return {
+        "p50": l["p50"],
+        "p99": l["p99"],
+        "us_per_delivery": 1e6 / per_cpu if per_cpu else 0,
+        "deliveries_per_s": delivered,
+        "rss": s.get("rss_per_connection_kib", 0),
+        "lost": r["events"]["lost"],
+    }
+
+
+def ratio(a, b):
+    return f"{a / b:.2f}" if a and b else "–"
+
+
+def main():
+    directory, rows = sys.argv[1], sys.argv[2:]
+    print("| row | measure | hrrt | bare broadcast | floor probe | hrrt ÷ bare | hrrt ÷ floor |")
+    print("|---|---|---|---|---|---|---|")
+    for row in rows:
+        h, b, f = (figures(load(directory, row + s)) for s in ("", ".bare", ".floor"))
+        if h is None:
+            continue
+        for key, label, fmt in [
+            ("p50", "delivery p50 (ms)", "{:.1f}"),
+            ("p99", "delivery p99 (ms)", "{:.1f}"),
+            ("us_per_delivery", "server CPU per delivery (µs)", "{:.2f}"),
+            ("rss", "RSS per connection (KiB)", "{:.2f}"),
+            ("lost", "lost", "{}"),
+        ]:
+            cells = [fmt.format(x[key]) if x else "–" for x in (h, b, f)]
+            print(f"| {row} | {label} | " + " | ".join(cells) + f" | {ratio(h[key], b and b[key])} "
+                  f"| {ratio(h[key], f and f[key])} |")
+
+
+if __name__ == "__main__":
+    main()
