@@ -148,11 +148,29 @@ async fn serve(app: App, addr: &str) -> std::io::Result<()> {
             term.recv().await;
         }
     };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async {
-            tokio::select! { () = stopped => {}, () = term => {} }
-        })
-        .await?;
+    // hyper's HTTP/1 builder, not `axum::serve`: axum's wraps the stream
+    // (HTTP/2 detection), and the floor's upgrade must find the bare
+    // `TokioIo<TcpStream>` to keep it.
+    let shutdown = async {
+        tokio::select! { () = stopped => {}, () = term => {} }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => continue,
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades()
+                .await;
+        });
+    }
     eprintln!(
         "hrrt-baseline: short_writes {}",
         app.short_writes.load(Ordering::Relaxed)
