@@ -787,8 +787,11 @@ async fn a_revoked_user_is_closed_and_its_old_tokens_refused() {
         assert_eq!(c.expect_close_now().await, (1008, "revoked".into()));
     }
     // A token minted afterwards is accepted, but refreshing it with an old
-    // one is not.
-    let fresh = token_issued("42", "7", Some(now + 1));
+    // one is not. `iat` has one-second resolution and a token issued in the
+    // revocation's own second is refused, so "afterwards" is the second after
+    // the revocation, read now rather than at the start (the test may have
+    // crossed a second boundary since).
+    let fresh = token_issued("42", "7", Some(unix_now() + 1));
     let mut c = server.connect_query(&format!("token={fresh}")).await;
     c.send_text(&json!({"type": "auth.refresh", "token": old}).to_string())
         .await;
