@@ -95,10 +95,15 @@ run() {
     file=$name
     [ "$kind" = hrrt ] || file=$name.$kind
     if [ "$kind" = hrrt ]; then start_server hrrt --send-queue 4096; else start_server "$kind"; fi
+    # The two cores' counters before and after: on a shared host the
+    # hypervisor's steal time moves the latency figures, and
+    # bench_compare.py prints it beside them.
+    grep -E "^cpu($SERVER_CPU|$LOAD_CPU) " /proc/stat >"$OUT_DIR/$file.procstat"
     # A failed row (loss, thresholds) is recorded, not fatal.
     HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
       --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$file.json" "$@" \
       | tee "$OUT_DIR/$file.txt" || true
+    grep -E "^cpu($SERVER_CPU|$LOAD_CPU) " /proc/stat >>"$OUT_DIR/$file.procstat"
     echo "hrrt load $*" >"$OUT_DIR/$file.cmd"
     stop_server
   done

@@ -34,6 +34,29 @@ def figures(r):
     }
 
 
+def steal(directory, name):
+    """Percent of each core's time the hypervisor took during the run, from
+    the /proc/stat lines bench.sh saved before and after it."""
+    try:
+        with open(os.path.join(directory, name + ".procstat")) as f:
+            lines = [line.split() for line in f if line.strip()]
+    except OSError:
+        return None
+    before, after = {}, {}
+    for fields in lines:
+        target = after if fields[0] in before else before
+        target[fields[0]] = [int(x) for x in fields[1:]]
+    out = []
+    for cpu in sorted(before):
+        if cpu not in after:
+            continue
+        delta = [a - b for a, b in zip(after[cpu], before[cpu])]
+        total = sum(delta[:8])
+        # Field 8 of a cpu line is steal.
+        out.append(f"{cpu} {100 * delta[7] / total:.0f} %" if total else f"{cpu} –")
+    return ", ".join(out) or None
+
+
 def ratio(a, b):
     return f"{a / b:.2f}" if a and b else "–"
 
@@ -56,6 +79,10 @@ def main():
             cells = [fmt.format(x[key]) if x else "–" for x in (h, b, f)]
             print(f"| {row} | {label} | " + " | ".join(cells) + f" | {ratio(h[key], b and b[key])} "
                   f"| {ratio(h[key], f and f[key])} |")
+        stolen = [steal(directory, row + s) for s in ("", ".bare", ".floor")]
+        if any(stolen):
+            print(f"| {row} | steal time (server, load core) | "
+                  + " | ".join(x or "–" for x in stolen) + " | | |")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@
 //!   queue or framing per recipient. No server can deliver for less here.
 //!   A write the kernel does not take whole is counted (`short_writes` in
 //!   the log at exit), not retried: the probe measures cost, not delivery.
+//!   `hrrt load --batch` spreads each request over the orgs, one event per
+//!   org, so here too every socket gets one frame per request: one `send`
+//!   per delivery. A server whose queues fill under load writes several
+//!   frames in one `send` and so goes below this floor, paying in latency;
+//!   the floor never waits, so it never coalesces.
 //!
 //! Both speak just enough of hrrt's protocol for `hrrt load`: `GET /healthz`,
 //! `GET /ws?token=` (HS256 token from `HRRT_JWT_SECRET`, a `connected`
