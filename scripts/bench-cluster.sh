@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # The cluster benchmark of docs/benchmarks.md and docs/scaling.md: 5 nodes
-# and one Redis on this machine, 100,000 connections held by `hrrt load
-# --workers`, 100 orgs of 1,000 connections spread over every node, 10
-# events/s published through one node; then the same with --churn 200.
+# (6 at 100,000 connections, for the open-file limit) and one Redis on
+# this machine, 100,000 connections held by `hrrt load --workers`, 100
+# orgs of 1,000 connections spread over every node, 10 events/s published
+# through one node; then the same with --churn 200.
 # Reports cross-node delivery latency, per-node RSS per connection, Redis
 # CPU and losses. Nodes and Redis run on CPU 0, the load generator on CPU 1.
 #
 #   scripts/bench.sh cluster      (or this script; CLUSTER_CONNECTIONS=20000 for a smaller run)
+#   CLUSTER_RUNS=cluster CLUSTER_PERF=60 CLUSTER_PERF_DELAY=120 scripts/bench.sh cluster
+#                                 # the run without churn only, and a whole-machine perf
+#                                 # profile of its seconds 120-180
+#   CLUSTER_NODE_FLAGS="--ping-interval 120s" scripts/bench.sh cluster   # more hrrt-server flags
 #
 # Needs redis-server, taskset, python3, curl. Traffic stays on 127.0.0.0/8.
 # Not run by CI.
@@ -14,7 +19,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CONNECTIONS=${CLUSTER_CONNECTIONS:-100000}
-NODES=${CLUSTER_NODES:-5}
+# Five nodes, or more when each would hold more than 18,000 connections:
+# a process gets 20,000 open files here, and a node at exactly 20,000
+# (5 × 20,000 = 100,000) runs out and can no longer accept the publisher.
+NODES=${CLUSTER_NODES:-$(( CONNECTIONS > 90000 ? (CONNECTIONS + 17999) / 18000 : 5 ))}
+PER_NODE=$(( (CONNECTIONS + NODES - 1) / NODES ))
+if [ "$PER_NODE" -gt $(( $(ulimit -Hn) - 1000 )) ]; then
+  echo "bench-cluster.sh: $PER_NODE connections per node do not fit the open-file limit ($(ulimit -Hn)); set CLUSTER_NODES higher" >&2
+  exit 2
+fi
 DURATION=${CLUSTER_DURATION:-30s}
 BASE_PORT=${CLUSTER_PORT:-18200}
 REDIS_PORT=$((BASE_PORT + 99))
@@ -49,7 +62,7 @@ start_nodes() {
   for i in $(seq 0 $((NODES - 1))); do
     port=$((BASE_PORT + i))
     HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c 0 target/release/hrrt-server \
-      --listen "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$REDIS_PORT/" \
+      --listen "127.0.0.1:$port" --redis-url "redis://127.0.0.1:$REDIS_PORT/" ${CLUSTER_NODE_FLAGS:-} \
       >"$OUT/node$i.log" 2>&1 &
     NODE_PIDS+=($!)
     PIDS+=($!)
@@ -85,6 +98,16 @@ one_run() {
     done
   ) >"$OUT/$name-rss.txt" &
   local sampler=$!
+  # CLUSTER_PERF=SECONDS: a whole-machine CPU profile of SECONDS of the
+  # run, e.g. `perf report -i
+  # target/bench/cluster/cluster.perf.data --sort comm --no-children`.
+  # CLUSTER_PERF_DELAY=S starts it S seconds in.
+  if [ -n "${CLUSTER_PERF:-}" ]; then
+    (
+      sleep "${CLUSTER_PERF_DELAY:-0}"
+      perf record -q -a -g -e cpu-clock -o "$OUT/$name.perf.data" -- sleep "$CLUSTER_PERF"
+    ) >"$OUT/$name.perf.log" 2>&1 &
+  fi
   HRRT_JWT_SECRET=$SECRET taskset -c 1 target/release/hrrt load \
     --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
     --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate 10 --duration "$DURATION" \
@@ -118,5 +141,10 @@ print(f"{name}: {r['connections']['ok']} of {conns} connections over {nodes} nod
 PY
 }
 
-one_run cluster
-one_run cluster-churn --churn 200
+for run in ${CLUSTER_RUNS:-cluster cluster-churn}; do
+  case $run in
+    cluster) one_run cluster ;;
+    cluster-churn) one_run cluster-churn --churn 200 ;;
+    *) echo "unknown cluster run '$run'" >&2; exit 2 ;;
+  esac
+done

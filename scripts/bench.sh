@@ -13,6 +13,8 @@
 #
 #   scripts/bench.sh            # the whole matrix, three servers (about 12 minutes)
 #   BENCH_SERVERS=hrrt scripts/bench.sh   # hrrt only
+#   BENCH_PERF=1 BENCH_SERVERS=hrrt scripts/bench.sh target batch   # with a
+#                               # `perf record -e cpu-clock -g` of the server per row
 #   scripts/bench.sh idle fanout-50   # some rows only
 #   BENCH_BIN_DIR=/tmp/old BENCH_OUT=/tmp/old.md scripts/bench.sh   # other binaries,
 #                               # e.g. a previous build, for a before/after pair
@@ -99,11 +101,23 @@ run() {
     # hypervisor's steal time moves the latency figures, and
     # bench_compare.py prints it beside them.
     grep -E "^cpu($SERVER_CPU|$LOAD_CPU) " /proc/stat >"$OUT_DIR/$file.procstat"
+    # BENCH_PERF=1: a CPU profile of the server for the whole run, read
+    # with `perf report -i target/bench/ROW.perf.data --no-children`.
+    local perf_pid=
+    if [ -n "${BENCH_PERF:-}" ]; then
+      perf record -q -e cpu-clock -g -p "$SERVER_PID" -o "$OUT_DIR/$file.perf.data" \
+        >"$OUT_DIR/$file.perf.log" 2>&1 &
+      perf_pid=$!
+    fi
     # A failed row (loss, thresholds) is recorded, not fatal.
     HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
       --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$file.json" "$@" \
       | tee "$OUT_DIR/$file.txt" || true
     grep -E "^cpu($SERVER_CPU|$LOAD_CPU) " /proc/stat >>"$OUT_DIR/$file.procstat"
+    if [ -n "$perf_pid" ]; then
+      kill -INT "$perf_pid" 2>/dev/null || true
+      wait "$perf_pid" 2>/dev/null || true
+    fi
     echo "hrrt load $*" >"$OUT_DIR/$file.cmd"
     stop_server
   done

@@ -151,7 +151,7 @@ impl AppState {
 
     /// This node as `GET /api/nodes` lists it.
     pub fn node_info(&self) -> NodeInfo {
-        let (_, users) = self.hub.census();
+        let users = self.hub.users();
         NodeInfo {
             node_id: self.node_id.clone(),
             engine: self.engine.kind().to_owned(),

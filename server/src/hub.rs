@@ -369,6 +369,12 @@ impl Hub {
         self.len() == 0
     }
 
+    /// Distinct users with a live connection on this node. The heartbeat
+    /// asks every second; `census` would walk every connection for it.
+    pub fn users(&self) -> usize {
+        self.read().by_user.len()
+    }
+
     /// Live connections per org, and the number of distinct users.
     pub fn census(&self) -> (HashMap<OrgId, usize>, usize) {
         let inner = self.read();
@@ -635,6 +641,7 @@ mod tests {
         assert!(a2.close_reason().is_some() && b1.close_reason().is_none());
         let (orgs, users) = hub.census();
         assert_eq!((orgs.len(), users), (1, 2));
+        assert_eq!(hub.users(), users);
         hub.close_all(&CloseReason::SHUTDOWN);
         assert_eq!(b1.close_reason(), Some(&CloseReason::SHUTDOWN));
         let late = conn(6, "d", "7", 8);
