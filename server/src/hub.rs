@@ -416,7 +416,18 @@ impl Hub {
     /// Sends the keep-alive to every connection and closes those that left
     /// two pings unanswered.
     pub fn ping_all(&self, frame: Utf8Bytes) {
+        self.ping_slice(frame, 0, 1);
+    }
+
+    /// Pings the connections of slice `slice` of `slices` (by id): a ping
+    /// round spread over `slices` ticks still pings every connection once,
+    /// and always at the same tick of the round.
+    pub fn ping_slice(&self, frame: Utf8Bytes, slice: u64, slices: u64) {
+        let slices = slices.max(1);
         self.for_each(|conn| {
+            if conn.id.0 % slices != slice {
+                return;
+            }
             if conn.ping_sent() >= 2 {
                 conn.close(CloseReason::PING_TIMEOUT);
             } else {
@@ -718,5 +729,35 @@ mod tests {
             d.pong();
         }
         assert!(d.close_reason().is_none());
+    }
+
+    #[test]
+    fn a_sliced_ping_round_pings_each_connection_once() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let conns: Vec<_> = (0..10).map(|i| conn(i, &i.to_string(), "7", 8)).collect();
+        let _r: Vec<_> = conns
+            .iter()
+            .map(|c| hub.register(c.clone(), Limits::default()).unwrap())
+            .collect();
+        let frame = Utf8Bytes::from("{}");
+        for slice in 0..3 {
+            hub.ping_slice(frame.clone(), slice, 3);
+            let pinged: Vec<u64> = conns
+                .iter()
+                .filter(|c| c.take_ping().is_some())
+                .map(|c| c.id.0)
+                .collect();
+            assert!(pinged.iter().all(|id| id % 3 == slice), "{pinged:?}");
+            assert_eq!(pinged.len(), if slice == 0 { 4 } else { 3 });
+        }
+        // Two unanswered rounds, then each connection closes at its own
+        // tick of the third.
+        for slice in 0..3 {
+            hub.ping_slice(frame.clone(), slice, 3);
+        }
+        assert!(conns.iter().all(|c| c.close_reason().is_none()));
+        hub.ping_slice(frame.clone(), 1, 3);
+        let closed = conns.iter().filter(|c| c.close_reason().is_some()).count();
+        assert_eq!(closed, 3);
     }
 }
