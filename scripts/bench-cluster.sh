@@ -34,7 +34,7 @@ REDIS_PORT=$((BASE_PORT + 99))
 SECRET=bench-secret-bench-secret-bench
 OUT=target/bench/cluster
 mkdir -p "$OUT"
-for tool in taskset python3 curl redis-server; do
+for tool in taskset python3 curl redis-server ${CLUSTER_PERF:+perf}; do
   command -v "$tool" >/dev/null || { echo "bench-cluster.sh needs $tool" >&2; exit 2; }
 done
 cargo build --release --locked -p hrrt -p hrrt-server

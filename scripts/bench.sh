@@ -38,7 +38,7 @@ SECRET=bench-secret-bench-secret-bench
 SERVER_CPU=${BENCH_SERVER_CPU:-0}
 LOAD_CPU=${BENCH_LOAD_CPU:-1}
 
-for tool in taskset python3 curl; do
+for tool in taskset python3 curl ${BENCH_PERF:+perf}; do
   command -v "$tool" >/dev/null || { echo "bench.sh needs $tool" >&2; exit 2; }
 done
 

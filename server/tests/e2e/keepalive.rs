@@ -48,3 +48,26 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
     // connected, then two rounds of JSON ping (text) + Ping (0x9).
     assert_eq!(opcodes, [0x1, 0x1, 0x9, 0x1, 0x9]);
 }
+
+/// At 400 ms a node spreads each ping round over four ticks, a slice of the
+/// connections each: every connection still gets its pings, and one that
+/// answers none is still dropped after two.
+#[tokio::test]
+async fn a_round_spread_over_ticks_still_pings_and_drops_every_silent_peer() {
+    let server = Server::with(|c| c.ping_interval = Duration::from_millis(400)).await;
+    let mut silent = Vec::new();
+    for user in ["1", "2", "3", "4", "5"] {
+        silent.push(
+            SilentClient::connect(
+                server.addr,
+                &format!("token={}", token(user, "7", Role::User)),
+            )
+            .await,
+        );
+    }
+    for client in &mut silent {
+        let (code, opcodes) = client.read_until_close().await;
+        assert_eq!(code, 1001);
+        assert_eq!(opcodes, [0x1, 0x1, 0x9, 0x1, 0x9]);
+    }
+}
