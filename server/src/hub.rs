@@ -269,76 +269,9 @@ impl Conn {
     }
 }
 
-/// Shards of [`Conns`]; also the most ticks a ping round can be spread over.
-pub const CONN_SHARDS: u64 = 1024;
-
-/// Every live connection, sharded by id so that a keep-alive tick visits
-/// only the shards of its slice instead of walking the whole node.
-struct Conns {
-    shards: Box<[HashMap<ConnId, Arc<Conn>>]>,
-    len: usize,
-}
-
-impl Default for Conns {
-    fn default() -> Self {
-        Self {
-            shards: (0..CONN_SHARDS).map(|_| HashMap::new()).collect(),
-            len: 0,
-        }
-    }
-}
-
-impl Conns {
-    fn shard_of(id: ConnId) -> usize {
-        // The remainder is below CONN_SHARDS, a small constant.
-        usize::try_from(id.0 % CONN_SHARDS).unwrap_or(0)
-    }
-
-    fn insert(&mut self, conn: Arc<Conn>) {
-        if self.shards[Self::shard_of(conn.id)]
-            .insert(conn.id, conn)
-            .is_none()
-        {
-            self.len += 1;
-        }
-    }
-
-    fn remove(&mut self, id: ConnId) {
-        if self.shards[Self::shard_of(id)].remove(&id).is_some() {
-            self.len -= 1;
-        }
-    }
-
-    fn get(&self, id: &ConnId) -> Option<&Arc<Conn>> {
-        self.shards[Self::shard_of(*id)].get(id)
-    }
-
-    fn len(&self) -> usize {
-        self.len
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Arc<Conn>> {
-        self.shards.iter().flat_map(HashMap::values)
-    }
-
-    /// The connections of slice `slice` of `slices`: shard `j` belongs to
-    /// slice `j % slices`, so the slices partition the connections and each
-    /// connection stays in one slice for its whole life.
-    fn slice(&self, slice: u64, slices: u64) -> impl Iterator<Item = &Arc<Conn>> {
-        let slices = slices.clamp(1, CONN_SHARDS);
-        let first = usize::try_from(slice % slices).unwrap_or(0);
-        let step = usize::try_from(slices).unwrap_or(1);
-        self.shards
-            .iter()
-            .skip(first)
-            .step_by(step)
-            .flat_map(HashMap::values)
-    }
-}
-
 #[derive(Default)]
 struct Inner {
-    conns: Conns,
+    conns: HashMap<ConnId, Arc<Conn>>,
     by_channel: HashMap<ChannelName, HashMap<ConnId, Arc<Conn>>>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     /// Connections that read every channel.
@@ -396,7 +329,7 @@ impl Hub {
             .entry(conn.user.clone())
             .or_default()
             .push(conn.id);
-        inner.conns.insert(conn.clone());
+        inner.conns.insert(conn.id, conn.clone());
         drop(inner);
         self.metrics.connection_opened();
         Ok(Registration {
@@ -407,7 +340,7 @@ impl Hub {
 
     fn unregister(&self, conn: &Conn) {
         let mut inner = self.write();
-        inner.conns.remove(conn.id);
+        inner.conns.remove(&conn.id);
         inner.watch_all.remove(&conn.id);
         for channel in &conn.interest.channels {
             if let Some(subscribers) = inner.by_channel.get_mut(channel) {
@@ -486,18 +419,21 @@ impl Hub {
         self.ping_slice(frame, 0, 1);
     }
 
-    /// Pings the connections of slice `slice` of `slices` (up to
-    /// [`CONN_SHARDS`]): a ping round spread over `slices` ticks still pings
-    /// every connection once, always at the same tick of the round, and a
-    /// tick visits only its own slice's connections.
+    /// Pings the connections of slice `slice` of `slices` (by id): a ping
+    /// round spread over `slices` ticks still pings every connection once,
+    /// and always at the same tick of the round.
     pub fn ping_slice(&self, frame: Utf8Bytes, slice: u64, slices: u64) {
-        for conn in self.read().conns.slice(slice, slices) {
+        let slices = slices.max(1);
+        self.for_each(|conn| {
+            if conn.id.0 % slices != slice {
+                return;
+            }
             if conn.ping_sent() >= 2 {
                 conn.close(CloseReason::PING_TIMEOUT);
             } else {
                 conn.ping(frame.clone());
             }
-        }
+        });
     }
 
     /// Closes every connection whose token expired by `now` (UNIX seconds).
@@ -798,52 +734,30 @@ mod tests {
     #[test]
     fn a_sliced_ping_round_pings_each_connection_once() {
         let hub = Arc::new(Hub::new(Arc::default()));
-        // Ids past CONN_SHARDS, so shards hold several connections.
-        let conns: Vec<_> = (0..30)
-            .map(|i| conn(i * 337 + 5, &i.to_string(), "7", 8))
-            .collect();
+        let conns: Vec<_> = (0..10).map(|i| conn(i, &i.to_string(), "7", 8)).collect();
         let _r: Vec<_> = conns
             .iter()
             .map(|c| hub.register(c.clone(), Limits::default()).unwrap())
             .collect();
         let frame = Utf8Bytes::from("{}");
-        for slices in [1, 3, 7, CONN_SHARDS, CONN_SHARDS * 2] {
-            let mut rounds: Vec<Vec<u64>> = Vec::new();
-            for _ in 0..2 {
-                let mut tick_of = vec![u64::MAX; conns.len()];
-                for slice in 0..slices.min(CONN_SHARDS) {
-                    hub.ping_slice(frame.clone(), slice, slices);
-                    for (i, c) in conns.iter().enumerate() {
-                        if c.take_ping().is_some() {
-                            assert_eq!(tick_of[i], u64::MAX, "pinged twice in a round");
-                            tick_of[i] = slice;
-                        }
-                    }
-                }
-                assert!(
-                    tick_of.iter().all(|t| *t != u64::MAX),
-                    "{slices}: {tick_of:?}"
-                );
-                rounds.push(tick_of);
-                conns.iter().for_each(|c| c.pong());
-            }
-            assert_eq!(rounds[0], rounds[1], "a connection changed slice");
+        for slice in 0..3 {
+            hub.ping_slice(frame.clone(), slice, 3);
+            let pinged: Vec<u64> = conns
+                .iter()
+                .filter(|c| c.take_ping().is_some())
+                .map(|c| c.id.0)
+                .collect();
+            assert!(pinged.iter().all(|id| id % 3 == slice), "{pinged:?}");
+            assert_eq!(pinged.len(), if slice == 0 { 4 } else { 3 });
         }
         // Two unanswered rounds, then each connection closes at its own
         // tick of the third.
-        for _ in 0..2 {
-            for slice in 0..3 {
-                hub.ping_slice(frame.clone(), slice, 3);
-            }
+        for slice in 0..3 {
+            hub.ping_slice(frame.clone(), slice, 3);
         }
         assert!(conns.iter().all(|c| c.close_reason().is_none()));
         hub.ping_slice(frame.clone(), 1, 3);
         let closed = conns.iter().filter(|c| c.close_reason().is_some()).count();
-        let in_slice = conns
-            .iter()
-            .filter(|c| (c.id.0 % CONN_SHARDS) % 3 == 1)
-            .count();
-        assert_eq!(closed, in_slice);
-        assert!(closed > 0 && closed < conns.len());
+        assert_eq!(closed, 3);
     }
 }

@@ -49,7 +49,7 @@ async fn a_peer_that_never_answers_pings_is_dropped() {
     assert_eq!(opcodes, [0x1, 0x1, 0x9, 0x1, 0x9]);
 }
 
-/// At 400 ms a node spreads each ping round over 16 ticks, a slice of the
+/// At 400 ms a node spreads each ping round over four ticks, a slice of the
 /// connections each: every connection still gets its pings, and one that
 /// answers none is still dropped after two.
 #[tokio::test]
