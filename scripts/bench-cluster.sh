@@ -53,6 +53,9 @@ taskset -c 0 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appe
 REDIS_PID=$!
 PIDS+=("$REDIS_PID")
 for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# Redis's own record of anything that kept it busy 2 ms or more, printed
+# after each run, to tell a Redis stall from a node's.
+redis-cli -p "$REDIS_PORT" config set latency-monitor-threshold 2 >/dev/null
 
 # Fresh nodes for every run, so RSS per connection is measured from a
 # clean start.
@@ -88,6 +91,8 @@ one_run() {
   local before=() peak=()
   for pid in "${NODE_PIDS[@]}"; do before+=("$(rss_kib "$pid")"); peak+=(0); done
   local redis_before; redis_before=$(cpu_ticks "$REDIS_PID")
+  redis-cli -p "$REDIS_PORT" latency reset >/dev/null
+  redis-cli -p "$REDIS_PORT" slowlog reset >/dev/null
   # Peak RSS per node while the run holds its connections.
   (
     while true; do
@@ -105,23 +110,31 @@ one_run() {
   if [ -n "${CLUSTER_PERF:-}" ]; then
     (
       sleep "${CLUSTER_PERF_DELAY:-0}"
-      perf record -q -a -g -e cpu-clock -o "$OUT/$name.perf.data" -- sleep "$CLUSTER_PERF"
+      perf record -q -a -g -e cpu-clock -k CLOCK_REALTIME -o "$OUT/$name.perf.data" -- sleep "$CLUSTER_PERF"
     ) >"$OUT/$name.perf.log" 2>&1 &
   fi
   HRRT_JWT_SECRET=$SECRET taskset -c 1 target/release/hrrt load \
     --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
     --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate 10 --duration "$DURATION" \
     --workers "$WORKERS" --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
-    --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" "$@" \
+    --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" \
+    --per-event "$OUT/$name-events.csv" "$@" \
     >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
   kill "$sampler" 2>/dev/null || true
   [ -s "$OUT/$name.json" ] || { echo "$name: no report; see $OUT/$name.err" >&2; stop_nodes; return; }
   local redis_after; redis_after=$(cpu_ticks "$REDIS_PID")
+  {
+    echo "LATENCY LATEST (event, when, latest ms, max ms):"
+    redis-cli -p "$REDIS_PORT" latency latest
+    echo "SLOWLOG (over 10 ms):"
+    redis-cli -p "$REDIS_PORT" slowlog get 10
+  } >"$OUT/$name-redis-latency.txt" 2>&1
   stop_nodes
   python3 - "$OUT/$name.json" "$OUT/$name-rss.txt" "$CONNECTIONS" "$NODES" \
-    "$(( redis_after - redis_before ))" "$(getconf CLK_TCK)" "${before[*]}" "$name" <<'PY'
-import json, sys
-report, rss, conns, nodes, redis_ticks, hz, before, name = sys.argv[1:]
+    "$(( redis_after - redis_before ))" "$(getconf CLK_TCK)" "${before[*]}" "$name" \
+    "$OUT/$name-events.csv" <<'PY'
+import csv, json, sys
+report, rss, conns, nodes, redis_ticks, hz, before, name, events = sys.argv[1:]
 r = json.load(open(report))
 peaks = [0] * int(nodes)
 for line in open(rss):
@@ -138,6 +151,14 @@ print(f"{name}: {r['connections']['ok']} of {conns} connections over {nodes} nod
       f"node RSS per connection {min(kib):.2f}-{max(kib):.2f} KiB; "
       f"Redis CPU {int(redis_ticks) / int(hz):.2f} s; "
       f"churn {r.get('churn')}; passed {r['passed']}")
+# When the slow events were published: a period in these times names its
+# cause (the ping tick, a heartbeat, a Redis job).
+rows = [(float(e["published_ms"]), float(e["last_recipient_ms"]), e["event"], e["accepted_ms"])
+        for e in csv.DictReader(open(events)) if e["last_recipient_ms"]]
+slow = sorted((row for row in rows if row[1] > 20), key=lambda row: -row[1])
+print(f"{name}: {len(slow)} of {len(rows)} events had a last recipient over 20 ms; the slowest "
+      + ", ".join(f"#{n} at {t / 1000:.2f} s: {ms:.1f} ms (publish answered in {acc or '-'} ms)"
+                  for t, ms, n, acc in slow[:8]))
 PY
 }
 

@@ -105,6 +105,11 @@ pub struct LoadArgs {
     /// Write the full report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Write one CSV line per event to this file: its number, org, when it
+    /// was published (ms into the publish phase) and how long its last
+    /// recipient waited, to see when the slow ones happened.
+    #[arg(long, value_name = "FILE")]
+    pub per_event: Option<PathBuf>,
     /// Exit 1 unless these hold, e.g. 'p99<20ms,lost=0'.
     #[arg(long, value_name = "RULES")]
     pub fail_on: Option<String>,
@@ -144,6 +149,10 @@ struct Shared {
     /// Per event (by its number), the latency of its last recipient so far,
     /// in microseconds: how long a broadcast takes to reach everyone.
     last_recipient: Vec<AtomicU64>,
+    /// Per event, when it was published (Unix ns; 0 until it is).
+    sent_ns: Vec<AtomicU64>,
+    /// Per event, when its publish request was answered 200 (Unix ns).
+    accepted_ns: Vec<AtomicU64>,
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -406,6 +415,18 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
         let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    if let Some(path) = &args.per_event {
+        std::fs::write(
+            path,
+            per_event_csv(
+                &run.shared.sent_ns,
+                &run.shared.accepted_ns,
+                &run.shared.last_recipient,
+                run.plan.orgs.len(),
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(if report.passed {
         ExitStatus::Ok
     } else {
@@ -439,6 +460,8 @@ impl<'a> Run<'a> {
             connect: Mutex::new(histogram()?),
             received: AtomicU64::new(0),
             last_recipient: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
+            sent_ns: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
+            accepted_ns: (0..plan.total_events).map(|_| AtomicU64::new(0)).collect(),
         });
         let progress = if args.no_progress
             || args.worker_index.is_some()
@@ -696,11 +719,21 @@ impl<'a> Run<'a> {
                         };
                         let api = &self.plan.apis[usize::try_from(sent / args.batch).unwrap_or(0)
                             % self.plan.apis.len()];
+                        let sent_ns = unix_nanos();
+                        for i in sent..sent + n {
+                            if let Some(slot) = usize::try_from(i)
+                                .ok()
+                                .and_then(|i| self.shared.sent_ns.get(i))
+                            {
+                                slot.store(sent_ns, Ordering::Relaxed);
+                            }
+                        }
                         requests.spawn(publish_batch(
                             api.clone(),
                             token.clone(),
-                            batch_body(sent, n, &self.plan.orgs, args.payload_bytes),
+                            batch_body(sent, n, &self.plan.orgs, args.payload_bytes, sent_ns),
                             (sent, n),
+                            self.shared.clone(),
                             per_org.clone(),
                             failures.clone(),
                             permit,
@@ -818,6 +851,7 @@ async fn publish_batch(
     token: String,
     body: Value,
     (first, n): (u64, u64),
+    shared: Arc<Shared>,
     per_org: Arc<Vec<AtomicU64>>,
     failures: Arc<Mutex<BTreeMap<String, u64>>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
@@ -825,8 +859,15 @@ async fn publish_batch(
     match api.post("/api/events", &token, &body).await {
         Ok((200, _)) => {
             let orgs = per_org.len() as u64;
+            let now = unix_nanos();
             for i in first..first + n {
                 per_org[usize::try_from(i % orgs).unwrap_or(0)].fetch_add(1, Ordering::Relaxed);
+                if let Some(slot) = usize::try_from(i)
+                    .ok()
+                    .and_then(|i| shared.accepted_ns.get(i))
+                {
+                    slot.store(now, Ordering::Relaxed);
+                }
             }
         }
         Ok((status, answer)) => {
@@ -836,6 +877,52 @@ async fn publish_batch(
         }
         Err(e) => *lock(&failures).entry(format!("{e:#}")).or_default() += n,
     }
+}
+
+/// `--per-event`: `event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms`:
+/// when it was published (from the first event, and as Unix time, to line
+/// it up with logs and profiles), how long its publish request took to be
+/// answered 200, and how long its last recipient waited; empty where there
+/// was no answer or no recipient.
+fn per_event_csv(
+    sent_ns: &[AtomicU64],
+    accepted_ns: &[AtomicU64],
+    last_recipient: &[AtomicU64],
+    orgs: usize,
+) -> String {
+    use std::fmt::Write as _;
+    let sent: Vec<u64> = sent_ns.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+    let start = sent.iter().copied().filter(|&s| s > 0).min().unwrap_or(0);
+    let mut csv =
+        String::from("event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n");
+    for (n, ((sent, accepted), last)) in
+        sent.iter().zip(accepted_ns).zip(last_recipient).enumerate()
+    {
+        if *sent == 0 {
+            continue;
+        }
+        let published = sent.saturating_sub(start) as f64 / 1e6;
+        let _ = write!(
+            csv,
+            "{n},{},{published:.3},{:.3},",
+            n % orgs.max(1),
+            *sent as f64 / 1e6
+        );
+        match accepted.load(Ordering::Relaxed) {
+            0 => {}
+            at => {
+                let _ = write!(csv, "{:.3}", at.saturating_sub(*sent) as f64 / 1e6);
+            }
+        }
+        csv.push(',');
+        match last.load(Ordering::Relaxed) {
+            0 => csv.push('\n'),
+            us => {
+                let _ = writeln!(csv, "{:.3}", us as f64 / 1000.0);
+            }
+        }
+    }
+    csv
 }
 
 fn micros(d: Duration) -> u64 {
@@ -871,9 +958,8 @@ fn live_status(shared: &Shared, started: Instant) -> String {
 
 /// The JSON body of one publish request: events `first .. first + n`,
 /// round-robin over the orgs, each carrying its send time.
-fn batch_body(first: u64, n: u64, orgs: &[String], pad: u64) -> Value {
+fn batch_body(first: u64, n: u64, orgs: &[String], pad: u64, sent_ns: u64) -> Value {
     let padding = "x".repeat(usize::try_from(pad).unwrap_or(0));
-    let sent_ns = unix_nanos();
     let events: Vec<Value> = (first..first + n)
         .map(|i| {
             let org = &orgs[usize::try_from(i % orgs.len() as u64).unwrap_or(0)];
@@ -1263,9 +1349,23 @@ mod tests {
     #[test]
     fn batches_go_round_robin() {
         let orgs = vec!["a".to_owned(), "b".to_owned()];
-        let body = batch_body(3, 2, &orgs, 4);
+        let body = batch_body(3, 2, &orgs, 4, 7);
         assert_eq!(body[0]["org_id"], "b");
         assert_eq!(body[1]["org_id"], "a");
         assert_eq!(body[1]["payload"]["pad"], "xxxx");
+        assert_eq!(body[1]["payload"]["sent_ns"], 7);
+    }
+
+    #[test]
+    fn per_event_lines_time_each_event_from_the_first() {
+        let atomics = |v: &[u64]| v.iter().map(|&n| AtomicU64::new(n)).collect::<Vec<_>>();
+        let sent = atomics(&[2_000_000, 5_500_000, 0]);
+        let accepted = atomics(&[2_250_000, 0, 0]);
+        let last = atomics(&[1_500, 0, 0]);
+        assert_eq!(
+            per_event_csv(&sent, &accepted, &last, 2),
+            "event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n\
+             0,0,0.000,2.000,0.250,1.500\n1,1,3.500,5.500,,\n"
+        );
     }
 }
