@@ -12,6 +12,7 @@
 #                                 # the run without churn only, and a whole-machine perf
 #                                 # profile of its seconds 120-180
 #   CLUSTER_NODE_FLAGS="--ping-interval 120s" scripts/bench.sh cluster   # more hrrt-server flags
+#   CLUSTER_RATE=0.2 scripts/bench.sh cluster      # events/s (10 by default)
 #
 # Needs redis-server, taskset, python3, curl. Traffic stays on 127.0.0.0/8.
 # Not run by CI.
@@ -103,24 +104,32 @@ one_run() {
     done
   ) >"$OUT/$name-rss.txt" &
   local sampler=$!
+  # A stall probe on each core: the machine's own hiccups, same run.
+  taskset -c 0 python3 scripts/stall_probe.py "$OUT/$name-stalls0.txt" &
+  local probe0=$!
+  taskset -c 1 python3 scripts/stall_probe.py "$OUT/$name-stalls1.txt" &
+  local probe1=$!
   # CLUSTER_PERF=SECONDS: a whole-machine CPU profile of SECONDS of the
   # run, e.g. `perf report -i
   # target/bench/cluster/cluster.perf.data --sort comm --no-children`.
-  # CLUSTER_PERF_DELAY=S starts it S seconds in.
+  # CLUSTER_PERF_DELAY=S starts it S seconds in; CLUSTER_PERF_EVENTS
+  # replaces "-g -e cpu-clock" (e.g. "-e sched:sched_switch" to see who
+  # held a core through a stall). Sample times are CLOCK_MONOTONIC, as the
+  # stall probes' third column, to line the two up.
   if [ -n "${CLUSTER_PERF:-}" ]; then
     (
       sleep "${CLUSTER_PERF_DELAY:-0}"
-      perf record -q -a -g -e cpu-clock -k CLOCK_REALTIME -o "$OUT/$name.perf.data" -- sleep "$CLUSTER_PERF"
+      perf record -q -a ${CLUSTER_PERF_EVENTS:--g -e cpu-clock} -k CLOCK_MONOTONIC -o "$OUT/$name.perf.data" -- sleep "$CLUSTER_PERF"
     ) >"$OUT/$name.perf.log" 2>&1 &
   fi
   HRRT_JWT_SECRET=$SECRET taskset -c 1 target/release/hrrt load \
     --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
-    --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate 10 --duration "$DURATION" \
+    --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate "${CLUSTER_RATE:-10}" --duration "$DURATION" \
     --workers "$WORKERS" --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
     --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" \
     --per-event "$OUT/$name-events.csv" "$@" \
     >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
-  kill "$sampler" 2>/dev/null || true
+  kill "$sampler" "$probe0" "$probe1" 2>/dev/null || true
   [ -s "$OUT/$name.json" ] || { echo "$name: no report; see $OUT/$name.err" >&2; stop_nodes; return; }
   local redis_after; redis_after=$(cpu_ticks "$REDIS_PID")
   {
@@ -132,9 +141,9 @@ one_run() {
   stop_nodes
   python3 - "$OUT/$name.json" "$OUT/$name-rss.txt" "$CONNECTIONS" "$NODES" \
     "$(( redis_after - redis_before ))" "$(getconf CLK_TCK)" "${before[*]}" "$name" \
-    "$OUT/$name-events.csv" <<'PY'
+    "$OUT/$name-events.csv" "$OUT/$name-stalls0.txt" "$OUT/$name-stalls1.txt" <<'PY'
 import csv, json, sys
-report, rss, conns, nodes, redis_ticks, hz, before, name, events = sys.argv[1:]
+report, rss, conns, nodes, redis_ticks, hz, before, name, events, stalls0, stalls1 = sys.argv[1:]
 r = json.load(open(report))
 peaks = [0] * int(nodes)
 for line in open(rss):
@@ -153,12 +162,37 @@ print(f"{name}: {r['connections']['ok']} of {conns} connections over {nodes} nod
       f"churn {r.get('churn')}; passed {r['passed']}")
 # When the slow events were published: a period in these times names its
 # cause (the ping tick, a heartbeat, a Redis job).
+per_event = [e for e in csv.DictReader(open(events)) if e["last_recipient_ms"]]
 rows = [(float(e["published_ms"]), float(e["last_recipient_ms"]), e["event"], e["accepted_ms"])
-        for e in csv.DictReader(open(events)) if e["last_recipient_ms"]]
+        for e in per_event]
 slow = sorted((row for row in rows if row[1] > 20), key=lambda row: -row[1])
 print(f"{name}: {len(slow)} of {len(rows)} events had a last recipient over 20 ms; the slowest "
       + ", ".join(f"#{n} at {t / 1000:.2f} s: {ms:.1f} ms (publish answered in {acc or '-'} ms)"
                   for t, ms, n, acc in slow[:8]))
+# The machine's stalls in the publish window, and which slow events waited
+# through one that both cores saw (within 5 ms of each other).
+def stalls(path):
+    try:
+        return [(float(t) - float(g) / 1000, float(t)) for t, g, *_ in (l.split() for l in open(path))]
+    except (OSError, ValueError):
+        return []
+s0, s1 = stalls(stalls0), stalls(stalls1)
+if per_event and (s0 or s1):
+    first = min(float(e["unix_ms"]) for e in per_event) / 1000
+    last = max(float(e["unix_ms"]) + float(e["last_recipient_ms"]) for e in per_event) / 1000
+    w0 = [s for s in s0 if first <= s[1] <= last + 1]
+    w1 = [s for s in s1 if first <= s[1] <= last + 1]
+    both = [a for a in w0 if any(a[0] < b[1] and b[0] < a[1] for b in w1)]
+    def hit(e):
+        start = float(e["unix_ms"]) / 1000
+        end = start + float(e["last_recipient_ms"]) / 1000
+        return any(a < end and start < b for a, b in both if b - a >= 0.020)
+    slow50 = [e for e in per_event if float(e["last_recipient_ms"]) > 50]
+    longest = max([(b - a) * 1000 for a, b in w0 + w1], default=0)
+    print(f"{name}: machine stalls in the publish window: CPU 0 {len(w0)}, CPU 1 {len(w1)} "
+          f"of 10 ms or more (longest {longest:.0f} ms), {len(both)} on both cores at once; "
+          f"{sum(map(hit, slow50))} of the {len(slow50)} events slower than 50 ms waited through "
+          f"a 20 ms+ stall of both cores")
 PY
 }
 
