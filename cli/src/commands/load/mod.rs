@@ -893,8 +893,7 @@ fn per_event_csv(
     use std::fmt::Write as _;
     let sent: Vec<u64> = sent_ns.iter().map(|s| s.load(Ordering::Relaxed)).collect();
     let start = sent.iter().copied().filter(|&s| s > 0).min().unwrap_or(0);
-    let mut csv =
-        String::from("event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n");
+    let mut csv = String::from("event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n");
     for (n, ((sent, accepted), last)) in
         sent.iter().zip(accepted_ns).zip(last_recipient).enumerate()
     {
