@@ -732,8 +732,7 @@ impl<'a> Run<'a> {
                             api.clone(),
                             token.clone(),
                             batch_body(sent, n, &self.plan.orgs, args.payload_bytes, sent_ns),
-                            (sent, n),
-                            self.shared.clone(),
+                            (sent, n, self.shared.clone()),
                             per_org.clone(),
                             failures.clone(),
                             permit,
@@ -845,13 +844,12 @@ async fn publish_user(
 }
 
 /// One publish request of events `first .. first + n`; counts what was
-/// accepted per org, and why the rest failed.
+/// accepted per org (and when, for `--per-event`), and why the rest failed.
 async fn publish_batch(
     api: Api,
     token: String,
     body: Value,
-    (first, n): (u64, u64),
-    shared: Arc<Shared>,
+    (first, n, shared): (u64, u64, Arc<Shared>),
     per_org: Arc<Vec<AtomicU64>>,
     failures: Arc<Mutex<BTreeMap<String, u64>>>,
     _permit: tokio::sync::OwnedSemaphorePermit,
