@@ -13,6 +13,7 @@
 #                                 # profile of its seconds 120-180
 #   CLUSTER_NODE_FLAGS="--ping-interval 120s" scripts/bench.sh cluster   # more hrrt-server flags
 #   CLUSTER_RATE=0.2 scripts/bench.sh cluster      # events/s (10 by default)
+#   CLUSTER_STALLS=1 scripts/bench.sh cluster      # plus a stall probe on each core
 #
 # Needs redis-server, taskset, python3, curl. Traffic stays on 127.0.0.0/8.
 # Not run by CI.
@@ -104,11 +105,17 @@ one_run() {
     done
   ) >"$OUT/$name-rss.txt" &
   local sampler=$!
-  # A stall probe on each core: the machine's own hiccups, same run.
-  taskset -c 0 python3 scripts/stall_probe.py "$OUT/$name-stalls0.txt" &
-  local probe0=$!
-  taskset -c 1 python3 scripts/stall_probe.py "$OUT/$name-stalls1.txt" &
-  local probe1=$!
+  # CLUSTER_STALLS=1: a stall probe on each core, the machine's own
+  # hiccups in the same run (off by default: it costs the cores it
+  # watches; see bench.sh's BENCH_STALLS).
+  local probe0= probe1=
+  rm -f "$OUT/$name-stalls0.txt" "$OUT/$name-stalls1.txt"
+  if [ "${CLUSTER_STALLS:-0}" != 0 ]; then
+    taskset -c 0 python3 scripts/stall_probe.py "$OUT/$name-stalls0.txt" &
+    probe0=$!
+    taskset -c 1 python3 scripts/stall_probe.py "$OUT/$name-stalls1.txt" &
+    probe1=$!
+  fi
   # CLUSTER_PERF=SECONDS: a whole-machine CPU profile of SECONDS of the
   # run, e.g. `perf report -i
   # target/bench/cluster/cluster.perf.data --sort comm --no-children`.
@@ -129,7 +136,7 @@ one_run() {
     --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" \
     --per-event "$OUT/$name-events.csv" "$@" \
     >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
-  kill "$sampler" "$probe0" "$probe1" 2>/dev/null || true
+  kill "$sampler" $probe0 $probe1 2>/dev/null || true
   [ -s "$OUT/$name.json" ] || { echo "$name: no report; see $OUT/$name.err" >&2; stop_nodes; return; }
   local redis_after; redis_after=$(cpu_ticks "$REDIS_PID")
   {

@@ -16,6 +16,8 @@
 #   BENCH_PERF=1 BENCH_SERVERS=hrrt scripts/bench.sh target batch   # with a
 #                               # `perf record -e cpu-clock -g` of the server per row
 #   scripts/bench.sh idle fanout-50   # some rows only
+#   BENCH_STALLS=1 scripts/bench.sh target   # plus a 1 ms sleeper on each core that
+#                               # logs when the machine stalled it (perturbs the row)
 #   BENCH_BIN_DIR=/tmp/old BENCH_OUT=/tmp/old.md scripts/bench.sh   # other binaries,
 #                               # e.g. a previous build, for a before/after pair
 #
@@ -109,11 +111,40 @@ run() {
         >"$OUT_DIR/$file.perf.log" 2>&1 &
       perf_pid=$!
     fi
+    # BENCH_STALLS=1: a 1 ms sleeper on each core logs the moments the
+    # machine did not let it run (docs/benchmarks.md: the cluster row's
+    # stalls). Off by default: its 1,000 wake-ups a second cost the server
+    # 10-15 % more CPU and moved the target row's p99 from 23-29 ms to
+    # 43-280 ms.
+    local probe_server= probe_load=
+    rm -f "$OUT_DIR/$file.stalls-server" "$OUT_DIR/$file.stalls-load"
+    if [ "${BENCH_STALLS:-0}" != 0 ]; then
+      taskset -c "$SERVER_CPU" python3 scripts/stall_probe.py "$OUT_DIR/$file.stalls-server" &
+      probe_server=$!
+      taskset -c "$LOAD_CPU" python3 scripts/stall_probe.py "$OUT_DIR/$file.stalls-load" &
+      probe_load=$!
+    fi
     # A failed row (loss, thresholds) is recorded, not fatal.
     HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
       --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$file.json" "$@" \
       | tee "$OUT_DIR/$file.txt" || true
     grep -E "^cpu($SERVER_CPU|$LOAD_CPU) " /proc/stat >>"$OUT_DIR/$file.procstat"
+    if [ -n "$probe_server" ]; then
+      kill "$probe_server" "$probe_load" 2>/dev/null || true
+      wait "$probe_server" "$probe_load" 2>/dev/null || true
+      python3 - "$OUT_DIR/$file" "$name ($kind)" >&2 <<'PY'
+import sys
+base, label = sys.argv[1:]
+out = []
+for core in ("server", "load"):
+    try:
+        gaps = [float(line.split()[1]) for line in open(f"{base}.stalls-{core}")]
+    except (OSError, ValueError, IndexError):
+        gaps = []
+    out.append(f"{core} core {len(gaps)} of 10 ms or more (longest {max(gaps, default=0):.0f} ms)")
+print(f"   {label} stalls of a 1 ms sleeper: " + "; ".join(out))
+PY
+    fi
     if [ -n "$perf_pid" ]; then
       kill -INT "$perf_pid" 2>/dev/null || true
       wait "$perf_pid" 2>/dev/null || true
