@@ -417,6 +417,27 @@ async fn bad_inputs_get_one_clear_line() {
         );
     }
 
+    // A report file that cannot be written stops `load` before it connects.
+    for flag in ["--json", "--per-event"] {
+        let (code, stdout, stderr) = server
+            .hrrt(&[
+                "load",
+                "--connections",
+                "1",
+                "--duration",
+                "1s",
+                flag,
+                "/nonexistent-dir/report",
+            ])
+            .await;
+        assert_eq!(code, 2, "{flag}: {stderr}");
+        assert!(stdout.is_empty(), "{flag}: ran anyway: {stdout}");
+        assert!(
+            stderr.contains("cannot write /nonexistent-dir/report"),
+            "{flag}: {stderr}"
+        );
+    }
+
     let (code, _, stderr) = server
         .hrrt(&[
             "publish",

@@ -330,6 +330,10 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
         return workers::run_worker(&args, global, index).await;
     }
     let plan = Plan::new(&args, global)?;
+    // A report file that cannot be written is found now, not after the run.
+    for path in [&args.json, &args.per_event].into_iter().flatten() {
+        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     raise_open_files(args.connections.div_ceil(args.workers));
     let mut run = Run::new(&args, plan)?;
     let server_before = args.server_pid.map(ProcSample::read);
