@@ -612,6 +612,7 @@ async fn ctrl_c_ends_listen_cleanly() {
 async fn load_reports_every_delivery_and_passes() {
     let server = Server::start().await;
     let report = std::env::temp_dir().join(format!("hrrt-load-{}.json", std::process::id()));
+    let events = std::env::temp_dir().join(format!("hrrt-load-{}.csv", std::process::id()));
     let (code, stdout, stderr) = server
         .hrrt(&[
             "load",
@@ -629,9 +630,34 @@ async fn load_reports_every_delivery_and_passes() {
             "lost=0,duplicated=0",
             "--json",
             report.to_str().unwrap(),
+            "--per-event",
+            events.to_str().unwrap(),
         ])
         .await;
     assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // --per-event: a line per event, each answered and received, in order
+    // of publication, batches of 5 sharing their publish time.
+    let csv = std::fs::read_to_string(&events).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms")
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|f| f.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 100, "{csv}");
+    for (n, row) in rows.iter().enumerate() {
+        let [event, org, published, unix, accepted, last] = row[..] else {
+            panic!("{row:?}");
+        };
+        assert_eq!((event, org), (n as f64, (n % 3) as f64), "{row:?}");
+        assert!(
+            published >= 0.0 && unix > 1.7e12 && accepted > 0.0 && last > 0.0,
+            "{row:?}"
+        );
+        assert_eq!(published, rows[n - n % 5][2], "{row:?}");
+    }
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(report["connections"]["ok"], 300);
     assert_eq!(report["events"]["published"], 100);
