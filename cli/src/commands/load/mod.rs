@@ -424,10 +424,10 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
     if let Some(path) = &args.per_event {
         std::fs::write(
             path,
-            per_event_csv(
-                &run.shared.sent_ns,
-                &run.shared.accepted_ns,
-                &run.shared.last_recipient,
+            report::per_event_csv(
+                &loaded(&run.shared.sent_ns),
+                &loaded(&run.shared.accepted_ns),
+                &loaded(&run.shared.last_recipient),
                 run.plan.orgs.len(),
             ),
         )
@@ -890,49 +890,8 @@ fn per_event_slots(args: &LoadArgs, events: u64) -> Vec<AtomicU64> {
     (0..events).map(|_| AtomicU64::new(0)).collect()
 }
 
-/// `--per-event`: `event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms`:
-/// when it was published (from the first event, and as Unix time, to line
-/// it up with logs and profiles), how long its publish request took to be
-/// answered 200, and how long its last recipient waited; empty where there
-/// was no answer or no recipient.
-fn per_event_csv(
-    sent_ns: &[AtomicU64],
-    accepted_ns: &[AtomicU64],
-    last_recipient: &[AtomicU64],
-    orgs: usize,
-) -> String {
-    use std::fmt::Write as _;
-    let sent: Vec<u64> = sent_ns.iter().map(|s| s.load(Ordering::Relaxed)).collect();
-    let start = sent.iter().copied().filter(|&s| s > 0).min().unwrap_or(0);
-    let mut csv = String::from("event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n");
-    for (n, ((sent, accepted), last)) in
-        sent.iter().zip(accepted_ns).zip(last_recipient).enumerate()
-    {
-        if *sent == 0 {
-            continue;
-        }
-        let published = sent.saturating_sub(start) as f64 / 1e6;
-        let _ = write!(
-            csv,
-            "{n},{},{published:.3},{:.3},",
-            n % orgs.max(1),
-            *sent as f64 / 1e6
-        );
-        match accepted.load(Ordering::Relaxed) {
-            0 => {}
-            at => {
-                let _ = write!(csv, "{:.3}", at.saturating_sub(*sent) as f64 / 1e6);
-            }
-        }
-        csv.push(',');
-        match last.load(Ordering::Relaxed) {
-            0 => csv.push('\n'),
-            us => {
-                let _ = writeln!(csv, "{:.3}", us as f64 / 1000.0);
-            }
-        }
-    }
-    csv
+fn loaded(slots: &[AtomicU64]) -> Vec<u64> {
+    slots.iter().map(|s| s.load(Ordering::Relaxed)).collect()
 }
 
 fn micros(d: Duration) -> u64 {
@@ -1364,18 +1323,5 @@ mod tests {
         assert_eq!(body[1]["org_id"], "a");
         assert_eq!(body[1]["payload"]["pad"], "xxxx");
         assert_eq!(body[1]["payload"]["sent_ns"], 7);
-    }
-
-    #[test]
-    fn per_event_lines_time_each_event_from_the_first() {
-        let atomics = |v: &[u64]| v.iter().map(|&n| AtomicU64::new(n)).collect::<Vec<_>>();
-        let sent = atomics(&[2_000_000, 5_500_000, 0]);
-        let accepted = atomics(&[2_250_000, 0, 0]);
-        let last = atomics(&[1_500, 0, 0]);
-        assert_eq!(
-            per_event_csv(&sent, &accepted, &last, 2),
-            "event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n\
-             0,0,0.000,2.000,0.250,1.500\n1,1,3.500,5.500,,\n"
-        );
     }
 }

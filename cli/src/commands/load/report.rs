@@ -606,6 +606,44 @@ impl Report {
     }
 }
 
+/// `--per-event`: `event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms`
+/// from each event's publish time and its 200's (Unix ns, 0 for none) and
+/// its last recipient's wait (µs, 0 for none): when it was published (from
+/// the first event, and as Unix time, to line it up with logs and
+/// profiles), its publish round trip and its last recipient's wait; empty
+/// where there was no answer or no recipient.
+pub fn per_event_csv(sent_ns: &[u64], accepted_ns: &[u64], last_us: &[u64], orgs: usize) -> String {
+    let start = sent_ns
+        .iter()
+        .copied()
+        .filter(|&s| s > 0)
+        .min()
+        .unwrap_or(0);
+    let mut csv = String::from("event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n");
+    for (n, ((&sent, &accepted), &last)) in sent_ns.iter().zip(accepted_ns).zip(last_us).enumerate()
+    {
+        if sent == 0 {
+            continue;
+        }
+        let published = sent.saturating_sub(start) as f64 / 1e6;
+        let _ = write!(
+            csv,
+            "{n},{},{published:.3},{:.3},",
+            n % orgs.max(1),
+            sent as f64 / 1e6
+        );
+        if accepted > 0 {
+            let _ = write!(csv, "{:.3}", accepted.saturating_sub(sent) as f64 / 1e6);
+        }
+        csv.push(',');
+        if last > 0 {
+            let _ = write!(csv, "{:.3}", last as f64 / 1000.0);
+        }
+        csv.push('\n');
+    }
+    csv
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -746,5 +784,19 @@ mod tests {
         assert_eq!(report.connections.closed_early["1013 slow consumer"], 1);
         assert!(!report.thresholds[0].passed);
         assert!(!report.passed);
+    }
+
+    #[test]
+    fn per_event_lines_time_each_event_from_the_first() {
+        assert_eq!(
+            per_event_csv(
+                &[2_000_000, 5_500_000, 0],
+                &[2_250_000, 0, 0],
+                &[1_500, 0, 0],
+                2
+            ),
+            "event,org,published_ms,unix_ms,accepted_ms,last_recipient_ms\n\
+             0,0,0.000,2.000,0.250,1.500\n1,1,3.500,5.500,,\n"
+        );
     }
 }
