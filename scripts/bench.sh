@@ -114,7 +114,7 @@ run() {
     # BENCH_STALLS=1: a 1 ms sleeper on each core logs the moments the
     # machine did not let it run (docs/benchmarks.md: the cluster row's
     # stalls). Off by default: its 1,000 wake-ups a second cost the server
-    # 10-15 % more CPU and moved the target row's p99 from 23-29 ms to
+    # 10-17 % more CPU and moved the target row's p99 from 23-29 ms to
     # 43-280 ms.
     local probe_server= probe_load=
     rm -f "$OUT_DIR/$file.stalls-server" "$OUT_DIR/$file.stalls-load"
