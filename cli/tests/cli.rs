@@ -438,6 +438,17 @@ async fn bad_inputs_get_one_clear_line() {
         );
     }
 
+    // A node that is not a URL is named, before anything is opened.
+    let nodes = format!("{},ws//typo", server.url());
+    let (code, stdout, stderr) = server
+        .hrrt(&["load", "--nodes", &nodes, "--connections", "2"])
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "ran anyway: {stdout}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--nodes: 'ws//typo'"), "{stderr}");
+    assert_eq!(server.state.hub.len(), 0, "nothing was opened");
+
     let (code, _, stderr) = server
         .hrrt(&[
             "publish",
@@ -1045,4 +1056,74 @@ async fn load_with_workers_reports_one_run_and_refuses_what_the_fd_limit_cannot_
         "{stderr}"
     );
     assert_eq!(server.state.hub.len(), 0, "nothing was opened");
+}
+
+#[tokio::test]
+async fn load_names_a_worker_that_dies_and_still_reports() {
+    let server = Server::start().await;
+    let mut child = server
+        .command(&[
+            "load",
+            "--connections",
+            "100",
+            "--workers",
+            "2",
+            "--rate",
+            "20",
+            "--duration",
+            "2s",
+            "--drain",
+            "2s",
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    while !seen.contains("through 2 workers") {
+        let line = within(stderr.next_line()).await.unwrap();
+        seen = line.unwrap_or_else(|| panic!("load ended before connecting"));
+    }
+    // Both workers are children of the run; kill one outright.
+    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flat_map(|task| std::fs::read_to_string(task.unwrap().path().join("children")))
+        .collect::<String>();
+    let worker = children
+        .split_whitespace()
+        .next()
+        .expect("a worker process");
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", worker])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let mut rest = String::new();
+    while let Some(line) = within(stderr.next_line()).await.unwrap() {
+        rest.push_str(&line);
+        rest.push('\n');
+    }
+    let mut report = String::new();
+    within(tokio::io::AsyncReadExt::read_to_string(
+        &mut stdout,
+        &mut report,
+    ))
+    .await
+    .unwrap();
+    let code = within(child.wait()).await.unwrap().code();
+    assert_eq!(code, Some(1), "{rest}\n{report}");
+    assert!(
+        rest.contains(
+            "ended before reporting (signal: 9 (SIGKILL)); its 50 connections count as failed"
+        ),
+        "one line names the worker and how it ended: {rest}"
+    );
+    assert!(report.contains("50 × worker"), "{report}");
+    assert!(report.contains("died"), "{report}");
+    assert!(
+        report.contains("deliveries") && report.contains("result       FAIL"),
+        "the report of what ran is printed: {report}"
+    );
 }

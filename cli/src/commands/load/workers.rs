@@ -257,7 +257,7 @@ impl Run<'_> {
                 let status = child.try_wait().ok().flatten();
                 *connected
                     .failures
-                    .entry(format!("worker {index} did not start (exit {status:?})"))
+                    .entry(format!("worker {index} did not start ({})", ended(status)))
                     .or_default() += args.connections.div_ceil(args.workers);
                 continue;
             }
@@ -399,7 +399,8 @@ pub(super) async fn stop_all(connected: &mut Connected, shared: &Shared) -> Vec<
     lock(&shared.remote_latency).clear();
     for (index, opened, status) in lost_workers {
         eprintln!(
-            "hrrt load: worker {index} ended before reporting (exit {status:?}); its {opened} connections count as failed"
+            "hrrt load: worker {index} ended before reporting ({}); its {opened} connections count as failed",
+            ended(status)
         );
         connected.opened = connected.opened.saturating_sub(opened);
         *connected
@@ -408,4 +409,13 @@ pub(super) async fn stop_all(connected: &mut Connected, shared: &Shared) -> Vec<
             .or_default() += opened;
     }
     outcomes
+}
+
+/// How a worker ended, for the line that names it: "exit status: 3",
+/// "signal: 9 (SIGKILL)", or that it is still running but stopped talking.
+fn ended(status: Option<std::process::ExitStatus>) -> String {
+    match status {
+        Some(status) => status.to_string(),
+        None => "still running, not answering".to_owned(),
+    }
 }
