@@ -735,6 +735,9 @@ async fn load_against_a_server_that_is_gone_fails_clearly() {
     let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
+    // The report of an earlier run is still there after this one failed.
+    let old = std::env::temp_dir().join(format!("hrrt-load-old-{}.json", std::process::id()));
+    std::fs::write(&old, "{\"earlier\": true}").unwrap();
     let (code, _, stderr) = server
         .hrrt(&[
             "--url",
@@ -744,12 +747,18 @@ async fn load_against_a_server_that_is_gone_fails_clearly() {
             "5",
             "--duration",
             "1s",
+            "--json",
+            old.to_str().unwrap(),
         ])
         .await;
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("no connection could be opened") && stderr.contains("refused"),
         "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&old).unwrap(),
+        "{\"earlier\": true}"
     );
 }
 
@@ -923,6 +932,23 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
         "{report}"
     );
     assert!(stdout.contains("churn "), "{stdout}");
+    // What came back as a replay is reported apart from the live latency,
+    // and every delivery is in exactly one of the three.
+    let replayed = report["churn"]["replayed_latency_ms"]["count"]
+        .as_u64()
+        .unwrap();
+    assert!(replayed > 0, "{report}");
+    assert_eq!(
+        report["latency_ms"]["count"].as_u64().unwrap()
+            + report["user_events"]["latency_ms"]["count"]
+                .as_u64()
+                .unwrap()
+            + replayed,
+        report["events"]["delivered"].as_u64().unwrap()
+            + report["user_events"]["delivered"].as_u64().unwrap(),
+        "{report}"
+    );
+    assert!(stdout.contains("deliveries after a resume"), "{stdout}");
     // User-channel traffic beside it, each event to one connection.
     let user = &report["user_events"];
     assert!(user["published"].as_u64().unwrap() >= 20, "{report}");
@@ -1038,6 +1064,14 @@ async fn load_with_workers_reports_one_run_and_refuses_what_the_fd_limit_cannot_
     assert_eq!(report["events"]["lost"], 0, "{report}");
     assert_eq!(report["user_events"]["lost"], 0, "{report}");
     assert!(report["churn"]["resumes"].as_u64().unwrap() > 0, "{report}");
+    // The workers' replays reach the one report too.
+    assert!(
+        report["churn"]["replayed_latency_ms"]["count"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{report}"
+    );
     assert!(
         report["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
         "{report}"

@@ -142,10 +142,15 @@ struct Shared {
     /// accepted (empty without `--user-rate`).
     user_published: Vec<AtomicU64>,
     user_latency: Mutex<Histogram<u64>>,
+    /// Deliveries replayed after a `--churn` resume (events published
+    /// before the connection came back, org and user channels): their
+    /// latency is mostly the time away, so they stay out of the others.
+    replayed_latency: Mutex<Histogram<u64>>,
     /// With --workers: each worker's latency so far, for the live line.
     remote_latency: Mutex<Vec<Histogram<u64>>>,
     connect: Mutex<Histogram<u64>>,
-    /// Event frames received, duplicates included (for progress).
+    /// Event frames received, org and user channels, duplicates included
+    /// (for progress and the drain).
     received: AtomicU64,
     /// Per event (by its number), the latency of its last recipient so far,
     /// in microseconds: how long a broadcast takes to reach everyone.
@@ -332,9 +337,16 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
         return workers::run_worker(&args, global, index).await;
     }
     let plan = Plan::new(&args, global)?;
-    // A report file that cannot be written is found now, not after the run.
+    // A report file that cannot be written is found now, not after the run;
+    // opened without truncating, so a run that then fails leaves the last
+    // report as it was.
     for path in [&args.json, &args.per_event].into_iter().flatten() {
-        std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     raise_open_files(args.connections.div_ceil(args.workers));
     let mut run = Run::new(&args, plan)?;
@@ -405,6 +417,7 @@ pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStat
         outcomes,
         latency_ms: merged(&run.shared.latency)?,
         user_latency_ms: Percentiles::from_micros(&lock(&run.shared.user_latency)),
+        replayed_latency_ms: Percentiles::from_micros(&lock(&run.shared.replayed_latency)),
         last_recipient_ms: Percentiles::from_micros(&last_recipient),
         server: match (args.server_pid, server_before, server_connected, server_end) {
             (Some(pid), Some(before), Some(connected), Some(end)) => Some(ServerSamples {
@@ -455,6 +468,7 @@ impl<'a> Run<'a> {
                 Vec::new()
             },
             user_latency: Mutex::new(histogram()?),
+            replayed_latency: Mutex::new(histogram()?),
             remote_latency: Mutex::new(Vec::new()),
             churn: if args.churn > 0.0 {
                 (0..args.connections)
@@ -777,12 +791,21 @@ impl<'a> Run<'a> {
         if self.interrupted {
             return;
         }
+        // User events too: one replayed after a late resume may still be on
+        // its way when the org events are all in, and stopping then would
+        // count it lost.
         let expected: u64 = connected
             .per_org
             .iter()
             .zip(&published.per_org)
             .map(|(conns, events)| conns * events)
-            .sum();
+            .sum::<u64>()
+            + self
+                .shared
+                .user_published
+                .iter()
+                .map(|n| n.load(Ordering::Relaxed))
+                .sum::<u64>();
         self.say(format!(
             "draining (up to {})",
             humantime::format_duration(self.args.drain)
@@ -996,6 +1019,9 @@ async fn connection(
     let mut node = spec.node;
     let (mut resumes, mut resyncs) = (0u64, BTreeMap::<String, u64>::new());
     let mut rng = crate::commands::load::Rng::new(spec.index);
+    // When the last resume began (Unix ns): an event published before it
+    // reached this connection as a replay, not live.
+    let mut resumed_ns = 0u64;
     let idle = tokio::sync::Notify::new();
     let skip = churn_skip;
     let churn = shared
@@ -1041,6 +1067,7 @@ async fn connection(
                 flush(&mut samples, node);
                 tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
                 node = usize::try_from(rng.below(targets.len() as u64)).unwrap_or(0);
+                resumed_ns = unix_nanos();
                 let cursor = Cursor {
                     epoch: epoch.clone(),
                     positions: [
@@ -1065,8 +1092,14 @@ async fn connection(
                 let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) else {
                     if let Some((seq, sent_ns)) = parse_user_event(&text) {
                         user_tally.observe(seq);
+                        shared.received.fetch_add(1, Ordering::Relaxed);
                         let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
-                        let _ = lock(&shared.user_latency).record(latency.max(1));
+                        let into = if sent_ns < resumed_ns {
+                            &shared.replayed_latency
+                        } else {
+                            &shared.user_latency
+                        };
+                        let _ = lock(into).record(latency.max(1));
                         continue;
                     }
                     if let Ok(ServerFrame::Resync { payload, .. }) = ServerFrame::decode(&text)
@@ -1090,6 +1123,11 @@ async fn connection(
                 };
                 tally.observe(seq);
                 let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                if sent_ns < resumed_ns {
+                    let _ = lock(&shared.replayed_latency).record(latency.max(1));
+                    continue;
+                }
                 samples.push(latency);
                 if let Some(slot) = usize::try_from(n)
                     .ok()
@@ -1097,7 +1135,6 @@ async fn connection(
                 {
                     slot.fetch_max(latency.max(1), Ordering::Relaxed);
                 }
-                shared.received.fetch_add(1, Ordering::Relaxed);
                 if samples.len() == samples.capacity()
                     || flushed.elapsed() >= Duration::from_millis(250)
                 {

@@ -34,6 +34,8 @@ pub struct Measured {
     pub outcomes: Vec<super::ConnOutcome>,
     pub latency_ms: Percentiles,
     pub user_latency_ms: Percentiles,
+    /// Deliveries replayed after a resume, in neither latency above.
+    pub replayed_latency_ms: Percentiles,
     pub last_recipient_ms: Percentiles,
     pub server: Option<ServerSamples>,
 }
@@ -61,6 +63,11 @@ pub struct UserEventReport {
 pub struct ChurnReport {
     pub resumes: u64,
     pub resyncs: BTreeMap<String, u64>,
+    /// Deliveries replayed after a resume (org and user channels: events
+    /// published before the connection came back); their latency is
+    /// mostly the time away, so `latency_ms`, the user events' and
+    /// `last_recipient_ms` are of live deliveries only.
+    pub replayed_latency_ms: Percentiles,
 }
 
 /// One node's line of the report.
@@ -93,7 +100,10 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
         ..EventReport::default()
     };
     let mut closed_early: BTreeMap<String, u64> = BTreeMap::new();
-    let mut churn = ChurnReport::default();
+    let mut churn = ChurnReport {
+        replayed_latency_ms: m.replayed_latency_ms,
+        ..ChurnReport::default()
+    };
     let mut user = UserEventReport {
         latency_ms: m.user_latency_ms,
         ..UserEventReport::default()
@@ -198,7 +208,8 @@ pub struct Report {
     pub connections: ConnectionReport,
     pub events: EventReport,
     /// Delivery latency: from the publisher's clock at send to the
-    /// receiving connection's clock at arrival (one machine, one clock).
+    /// receiving connection's clock at arrival (one machine, one clock);
+    /// live deliveries only (a resume's replays are in `churn`).
     pub latency_ms: Percentiles,
     /// Per event, the latency of its last recipient: how long one event
     /// takes to reach every connection of its org.
@@ -516,7 +527,7 @@ impl Report {
         let r = &self.last_recipient_ms;
         let _ = writeln!(
             s,
-            "last one     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (per event: until its last recipient had it)",
+            "last one     p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (per event: until its last live recipient had it)",
             r.p50, r.p99, r.max
         );
         if let Some(u) = &self.user_events {
@@ -547,6 +558,12 @@ impl Report {
                 } else {
                     resyncs.join(", ")
                 }
+            );
+            let r = &churn.replayed_latency_ms;
+            let _ = writeln!(
+                s,
+                "replayed     {} deliveries after a resume  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (mostly the time away; not in the latencies above)",
+                r.count, r.p50, r.p99, r.max
             );
         }
         for n in &self.nodes {
@@ -701,6 +718,7 @@ mod tests {
                 ..Percentiles::default()
             },
             user_latency_ms: Percentiles::default(),
+            replayed_latency_ms: Percentiles::default(),
             last_recipient_ms: Percentiles::default(),
             server: Some(ServerSamples {
                 pid: 1,

@@ -178,6 +178,7 @@ pub(super) async fn run_worker(
         "latency": merged(&run.shared.latency),
         "node_latency": run.shared.node_latency.iter().map(|h| pairs(&lock(h))).collect::<Vec<_>>(),
         "user_latency": pairs(&lock(&run.shared.user_latency)),
+        "replayed_latency": pairs(&lock(&run.shared.replayed_latency)),
         "last_recipient": last_recipient,
     }}))?;
     Ok(ExitStatus::Ok)
@@ -378,6 +379,7 @@ pub(super) async fn stop_all(connected: &mut Connected, shared: &Shared) -> Vec<
         }
         let _ = lock(&shared.latency[0]).add(from_pairs(&d["latency"]));
         let _ = lock(&shared.user_latency).add(from_pairs(&d["user_latency"]));
+        let _ = lock(&shared.replayed_latency).add(from_pairs(&d["replayed_latency"]));
         for (h, p) in shared
             .node_latency
             .iter()
