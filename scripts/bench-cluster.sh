@@ -129,6 +129,17 @@ one_run() {
       perf record -q -a ${CLUSTER_PERF_EVENTS:--g -e cpu-clock} -k CLOCK_MONOTONIC -o "$OUT/$name.perf.data" -- sleep "$CLUSTER_PERF"
     ) >"$OUT/$name.perf.log" 2>&1 &
   fi
+  # How busy each core was through the publish window (from /proc/stat
+  # when the load generator says "publishing" and "draining"): a core near
+  # 100 % means the run measured that core's queue, not the cluster.
+  rm -f "$OUT/$name.err" "$OUT/$name-cpu.txt"
+  (
+    for _ in $(seq 1 6000); do grep -q '^publishing' "$OUT/$name.err" 2>/dev/null && break; sleep 0.1; done
+    grep -E '^cpu[01] ' /proc/stat >"$OUT/$name-cpu.txt"
+    for _ in $(seq 1 6000); do grep -q '^draining' "$OUT/$name.err" 2>/dev/null && break; sleep 0.1; done
+    grep -E '^cpu[01] ' /proc/stat >>"$OUT/$name-cpu.txt"
+  ) &
+  local window=$!
   HRRT_JWT_SECRET=$SECRET taskset -c 1 target/release/hrrt load \
     --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
     --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate "${CLUSTER_RATE:-10}" --duration "$DURATION" \
@@ -136,7 +147,7 @@ one_run() {
     --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" \
     --per-event "$OUT/$name-events.csv" "$@" \
     >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
-  kill "$sampler" $probe0 $probe1 2>/dev/null || true
+  kill "$sampler" $probe0 $probe1 "$window" 2>/dev/null || true
   [ -s "$OUT/$name.json" ] || { echo "$name: no report; see $OUT/$name.err" >&2; stop_nodes; return; }
   local redis_after; redis_after=$(cpu_ticks "$REDIS_PID")
   {
@@ -148,16 +159,17 @@ one_run() {
   stop_nodes
   python3 - "$OUT/$name.json" "$OUT/$name-rss.txt" "$CONNECTIONS" "$NODES" \
     "$(( redis_after - redis_before ))" "$(getconf CLK_TCK)" "${before[*]}" "$name" \
-    "$OUT/$name-events.csv" "$OUT/$name-stalls0.txt" "$OUT/$name-stalls1.txt" <<'PY'
+    "$OUT/$name-events.csv" "$OUT/$name-stalls0.txt" "$OUT/$name-stalls1.txt" "$OUT/$name-cpu.txt" <<'PY'
 import csv, json, sys
-report, rss, conns, nodes, redis_ticks, hz, before, name, events, stalls0, stalls1 = sys.argv[1:]
+report, rss, conns, nodes, redis_ticks, hz, before, name, events, stalls0, stalls1, cpu = sys.argv[1:]
 r = json.load(open(report))
 peaks = [0] * int(nodes)
 for line in open(rss):
     for i, v in enumerate(line.split()):
         peaks[i] = max(peaks[i], int(v))
 base = [int(v) for v in before.split()]
-per_node = [n["connections"] for n in r.get("nodes", [])]
+# One node has no per-node lines (CLUSTER_NODES=1): it held them all.
+per_node = [n["connections"] for n in r.get("nodes", [])] or [r["connections"]["ok"]]
 kib = [(p - b) / max(c, 1) for p, b, c in zip(peaks, base, per_node)]
 l, e = r["latency_ms"], r["events"]
 print(f"{name}: {r['connections']['ok']} of {conns} connections over {nodes} nodes; "
@@ -167,6 +179,18 @@ print(f"{name}: {r['connections']['ok']} of {conns} connections over {nodes} nod
       f"node RSS per connection {min(kib):.2f}-{max(kib):.2f} KiB; "
       f"Redis CPU {int(redis_ticks) / int(hz):.2f} s; "
       f"churn {r.get('churn')}; passed {r['passed']}")
+try:
+    lines = [l.split() for l in open(cpu)]
+    busy = []
+    for core in ("cpu0", "cpu1"):
+        a, b = [[int(v) for v in l[1:]] for l in lines if l[0] == core][:2]
+        d = [y - x for x, y in zip(a, b)]
+        idle = d[3] + d[4]  # idle, iowait
+        busy.append(f"{core[3:]} {100 * (sum(d) - idle) / max(sum(d), 1):.0f} %")
+    print(f"{name}: cores busy in the publish window: CPU " + ", CPU ".join(busy)
+          + " (nodes and Redis on 0, the load generator on 1)")
+except (OSError, ValueError):
+    pass
 # When the slow events were published: a period in these times names its
 # cause (the ping tick, a heartbeat, a Redis job).
 per_event = [e for e in csv.DictReader(open(events)) if e["last_recipient_ms"]]
