@@ -37,6 +37,17 @@ def figures(r):
 def steal(directory, name):
     """Percent of each core's time the hypervisor took during the run, from
     the /proc/stat lines bench.sh saved before and after it."""
+    return cores(directory, name, lambda d: d[7])
+
+
+def busy(directory, name):
+    """Percent of each core's time spent running anything (user, system,
+    interrupts) during the run: a load core near 100 % means the row
+    measured the load generator's queue, not the server."""
+    return cores(directory, name, lambda d: d[0] + d[1] + d[2] + d[5] + d[6])
+
+
+def cores(directory, name, part):
     try:
         with open(os.path.join(directory, name + ".procstat")) as f:
             lines = [line.split() for line in f if line.strip()]
@@ -52,8 +63,8 @@ def steal(directory, name):
             continue
         delta = [a - b for a, b in zip(after[cpu], before[cpu])]
         total = sum(delta[:8])
-        # Field 8 of a cpu line is steal.
-        out.append(f"{cpu} {100 * delta[7] / total:.0f} %" if total else f"{cpu} –")
+        # Fields: user nice system idle iowait irq softirq steal.
+        out.append(f"{100 * part(delta) / total:.0f} %" if total else "–")
     return ", ".join(out) or None
 
 
@@ -83,6 +94,10 @@ def main():
         if any(stolen):
             print(f"| {row} | steal time (server, load core) | "
                   + " | ".join(x or "–" for x in stolen) + " | | |")
+        used = [busy(directory, row + s) for s in ("", ".bare", ".floor")]
+        if any(used):
+            print(f"| {row} | cores busy (server, load core) | "
+                  + " | ".join(x or "–" for x in used) + " | | |")
 
 
 if __name__ == "__main__":
