@@ -1,19 +1,23 @@
 //! The live connections of this node, indexed by channel and by user.
 //!
-//! The hub only ever pushes into each connection's bounded queue while
-//! holding its read lock: it never awaits, never touches a socket, and a
-//! full queue closes that one connection (slow consumer) instead of waiting.
+//! Delivering an event takes the hub's read lock only to list the
+//! recipients; each is then offered the event through its
+//! [`Outbox`](crate::outbox): written straight to an idle socket, else
+//! queued for the connection's session. The hub never awaits, and a full
+//! queue closes that one connection (slow consumer) instead of waiting.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
 
-use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use bytes::Bytes;
+use tokio::net::TcpStream;
 
 use crate::engine::{Deliver, Publication};
 use crate::metrics::Metrics;
+pub use crate::outbox::QueueLimits;
+use crate::outbox::{Offered, Outbox};
 use crate::protocol::close::{self, reason};
 use crate::protocol::{ChannelName, EventType, OrgId, Resync, ResyncReason, UserId};
 
@@ -73,46 +77,23 @@ pub enum Refused {
     ShuttingDown,
 }
 
-/// A connection's queue: what the hub pushed and the session has not
-/// taken yet, and the totals of everything not yet written to the socket
-/// (the taken but unwritten frames too), which the bounds apply to.
-#[derive(Default)]
-struct Queue {
-    items: VecDeque<Arc<Publication>>,
-    frames: usize,
-    bytes: usize,
-    /// The keep-alive due, if the session has not written it yet.
-    ping: Option<Utf8Bytes>,
-}
-
 /// The hub's handle on one live connection: identity, what it reads, and
-/// its bounded queue of frames for the session to write.
-///
-/// The queue is a `VecDeque` under a `std` mutex plus a `Notify`, not a
-/// tokio channel: an idle connection then costs a few dozen bytes instead
-/// of a channel's first block (~1.5 KiB), which matters at tens of
-/// thousands of sockets per node (idle row of docs/benchmarks.md).
+/// its way out to the socket.
 pub struct Conn {
     pub id: ConnId,
     pub user: UserId,
     pub org: OrgId,
     /// The channels this connection reads.
     pub interest: Interest,
-    queue: Mutex<Queue>,
-    /// Most frames, and most bytes, not yet written (`--send-queue`,
-    /// `--send-queue-bytes`); past either the connection is a slow consumer.
-    max_frames: usize,
-    max_bytes: usize,
-    /// Wakes the session: frames were queued, or it must close.
-    wake: Notify,
+    /// The socket's write side and the bounded queue in front of it
+    /// (`--send-queue`, `--send-queue-bytes`; past either bound the
+    /// connection is a slow consumer).
+    pub out: Outbox,
     close_reason: OnceLock<CloseReason>,
     /// Token expiry (UNIX seconds); moved forward by `auth.refresh`.
     expires_at: AtomicU64,
     /// Pings sent since the last Pong; two unanswered drop the connection.
     unanswered_pings: AtomicU32,
-    /// Whether `Queue::ping` holds a keep-alive: checked by the session
-    /// before every frame it writes, without the lock.
-    ping_due: AtomicBool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -125,15 +106,10 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// The bounds of one connection's send queue.
-#[derive(Debug, Clone, Copy)]
-pub struct QueueLimits {
-    pub frames: usize,
-    pub bytes: usize,
-}
-
 impl Conn {
-    /// A connection whose queue holds at most `limits` of unwritten frames.
+    /// A connection writing to `socket` (`None`: everything is queued, as
+    /// in unit tests), whose queue holds at most `limits` of unwritten
+    /// frames.
     pub fn new(
         id: ConnId,
         user: UserId,
@@ -141,97 +117,62 @@ impl Conn {
         interest: Interest,
         exp: u64,
         limits: QueueLimits,
+        socket: Option<Arc<TcpStream>>,
     ) -> Self {
+        let out = Outbox::new(socket, interest.channels.len(), limits);
         Self {
             id,
             user,
             org,
             interest,
-            queue: Mutex::new(Queue::default()),
-            max_frames: limits.frames.max(1),
-            max_bytes: limits.bytes.max(1),
-            wake: Notify::new(),
+            out,
             close_reason: OnceLock::new(),
             expires_at: AtomicU64::new(exp),
             unanswered_pings: AtomicU32::new(0),
-            ping_due: AtomicBool::new(false),
         }
     }
 
-    /// Queues an event without waiting; a queue over its frame or byte
-    /// bound closes the connection as a slow consumer. Returns whether the
-    /// event was queued.
-    pub fn push(&self, item: Arc<Publication>) -> bool {
+    /// Hands an event to the connection without waiting (see [`Outbox`]);
+    /// a queue over its frame or byte bound closes the connection as a
+    /// slow consumer. `slot` is the event's channel in
+    /// `interest.channels`, if the connection reads it by name.
+    pub fn offer(&self, item: &Arc<Publication>, slot: Option<usize>) -> Offered {
         if self.close_reason.get().is_some() {
-            return false;
+            return Offered::Overflow;
         }
-        let len = item.frame.len();
-        let mut queue = self.lock();
-        if queue.frames >= self.max_frames || queue.bytes.saturating_add(len) > self.max_bytes {
-            drop(queue);
+        let offered = self.out.offer(item, slot);
+        if offered == Offered::Overflow {
             self.close(CloseReason::SLOW_CONSUMER);
-            return false;
         }
-        queue.frames += 1;
-        queue.bytes += len;
-        queue.items.push_back(item);
-        let first = queue.items.len() == 1;
-        drop(queue);
-        // Only the first frame into an empty queue needs to wake the
-        // session; it takes everything queued when it runs.
-        if first {
-            self.wake.notify_one();
-        }
-        true
+        offered
     }
 
-    /// Moves every queued frame into `into`, which must be empty (the
-    /// session keeps it, so the two buffers trade places without
-    /// allocating). Taken frames count against the bounds until a later
-    /// call reports them `written` (frames, bytes) to the socket: one lock
-    /// per batch for both.
-    pub fn take_queued(&self, into: &mut VecDeque<Arc<Publication>>, written: (usize, usize)) {
-        let mut queue = self.lock();
-        queue.frames = queue.frames.saturating_sub(written.0);
-        queue.bytes = queue.bytes.saturating_sub(written.1);
-        std::mem::swap(&mut queue.items, into);
+    /// Queues an event for the session (never written directly); returns
+    /// whether it was queued.
+    pub fn push(&self, item: Arc<Publication>) -> bool {
+        self.offer(&item, None) != Offered::Overflow
     }
 
-    /// Asks the session to send the keep-alive `frame` (the JSON `ping`,
-    /// then a WebSocket Ping) ahead of anything queued: a client that
-    /// reads steadily but is behind on events still sees (and answers) it
-    /// within the interval. A ping not yet written is replaced, not added.
-    pub fn ping(&self, frame: Utf8Bytes) {
-        self.lock().ping = Some(frame);
-        self.ping_due.store(true, Ordering::Release);
-        self.wake.notify_one();
+    /// Where `channel` is in `interest.channels`.
+    pub fn slot(&self, channel: &ChannelName) -> Option<usize> {
+        self.interest.channels.iter().position(|c| c == channel)
     }
 
-    /// Whether a keep-alive waits to be written.
-    pub fn ping_pending(&self) -> bool {
-        self.ping_due.load(Ordering::Acquire)
-    }
-
-    /// The keep-alive to write now, if one is due.
-    pub fn take_ping(&self) -> Option<Utf8Bytes> {
-        // A plain load first: this runs before every frame written, and a
-        // ping is due once per interval.
-        if !self.ping_due.load(Ordering::Acquire) || !self.ping_due.swap(false, Ordering::Acquire) {
-            return None;
-        }
-        self.lock().ping.take()
+    /// Asks the session to send the keep-alive `frame` ahead of anything
+    /// queued (see [`Outbox::ping`]).
+    pub fn ping(&self, frame: Bytes) {
+        self.out.ping(frame);
     }
 
     /// Frames and bytes not yet written.
     pub fn backlog(&self) -> (usize, usize) {
-        let queue = self.lock();
-        (queue.frames, queue.bytes)
+        self.out.backlog()
     }
 
     /// Asks the session to close with `reason`; the first reason wins.
     pub fn close(&self, reason: CloseReason) {
         let _ = self.close_reason.set(reason);
-        self.wake.notify_one();
+        self.out.wake();
     }
 
     /// Why the connection must close, once [`Conn::close`] was called.
@@ -241,7 +182,7 @@ impl Conn {
 
     /// Resolves when frames were queued or the connection must close.
     pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
-        self.wake.notified()
+        self.out.woken()
     }
 
     pub fn expires_at(&self) -> u64 {
@@ -261,18 +202,19 @@ impl Conn {
     fn ping_sent(&self) -> u32 {
         self.unanswered_pings.fetch_add(1, Ordering::Relaxed)
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
+/// A connection reading a channel by name, and where that channel is in
+/// its `interest.channels`.
+struct Reader {
+    conn: Arc<Conn>,
+    slot: usize,
 }
 
 #[derive(Default)]
 struct Inner {
     conns: HashMap<ConnId, Arc<Conn>>,
-    by_channel: HashMap<ChannelName, HashMap<ConnId, Arc<Conn>>>,
+    by_channel: HashMap<ChannelName, HashMap<ConnId, Reader>>,
     by_user: HashMap<UserId, Vec<ConnId>>,
     /// Connections that read every channel.
     watch_all: HashMap<ConnId, Arc<Conn>>,
@@ -314,12 +256,14 @@ impl Hub {
         if limits.max_per_user > 0 && tabs as u64 >= limits.max_per_user {
             return Err(Refused::LimitReached);
         }
-        for channel in &conn.interest.channels {
-            inner
-                .by_channel
-                .entry(channel.clone())
-                .or_default()
-                .insert(conn.id, conn.clone());
+        for (slot, channel) in conn.interest.channels.iter().enumerate() {
+            inner.by_channel.entry(channel.clone()).or_default().insert(
+                conn.id,
+                Reader {
+                    conn: conn.clone(),
+                    slot,
+                },
+            );
         }
         if conn.interest.all {
             inner.watch_all.insert(conn.id, conn.clone());
@@ -413,16 +357,16 @@ impl Hub {
         }
     }
 
-    /// Sends the keep-alive to every connection and closes those that left
-    /// two pings unanswered.
-    pub fn ping_all(&self, frame: Utf8Bytes) {
+    /// Sends the keep-alive (a pre-encoded frame) to every connection and
+    /// closes those that left two pings unanswered.
+    pub fn ping_all(&self, frame: Bytes) {
         self.ping_slice(frame, 0, 1);
     }
 
     /// Pings the connections of slice `slice` of `slices` (by id): a ping
     /// round spread over `slices` ticks still pings every connection once,
     /// and always at the same tick of the round.
-    pub fn ping_slice(&self, frame: Utf8Bytes, slice: u64, slices: u64) {
+    pub fn ping_slice(&self, frame: Bytes, slice: u64, slices: u64) {
         let slices = slices.max(1);
         self.for_each(|conn| {
             if conn.id.0 % slices != slice {
@@ -463,15 +407,41 @@ impl Hub {
 
 impl Deliver for Hub {
     fn deliver(&self, publication: &Arc<Publication>) -> usize {
-        let inner = self.read();
-        let subscribers = inner.by_channel.get(&publication.channel);
-        let recipients = subscribers
-            .into_iter()
-            .flat_map(HashMap::values)
-            .chain(inner.watch_all.values())
-            .filter(|conn| conn.push(publication.clone()))
-            .count();
-        drop(inner);
+        // The recipients are listed under the read lock and offered the
+        // event after it: a direct write is a system call, and a thousand
+        // of them (~10 ms) must not hold up a connection registering.
+        let targets: Vec<(Arc<Conn>, Option<usize>)> = {
+            let inner = self.read();
+            let readers = inner.by_channel.get(&publication.channel);
+            let mut targets =
+                Vec::with_capacity(readers.map_or(0, HashMap::len) + inner.watch_all.len());
+            targets.extend(
+                readers
+                    .into_iter()
+                    .flat_map(HashMap::values)
+                    .map(|r| (r.conn.clone(), Some(r.slot))),
+            );
+            targets.extend(inner.watch_all.values().map(|c| (c.clone(), None)));
+            targets
+        };
+        let (mut recipients, mut direct) = (0, 0);
+        for (conn, slot) in &targets {
+            match conn.offer(publication, *slot) {
+                Offered::Written => {
+                    recipients += 1;
+                    direct += 1;
+                }
+                Offered::Queued => recipients += 1,
+                Offered::Overflow => {}
+            }
+        }
+        drop(targets);
+        if direct > 0 {
+            // One observation for the event's direct writes: when the last
+            // of them was made.
+            self.metrics
+                .direct_writes(direct, publication.received.elapsed());
+        }
         self.metrics
             .delivered(publication.event_type.as_str(), recipients);
         recipients
@@ -479,19 +449,19 @@ impl Deliver for Hub {
 
     fn epoch_changed(&self, channel: Option<&ChannelName>, epoch: &str, from: u64) {
         let marker = |channel: &ChannelName| {
-            Arc::new(Publication {
-                channel: channel.clone(),
-                seq: from,
-                event_type: EventType::resync_marker(),
-                frame: crate::protocol::resync_frame(&Resync {
+            Arc::new(Publication::new(
+                channel.clone(),
+                from,
+                EventType::resync_marker(),
+                crate::protocol::resync_frame(&Resync {
                     channel: channel.clone(),
                     requested: 0,
                     oldest: from + 1,
                     reason: ResyncReason::EpochChanged,
                     epoch: Some(epoch.to_owned()),
                 }),
-                received: std::time::Instant::now(),
-            })
+                std::time::Instant::now(),
+            ))
         };
         let inner = self.read();
         match channel {
@@ -518,6 +488,7 @@ impl Deliver for Hub {
                     .get(channel)
                     .into_iter()
                     .flat_map(HashMap::values)
+                    .map(|r| &r.conn)
                     .chain(inner.watch_all.values())
                     .for_each(|conn| {
                         conn.push(frame.clone());
@@ -543,8 +514,8 @@ impl Deliver for Hub {
         match channel {
             None => inner.conns.values().for_each(|c| c.close(reason.clone())),
             Some(channel) => {
-                if let Some(subscribers) = inner.by_channel.get(channel) {
-                    subscribers.values().for_each(|c| c.close(reason.clone()));
+                if let Some(readers) = inner.by_channel.get(channel) {
+                    readers.values().for_each(|r| r.conn.close(reason.clone()));
                 }
                 inner
                     .watch_all
@@ -569,6 +540,7 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
     use std::time::Instant;
 
     use super::*;
@@ -585,12 +557,20 @@ mod tests {
             frames: queue,
             bytes: 1 << 20,
         };
-        Arc::new(Conn::new(ConnId(id), user, org, interest, u64::MAX, limits))
+        Arc::new(Conn::new(
+            ConnId(id),
+            user,
+            org,
+            interest,
+            u64::MAX,
+            limits,
+            None,
+        ))
     }
 
     fn queued(conn: &Conn) -> Vec<Arc<Publication>> {
         let mut out = VecDeque::new();
-        conn.take_queued(&mut out, (0, 0));
+        conn.out.take(&mut out, (0, 0));
         out.into_iter().collect()
     }
 
@@ -598,13 +578,13 @@ mod tests {
         let channel = ChannelName::parse(channel).unwrap();
         let event_type = EventType::parse("entity.created").unwrap();
         let payload = serde_json::value::RawValue::from_string("{}".into()).unwrap();
-        Arc::new(Publication {
-            frame: encode_event(&event_type, &payload, &channel, seq),
-            channel,
+        Arc::new(Publication::new(
+            channel.clone(),
             seq,
-            event_type,
-            received: Instant::now(),
-        })
+            event_type.clone(),
+            encode_event(&event_type, &payload, &channel, seq),
+            Instant::now(),
+        ))
     }
 
     #[test]
@@ -686,12 +666,20 @@ mod tests {
             channels: vec![ChannelName::org(&org)],
             all: false,
         };
-        let one = publication("org:7", 1).frame.len();
+        let one = publication("org:7", 1).wire.len();
         let limits = QueueLimits {
             frames: 100,
             bytes: one * 2,
         };
-        let c = Arc::new(Conn::new(ConnId(1), user, org, interest, u64::MAX, limits));
+        let c = Arc::new(Conn::new(
+            ConnId(1),
+            user,
+            org,
+            interest,
+            u64::MAX,
+            limits,
+            None,
+        ));
         let _r = hub.register(c.clone(), Limits::default()).unwrap();
         assert_eq!(hub.deliver(&publication("org:7", 1)), 1);
         assert_eq!(queued(&c).len(), 1);
@@ -699,7 +687,7 @@ mod tests {
         assert_eq!(hub.deliver(&publication("org:7", 2)), 1);
         assert_eq!(c.backlog(), (2, one * 2));
         let mut none = VecDeque::new();
-        c.take_queued(&mut none, (1, one));
+        c.out.take(&mut none, (1, one));
         assert_eq!(hub.deliver(&publication("org:7", 3)), 1);
         assert!(c.close_reason().is_none());
         assert_eq!(hub.deliver(&publication("org:7", 4)), 0);
@@ -711,15 +699,15 @@ mod tests {
         let hub = Arc::new(Hub::new(Arc::default()));
         let c = conn(1, "1", "7", 8);
         let _r = hub.register(c.clone(), Limits::default()).unwrap();
-        let frame = Utf8Bytes::from("{}");
+        let frame = Bytes::from_static(b"{}");
         hub.ping_all(frame.clone());
         hub.ping_all(frame.clone());
         assert!(c.close_reason().is_none());
         // Pings are not queued behind events, and one not yet written is
         // replaced rather than doubled.
         assert!(queued(&c).is_empty());
-        assert_eq!(c.take_ping(), Some(frame.clone()));
-        assert_eq!(c.take_ping(), None);
+        assert_eq!(c.out.take_ping(), Some(frame.clone()));
+        assert_eq!(c.out.take_ping(), None);
         hub.ping_all(frame.clone());
         assert_eq!(c.close_reason(), Some(&CloseReason::PING_TIMEOUT));
         let d = conn(2, "2", "7", 8);
@@ -739,12 +727,12 @@ mod tests {
             .iter()
             .map(|c| hub.register(c.clone(), Limits::default()).unwrap())
             .collect();
-        let frame = Utf8Bytes::from("{}");
+        let frame = Bytes::from_static(b"{}");
         for slice in 0..3 {
             hub.ping_slice(frame.clone(), slice, 3);
             let pinged: Vec<u64> = conns
                 .iter()
-                .filter(|c| c.take_ping().is_some())
+                .filter(|c| c.out.take_ping().is_some())
                 .map(|c| c.id.0)
                 .collect();
             assert!(pinged.iter().all(|id| id % 3 == slice), "{pinged:?}");

@@ -11,7 +11,10 @@
 //! - [`auth`]: tokens, roles, verification.
 //! - [`protocol`]: ids, channels, event types, frames, close codes.
 //! - [`hub`]: the live connections of this node, by channel and user.
-//! - [`session`]: one WebSocket connection from handshake to close.
+//! - [`outbox`]: a connection's way to its socket: an event written
+//!   straight to an idle socket by the fan-out, else queued for the session.
+//! - [`session`]: one WebSocket connection from handshake to close: the
+//!   upgrade, reading the client, writing what the outbox queued.
 //! - [`engine`]: sequence numbers, history and fan-out between nodes
 //!   ([`engine::memory`] in one process).
 //! - [`api`]: the HTTP endpoints; [`error`]: their JSON errors.
@@ -32,6 +35,7 @@ pub mod hub;
 pub mod launch;
 pub mod listener;
 pub mod metrics;
+pub mod outbox;
 pub mod protocol;
 pub mod session;
 pub mod tasks;

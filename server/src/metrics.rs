@@ -100,6 +100,7 @@ pub struct Metrics {
     published: [Counter; LABELLED_TYPES.len() + 1],
     delivered: [Counter; LABELLED_TYPES.len() + 1],
     delivery_latency: Histogram,
+    direct_writes: Counter,
     task_restarts: Counter,
     closes: Family<CloseLabel, Counter>,
     slow_consumer_closes: Counter,
@@ -137,6 +138,7 @@ impl Metrics {
         let delivered: [Counter; LABELLED_TYPES.len() + 1] =
             std::array::from_fn(|i| delivered_family.get_or_create(&label(i)).clone());
         let task_restarts = Counter::default();
+        let direct_writes = Counter::default();
         // 50 µs to ~26 s: loopback deliveries through multi-second stalls.
         let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let closes = Family::<CloseLabel, Counter>::default();
@@ -180,6 +182,12 @@ impl Metrics {
             delivery_latency.clone(),
         );
         registry.register(
+            "direct_writes",
+            "Event frames the fan-out wrote straight to an idle socket, without queueing \
+             them for the connection's session",
+            direct_writes.clone(),
+        );
+        registry.register(
             "closes",
             "WebSocket connections closed, by close code and side",
             closes.clone(),
@@ -202,6 +210,7 @@ impl Metrics {
             published,
             delivered,
             delivery_latency,
+            direct_writes,
             task_restarts,
             closes,
             slow_consumer_closes,
@@ -274,6 +283,14 @@ impl Metrics {
     /// One observation per flush: the age of the oldest frame flushed.
     pub fn delivery_latency(&self, latency: Duration) {
         self.delivery_latency.observe(latency.as_secs_f64());
+    }
+
+    /// An event's `count` direct writes, the last made `latency` after the
+    /// event arrived: counted, and one latency observation (they are one
+    /// flush, as far as the histogram goes).
+    pub fn direct_writes(&self, count: usize, latency: Duration) {
+        self.direct_writes.inc_by(count as u64);
+        self.delivery_latency(latency);
     }
 
     pub fn closed(&self, code: u16, by: ClosedBy) {

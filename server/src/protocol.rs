@@ -1,11 +1,15 @@
-//! The wire contract, from `hrrt-protocol`, and the bytes axum sends.
+//! The wire contract, from `hrrt-protocol`, and the bytes the session
+//! writes.
 //!
-//! Frames are encoded by the protocol crate (once per event) and handed to
-//! every socket as the same `Utf8Bytes`, a reference-counted buffer: the
-//! conversion from the encoded `String` takes it over without a copy.
+//! Frames are encoded by the protocol crate (once per event) as JSON text;
+//! [`wire_text`] puts the WebSocket frame header in front of that text, once
+//! per frame, and every socket the frame goes to is handed the same
+//! reference-counted bytes. The session writes those bytes itself
+//! (`session::socket`), so nothing frames an event again per recipient.
 
-use axum::extract::ws::Utf8Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
 pub use hrrt_protocol::close;
 pub use hrrt_protocol::cursor::parse_cursor;
@@ -29,9 +33,10 @@ pub fn encode_event(
 
 pub use hrrt_protocol::frame::encode_event_prefix;
 
-/// The keep-alive frame. *compat*
-pub fn ping_frame() -> Utf8Bytes {
-    Utf8Bytes::from(frame::encode_ping())
+/// The keep-alive frame, framed for the wire (one per ping round, shared
+/// by every connection). *compat*
+pub fn ping_frame() -> Bytes {
+    wire_text(frame::encode_ping().as_bytes())
 }
 
 pub fn connected_frame(connected: &Connected) -> Utf8Bytes {
@@ -51,6 +56,44 @@ pub fn error_frame(code: &str, message: &str) -> Utf8Bytes {
 pub fn refreshed_frame(exp: u64) -> Utf8Bytes {
     Utf8Bytes::from(frame::encode_refreshed(exp))
 }
+
+/// One unmasked WebSocket text frame (RFC 6455 §5.2: FIN + opcode 1, then
+/// the payload length in 7, 16 or 64 bits) holding `text`: what a server
+/// sends. The one copy of the text made per frame.
+pub fn wire_text(text: &[u8]) -> Bytes {
+    let len = text.len();
+    let mut wire = BytesMut::with_capacity(len + WIRE_HEADER_MAX);
+    wire.put_u8(0x81);
+    if len < 126 {
+        wire.put_u8(len as u8);
+    } else if let Ok(short) = u16::try_from(len) {
+        wire.put_u8(126);
+        wire.put_u16(short);
+    } else {
+        wire.put_u8(127);
+        wire.put_u64(len as u64);
+    }
+    wire.put_slice(text);
+    wire.freeze()
+}
+
+/// The longest header [`wire_text`] writes.
+pub const WIRE_HEADER_MAX: usize = 10;
+
+/// An event's frame both ways, in one buffer: the WebSocket frame, and its
+/// JSON text (a slice of the frame, for history and the HTTP API).
+pub fn wire_event(text: Utf8Bytes) -> (Bytes, Utf8Bytes) {
+    let wire = wire_text(text.as_bytes());
+    let start = wire.len() - text.len();
+    // The slice is the text just copied, so it is UTF-8; the check costs
+    // one pass over it, once per event, and keeps this free of `unsafe`.
+    let shared = Utf8Bytes::try_from(wire.slice(start..)).unwrap_or(text);
+    (wire, shared)
+}
+
+/// The WebSocket Ping frame the keep-alive sends after its JSON `ping`
+/// (no payload; the client's Pong proves it alive). *compat*
+pub const WIRE_PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
 
 /// Parses a client text frame; the error is the message of the `error` frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {

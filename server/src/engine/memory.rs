@@ -156,13 +156,13 @@ impl MemoryEngine {
         let now = Instant::now();
         let (publication, recipients, expires) = self.with_channel(&event.channel, |state| {
             let seq = state.latest + 1;
-            let publication = Arc::new(Publication {
-                frame: encode_event(&event.event_type, &event.payload, &event.channel, seq),
-                channel: event.channel.clone(),
+            let publication = Arc::new(Publication::new(
+                event.channel.clone(),
                 seq,
-                event_type: event.event_type.clone(),
-                received: now,
-            });
+                event.event_type.clone(),
+                encode_event(&event.event_type, &event.payload, &event.channel, seq),
+                now,
+            ));
             state.latest = seq;
             let mut dropped = state.trim(self.limits.history_ttl, now);
             if state.history.len() >= self.limits.history_size {

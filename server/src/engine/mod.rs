@@ -15,11 +15,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
+use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tungstenite::Utf8Bytes;
 
-use crate::protocol::{ChannelName, EventType, UserId};
+use crate::protocol::{self, ChannelName, EventType, UserId};
 
 pub use memory::MemoryEngine;
 pub use redis::RedisEngine;
@@ -59,11 +60,35 @@ pub struct Publication {
     pub channel: ChannelName,
     pub seq: u64,
     pub event_type: EventType,
-    /// The serialised envelope; serialised once, shared by every recipient.
+    /// The serialised envelope (JSON), for history and the HTTP API.
     pub frame: Utf8Bytes,
+    /// The envelope as the WebSocket frame every recipient's socket gets:
+    /// framed once, in the same buffer as `frame`.
+    pub wire: Bytes,
     /// When this process learnt of the event, for the retention window and
     /// the delivery-latency measure.
     pub received: Instant,
+}
+
+impl Publication {
+    /// The event `frame` (its JSON envelope), framed for the wire once.
+    pub fn new(
+        channel: ChannelName,
+        seq: u64,
+        event_type: EventType,
+        frame: Utf8Bytes,
+        received: Instant,
+    ) -> Self {
+        let (wire, frame) = protocol::wire_event(frame);
+        Self {
+            channel,
+            seq,
+            event_type,
+            frame,
+            wire,
+            received,
+        }
+    }
 }
 
 /// Retained events of one channel after a position.

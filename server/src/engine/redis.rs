@@ -31,11 +31,11 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
+use tungstenite::Utf8Bytes;
 
 use super::revocation::Revocations;
 use super::{
@@ -983,13 +983,13 @@ fn parse_entries(channel: &ChannelName, entries: &Value) -> Vec<Arc<Publication>
                     _ => {}
                 }
             }
-            Some(Arc::new(Publication {
-                channel: channel.clone(),
+            Some(Arc::new(Publication::new(
+                channel.clone(),
                 seq,
-                event_type: EventType::parse(kind?).ok()?,
-                frame: Utf8Bytes::from(frame?),
+                EventType::parse(kind?).ok()?,
+                Utf8Bytes::from(frame?),
                 received,
-            }))
+            )))
         })
         .collect()
 }
@@ -1006,13 +1006,13 @@ fn parse_message(channel_name: &str, payload: &[u8]) -> Option<(String, Arc<Publ
     let frame = parts.next()?;
     Some((
         epoch,
-        Arc::new(Publication {
+        Arc::new(Publication::new(
             channel,
             seq,
             event_type,
-            frame: Utf8Bytes::from(frame),
-            received: Instant::now(),
-        }),
+            Utf8Bytes::from(frame),
+            Instant::now(),
+        )),
     ))
 }
 

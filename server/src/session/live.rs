@@ -9,13 +9,23 @@
 //! frames gets one read per turn and the task yields every [`TURNS`]
 //! turns, so it cannot starve the other connections.
 //!
-//! What is written, in order of priority:
-//! 1. the session's own frames: `connected`, resyncs, answers to client
-//!    frames (reading pauses while more than [`MAX_OWN`] wait, so a client
-//!    that sends without reading cannot grow them);
+//! While the session has nothing to write it holds no part of the socket,
+//! and the fan-out writes events to it directly ([`crate::outbox`]). When
+//! it has something, it takes the write side and keeps it until all is
+//! written. What it writes, in order of priority, gathered into vectored
+//! writes of at most [`OUT_FRAMES`] frames or [`OUT_BYTES`] bytes, so
+//! that what comes first waits for at most one of them:
+//! 0. the end of a frame a direct write began and the socket did not take
+//!    whole (nothing may come between);
+//! 1. control frames (tungstenite's answers to the client's Pings and
+//!    Close), the keep-alive (the JSON `ping`, then a WebSocket Ping) and
+//!    the session's own frames: `connected`, resyncs, answers to client
+//!    frames (reading pauses while more than [`MAX_OWN`] or
+//!    [`MAX_CONTROL`] bytes of control frames wait, so a client that sends
+//!    without reading cannot grow them);
 //! 2. the resume replay, one page (at most `--send-queue-bytes`) at a time,
 //!    the next page fetched only once the last one is written;
-//! 3. once the replay is done, the live queue, taken whole and flushed once.
+//! 3. once the replay is done, the live queue.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -23,17 +33,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
-use futures_util::{Sink, SinkExt, Stream};
+use bytes::Bytes;
+use tungstenite::Message;
 
-use super::{Sent, Start, Subscription, close_socket, is_too_big, policy, refresh};
+use super::socket::Socket;
+use super::{Sent, Start, Subscription, policy, refresh};
 use crate::app::AppState;
 use crate::auth::Identity;
 use crate::engine::Publication;
 use crate::engine::{Engine, EngineError, HistoryPage};
 use crate::hub::{CloseReason, Conn, Registration};
 use crate::metrics::ClosedBy;
-use crate::protocol::{self, ChannelName, ClientFrame, Resync, ResyncReason, error_code};
+use crate::protocol::{
+    self, ChannelName, ClientFrame, Resync, ResyncReason, WIRE_PING, error_code, wire_text,
+};
 
 /// Turns of the loop in one poll before the task yields to others.
 const TURNS: usize = 32;
@@ -41,6 +54,20 @@ const TURNS: usize = 32;
 /// Session frames (answers to the client) that may wait before reading
 /// pauses.
 const MAX_OWN: usize = 64;
+
+/// Bytes of control frames (Pongs answering the client's Pings) that may
+/// wait before reading pauses: a Pong is at most 127 bytes.
+const MAX_CONTROL: usize = 4 << 10;
+
+/// The most frames, and about the most bytes, one vectored write gathers.
+/// The kernel takes about 16 KiB at once from a socket whose unsent bytes
+/// are capped at `NOTSENT_LOWAT` (16 KiB, listener.rs), and a keep-alive
+/// or an answer waits for at most one such write.
+const OUT_FRAMES: usize = 64;
+const OUT_BYTES: usize = 16 << 10;
+
+/// Vectored writes in one turn, before the loop reads again.
+const WRITES_PER_TURN: usize = 8;
 
 /// A replay page being fetched from the engine.
 type PageFuture = Pin<Box<dyn Future<Output = Result<HistoryPage, EngineError>> + Send>>;
@@ -90,24 +117,25 @@ impl Replay {
     /// history no longer starts where the client is (trimmed before the
     /// replay or while it ran); moves on to the next channel when this one
     /// reached its target.
-    fn take_page(&mut self, page: HistoryPage, out: &mut VecDeque<Utf8Bytes>) {
+    fn take_page(&mut self, page: HistoryPage, out: &mut VecDeque<Bytes>) {
         let Some(current) = self.channels.front_mut() else {
             return;
         };
         let before = current.next;
         if page.oldest > current.next.saturating_add(1) {
-            out.push_back(protocol::resync_frame(&Resync {
+            let resync = protocol::resync_frame(&Resync {
                 channel: current.channel.clone(),
                 requested: current.next,
                 oldest: page.oldest,
                 reason: ResyncReason::HistoryTrimmed,
                 epoch: None,
-            }));
+            });
+            out.push_back(wire_text(resync.as_bytes()));
             current.next = page.oldest - 1;
         }
         for publication in &page.events {
             if publication.seq > current.next && publication.seq <= current.target {
-                out.push_back(publication.frame.clone());
+                out.push_back(publication.wire.clone());
                 current.next = publication.seq;
             }
         }
@@ -123,7 +151,8 @@ impl Replay {
 pub(super) enum Ending {
     /// Send this close frame.
     Close(CloseReason),
-    /// The peer closed or the socket failed; nothing more to send.
+    /// The peer closed or the socket failed; nothing more to send but the
+    /// answer to the peer's close, if it sent one.
     PeerGone,
 }
 
@@ -135,26 +164,31 @@ enum Turn {
 
 /// Everything a live connection's task holds.
 pub(super) struct Live {
-    socket: WebSocket,
+    socket: Socket,
     state: AppState,
     conn: Arc<Conn>,
     identity: Identity,
     sent: Sent,
-    /// Frames the session made itself; written first.
-    own: VecDeque<Utf8Bytes>,
+    /// Frames the session made itself, framed for the wire.
+    own: VecDeque<Bytes>,
     replay: Replay,
     page: Option<PageFuture>,
     /// The fetched page, not yet written.
-    replayed: VecDeque<Utf8Bytes>,
-    /// Live frames taken from the queue, not yet written.
+    replayed: VecDeque<Bytes>,
+    /// Live frames taken from the queue, not yet gathered for writing.
     batch: VecDeque<Arc<Publication>>,
-    /// Taken frames (count, bytes) handed to the socket and not yet
-    /// reported to the queue's bounds.
+    /// What is being written, in wire order; the first frame may be partly
+    /// written already.
+    out: VecDeque<Bytes>,
+    /// Taken frames (count, bytes) in `out`, reported as written once
+    /// `out` is.
+    in_out: (usize, usize),
+    /// Taken frames (count, bytes) written and not yet reported to the
+    /// queue's bounds.
     written: (usize, usize),
-    /// A JSON ping was written; its WebSocket Ping goes next.
-    ping_next: bool,
-    unflushed: bool,
-    /// The oldest live event written since the last flush (latency metric).
+    /// The session holds the socket's write side (see [`crate::outbox`]).
+    holding: bool,
+    /// The oldest live event in `out` (latency metric).
     oldest: Option<Instant>,
     /// The close code the peer sent, if it sent one.
     peer_code: Option<u16>,
@@ -163,7 +197,7 @@ pub(super) struct Live {
 }
 
 impl Live {
-    pub(super) fn new(socket: WebSocket, state: AppState, start: Start) -> Self {
+    pub(super) fn new(socket: Socket, state: AppState, start: Start) -> Self {
         Self {
             socket,
             state,
@@ -175,9 +209,10 @@ impl Live {
             page: None,
             replayed: VecDeque::new(),
             batch: VecDeque::new(),
+            out: VecDeque::new(),
+            in_out: (0, 0),
             written: (0, 0),
-            ping_next: false,
-            unflushed: false,
+            holding: false,
             oldest: None,
             peer_code: None,
             registration: start.registration,
@@ -206,8 +241,8 @@ impl Live {
             Poll::Pending
         })
         .await;
-        // Boxed: inline, the close path (a second `Live`, the close
-        // handshake's timer) would sit in every idle connection's task.
+        // Boxed: inline, the close path (the close handshake's timer) would
+        // sit in every idle connection's task.
         Box::pin(self.finish(ending)).await;
     }
 
@@ -217,7 +252,8 @@ impl Live {
         }
         let mut progress = false;
         if self.own.len() <= MAX_OWN
-            && let Poll::Ready(incoming) = Pin::new(&mut self.socket).poll_next(cx)
+            && self.socket.control_len() <= MAX_CONTROL
+            && let Poll::Ready(incoming) = self.socket.poll_read(cx)
         {
             progress = true;
             if let Some(ending) = self.on_incoming(incoming) {
@@ -246,112 +282,162 @@ impl Live {
 
     /// Writes as much as the socket takes; `Ok(true)` if anything moved.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
-        let mut progress = false;
-        let mut blocked = false;
-        loop {
-            if !self.has_pending() {
-                if !self.replay.is_done() {
-                    if self.page.is_none() {
-                        self.page = self.replay.fetch(&self.state.engine);
-                        // Polled by the next turn.
-                        progress = true;
-                    }
-                    break;
-                }
-                self.conn
-                    .take_queued(&mut self.batch, std::mem::take(&mut self.written));
-                if self.batch.is_empty() {
-                    break;
-                }
+        if !self.holding {
+            if !self.has_work() {
+                return Ok(false);
             }
-            match Pin::new(&mut self.socket).poll_ready(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(_)) => return Err(()),
-                Poll::Pending => {
-                    blocked = true;
-                    break;
-                }
+            if !self.conn.out.acquire() {
+                // A direct write holds the socket for one `send`; it wakes
+                // this task when it lets go.
+                return Ok(false);
             }
-            if let Some(message) = self.next_message() {
-                Pin::new(&mut self.socket)
-                    .start_send(message)
-                    .map_err(|_| ())?;
-                self.unflushed = true;
-            }
-            progress = true;
+            self.holding = true;
         }
-        // A blocked `poll_ready` already tried to flush.
-        if self.unflushed && !blocked {
-            match Pin::new(&mut self.socket).poll_flush(cx) {
+        let mut progress = false;
+        for _ in 0..WRITES_PER_TURN {
+            if self.out.is_empty() {
+                progress |= self.gather();
+                if self.out.is_empty() {
+                    if !self.is_idle() {
+                        // A replay page is on its way; its future wakes us.
+                        return Ok(progress);
+                    }
+                    if self.conn.out.release(std::mem::take(&mut self.written)) {
+                        self.holding = false;
+                        self.shrink();
+                        return Ok(progress);
+                    }
+                    // Queued meanwhile, and the pusher saw us holding the
+                    // socket, so it woke no one: take it now.
+                    progress = true;
+                    continue;
+                }
+            }
+            match self.socket.poll_write(cx, &mut self.out) {
                 Poll::Ready(Ok(())) => {
-                    self.unflushed = false;
                     progress = true;
                     self.flushed();
                 }
                 Poll::Ready(Err(_)) => return Err(()),
-                Poll::Pending => {}
+                Poll::Pending => return Ok(progress),
             }
         }
-        Ok(progress)
+        Ok(true)
     }
 
-    fn has_pending(&self) -> bool {
-        self.ping_next
-            || !self.own.is_empty()
-            || self.conn.ping_pending()
+    /// Whether there is anything to write, or a replay still to do.
+    fn has_work(&self) -> bool {
+        !self.own.is_empty()
+            || self.socket.control_len() > 0
+            || self.conn.out.ping_pending()
+            || self.conn.out.is_pending()
+            || !self.replay.is_done()
             || !self.replayed.is_empty()
             || !self.batch.is_empty()
     }
 
-    /// The next message to write, by priority; `None` when the item taken
-    /// was a live event the replay already sent.
-    fn next_message(&mut self) -> Option<Message> {
-        if std::mem::take(&mut self.ping_next) {
-            return Some(Message::Ping(Default::default()));
-        }
-        if let Some(frame) = self.own.pop_front() {
-            return Some(Message::Text(frame));
-        }
-        if let Some(ping) = self.conn.take_ping() {
-            self.ping_next = true;
-            return Some(Message::Text(ping));
-        }
-        if let Some(frame) = self.replayed.pop_front() {
-            return Some(Message::Text(frame));
-        }
-        let publication = self.batch.pop_front()?;
-        self.written.0 += 1;
-        self.written.1 += publication.frame.len();
-        if !self.sent.is_new(&publication) {
-            return None;
-        }
-        let received = publication.received;
-        self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
-        Some(Message::Text(publication.frame.clone()))
+    /// Whether the session has nothing left to write or replay.
+    fn is_idle(&self) -> bool {
+        self.out.is_empty()
+            && self.own.is_empty()
+            && self.socket.control_len() == 0
+            && self.replay.is_done()
+            && self.page.is_none()
+            && self.replayed.is_empty()
+            && self.batch.is_empty()
     }
 
-    /// After a flush: the latency metric, and memory back after a burst
-    /// rather than kept at its peak for the connection's whole life.
+    /// Gathers the next frames to write into `out`, which is empty, by
+    /// priority. `true` if it started fetching a replay page.
+    fn gather(&mut self) -> bool {
+        if self.batch.is_empty() {
+            // With the queue comes the end of a frame a direct write
+            // began, if one did: it must be the next bytes on the wire.
+            let written = std::mem::take(&mut self.written);
+            if let Some(rest) = self.conn.out.take(&mut self.batch, written) {
+                self.in_out.0 += 1;
+                self.in_out.1 += rest.len();
+                self.out.push_back(rest);
+            }
+        }
+        self.out.extend(self.socket.take_control());
+        if let Some(ping) = self.conn.out.take_ping() {
+            self.out.push_back(ping);
+            self.out.push_back(WIRE_PING);
+        }
+        self.out.extend(self.own.drain(..));
+        let mut bytes: usize = self.out.iter().map(Bytes::len).sum();
+        while self.out.len() < OUT_FRAMES && bytes < OUT_BYTES {
+            let Some(frame) = self.replayed.pop_front() else {
+                break;
+            };
+            bytes += frame.len();
+            self.out.push_back(frame);
+        }
+        if !self.replay.is_done() {
+            if self.replayed.is_empty() && self.page.is_none() {
+                self.page = self.replay.fetch(&self.state.engine);
+                return true;
+            }
+            return false;
+        }
+        while self.out.len() < OUT_FRAMES && bytes < OUT_BYTES {
+            let Some(publication) = self.batch.pop_front() else {
+                break;
+            };
+            let len = publication.wire.len();
+            if !self.sent.is_new(&self.conn, &publication) {
+                // Replayed already: dropped, and off the queue's bounds.
+                self.written.0 += 1;
+                self.written.1 += len;
+                continue;
+            }
+            self.in_out.0 += 1;
+            self.in_out.1 += len;
+            let received = publication.received;
+            self.oldest = Some(self.oldest.map_or(received, |o| o.min(received)));
+            bytes += len;
+            self.out.push_back(publication.wire.clone());
+        }
+        false
+    }
+
+    /// `out` is written: the latency metric, and its live frames off the
+    /// queue's bounds.
     fn flushed(&mut self) {
+        self.written.0 += self.in_out.0;
+        self.written.1 += self.in_out.1;
+        self.in_out = (0, 0);
         if let Some(oldest) = self.oldest.take() {
             self.state.metrics.delivery_latency(oldest.elapsed());
         }
-        if self.batch.is_empty() && self.batch.capacity() > 64 {
+    }
+
+    /// Memory back when the session goes idle, rather than kept at a
+    /// burst's peak for the connection's whole life.
+    fn shrink(&mut self) {
+        if self.batch.capacity() > 64 {
             self.batch = VecDeque::new();
         }
-        if self.own.is_empty() && self.own.capacity() > 0 {
+        if self.out.capacity() > 0 {
+            self.out = VecDeque::new();
+        }
+        if self.own.capacity() > 0 {
             self.own = VecDeque::new();
         }
-        if self.replayed.is_empty() && self.replayed.capacity() > 0 && self.replay.is_done() {
+        if self.replayed.capacity() > 0 {
             self.replayed = VecDeque::new();
         }
     }
 
     /// Handles a client frame; `Some` when it ends the connection.
-    fn on_incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Option<Ending> {
+    fn on_incoming(
+        &mut self,
+        incoming: Option<Result<Message, tungstenite::Error>>,
+    ) -> Option<Ending> {
         let message = match incoming {
             None => return Some(Ending::PeerGone),
-            Some(Err(e)) if is_too_big(&e) => {
+            Some(Err(tungstenite::Error::Capacity(_))) => {
                 return Some(Ending::Close(CloseReason::MESSAGE_TOO_BIG));
             }
             Some(Err(_)) => return Some(Ending::PeerGone),
@@ -359,11 +445,16 @@ impl Live {
         };
         match message {
             Message::Pong(_) => self.conn.pong(),
-            // tungstenite answers Pings and Close frames itself on the next
-            // read or write.
-            Message::Ping(_) => {}
-            Message::Close(frame) => self.peer_code = Some(frame.map_or(1005, |f| f.code)),
-            Message::Binary(_) => self.own.push_back(protocol::error_frame(
+            // tungstenite answers Pings itself (among the control frames).
+            Message::Ping(_) | Message::Frame(_) => {}
+            Message::Close(frame) => {
+                self.peer_code = Some(frame.map_or(1005, |f| f.code.into()));
+                // Its answer is among the control frames now; `finish`
+                // writes it.
+                self.socket.answer_close();
+                return Some(Ending::PeerGone);
+            }
+            Message::Binary(_) => self.own_frame(&protocol::error_frame(
                 error_code::BAD_MESSAGE,
                 "binary frames are not supported; send JSON text frames",
             )),
@@ -373,17 +464,21 @@ impl Live {
                     match refresh(&self.state, &self.identity, &token) {
                         Ok(exp) => {
                             self.conn.set_expires_at(exp);
-                            self.own.push_back(protocol::refreshed_frame(exp));
+                            self.own_frame(&protocol::refreshed_frame(exp));
                         }
                         Err(e) => return Some(Ending::Close(policy(e.to_string()))),
                     }
                 }
-                Err(message) => self
-                    .own
-                    .push_back(protocol::error_frame(error_code::BAD_MESSAGE, &message)),
+                Err(message) => {
+                    self.own_frame(&protocol::error_frame(error_code::BAD_MESSAGE, &message));
+                }
             },
         }
         None
+    }
+
+    fn own_frame(&mut self, text: &str) {
+        self.own.push_back(wire_text(text.as_bytes()));
     }
 
     /// Sends the close frame (if the server ends it) and logs the end.
@@ -392,10 +487,28 @@ impl Live {
             mut socket,
             state,
             conn,
+            mut out,
+            holding,
             peer_code,
             registration,
             ..
         } = *self;
+        // The session takes the socket's write side for good, so nothing is
+        // written directly after the close frame; a direct write in
+        // progress lets go within one `send`. Then the end of a frame
+        // begun directly, or what the session was writing, goes first:
+        // a frame on the wire is never cut.
+        let seal = async {
+            if !holding {
+                while !conn.out.acquire() {
+                    conn.woken().await;
+                }
+            }
+            if let Some(rest) = conn.out.take(&mut VecDeque::new(), (0, 0)) {
+                out.push_front(rest);
+            }
+            out
+        };
         let (code, by) = match ending {
             Ending::Close(reason) => {
                 if reason == CloseReason::SLOW_CONSUMER {
@@ -407,15 +520,24 @@ impl Live {
                 // Out of the hub first: a client that stopped reading must
                 // not hold a place (or a cap) while its close frame waits.
                 drop(registration);
-                Box::pin(close_socket(&mut socket, &reason)).await;
+                let _ = tokio::time::timeout(super::CLOSE_GRACE, async {
+                    let out = seal.await;
+                    socket.close(out, &reason).await;
+                })
+                .await;
                 (reason.code, ClosedBy::Server)
             }
             // 1006: the connection ended without a close frame.
             Ending::PeerGone => {
                 if peer_code.is_some() {
-                    // tungstenite queued the answer to the peer's close;
-                    // it may sit behind frames the socket had not taken.
-                    let _ = tokio::time::timeout(super::CLOSE_GRACE, socket.flush()).await;
+                    // The answer to the peer's close, after what was on
+                    // its way.
+                    let _ = tokio::time::timeout(super::CLOSE_GRACE, async {
+                        let mut out = seal.await;
+                        out.extend(socket.take_control());
+                        std::future::poll_fn(|cx| socket.poll_write(cx, &mut out)).await
+                    })
+                    .await;
                 }
                 let code = peer_code.unwrap_or(1006);
                 state.metrics.closed(code, ClosedBy::Client);
@@ -450,13 +572,13 @@ mod tests {
         let events: Vec<Arc<Publication>> = seqs
             .into_iter()
             .map(|seq| {
-                Arc::new(Publication {
-                    frame: encode_event(&event_type, &payload, channel, seq),
-                    channel: channel.clone(),
+                Arc::new(Publication::new(
+                    channel.clone(),
                     seq,
-                    event_type: event_type.clone(),
-                    received: Instant::now(),
-                })
+                    event_type.clone(),
+                    encode_event(&event_type, &payload, channel, seq),
+                    Instant::now(),
+                ))
             })
             .collect();
         HistoryPage {
@@ -466,10 +588,15 @@ mod tests {
         }
     }
 
-    fn kinds(out: &VecDeque<Utf8Bytes>) -> Vec<String> {
+    fn kinds(out: &VecDeque<Bytes>) -> Vec<String> {
         out.iter()
             .map(|f| {
-                let v: serde_json::Value = serde_json::from_str(f.as_str()).unwrap();
+                let header = match f[1] {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                let v: serde_json::Value = serde_json::from_slice(&f[header..]).unwrap();
                 match v["seq"].as_u64() {
                     Some(seq) => seq.to_string(),
                     None => format!("resync@{}", v["payload"]["requested"]),

@@ -10,19 +10,28 @@
 //! within `--handshake-timeout`. Then [`live`] runs the connection: one
 //! loop that reads what the client sends, writes what is queued and
 //! watches the close signal, so neither side waits for the other.
+//!
+//! The handshake is answered by [`upgrade`], which hands back the bare TCP
+//! stream; [`socket`] reads client frames from it with tungstenite, and
+//! frames go out through the connection's [`Outbox`](crate::outbox):
+//! written directly by the fan-out while the session is idle, else by the
+//! session.
 
 mod live;
+pub mod socket;
+pub mod upgrade;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 
 use crate::app::AppState;
 use crate::auth::{AuthError, Identity, Role};
@@ -34,6 +43,8 @@ use crate::metrics::ClosedBy;
 use crate::protocol::{self, ChannelName, Connected, OrgId, Resync, ResyncReason, close};
 
 use live::{Live, Replay, ReplayChannel};
+use socket::Socket;
+use upgrade::Upgrade;
 
 /// How long a close frame (and the peer's answer) may take before the
 /// socket is dropped regardless; a client that stopped reading cannot
@@ -46,14 +57,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// a larger one still fits because the buffer grows to the frame's length.
 /// Measured with `scripts/bench.sh` (idle row of docs/benchmarks.md).
 const READ_BUFFER: usize = 512;
-
-/// tungstenite's write buffer: frames gather here and go to the socket in
-/// one `send` once it holds this much (or at a flush). Its default, 128 KiB,
-/// is kept at its peak by every connection that ever had a burst, and sits
-/// in front of a keep-alive Ping or an `auth.refreshed` that the session
-/// writes ahead of queued events; 16 KiB still makes one `send` of a
-/// typical batch.
-const WRITE_BUFFER: usize = 16 << 10;
 
 /// Query parameters of `GET /ws`.
 #[derive(Debug, Default, Deserialize)]
@@ -74,21 +77,11 @@ pub async fn handler(
     State(state): State<AppState>,
     query: Result<Query<WsParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: Result<Upgrade, upgrade::Rejection>,
 ) -> Response {
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            return ApiError::new(
-                rejection.status(),
-                "upgrade_required",
-                format!(
-                    "/ws takes WebSocket handshakes only: {}",
-                    rejection.body_text()
-                ),
-            )
-            .into_response();
-        }
+        Err(rejection) => return rejection.into_response(),
     };
     if !origin_allowed(&state.config.allowed_origins, &headers) {
         // Refused before the upgrade: a page on another site must not get a
@@ -110,32 +103,31 @@ pub async fn handler(
         }),
     };
     let max = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
-    upgrade
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_message_size(max)
-        .max_frame_size(max)
-        .on_upgrade(move |socket| {
-            let tracker = state.tracker.clone();
-            let hard_stop = state.hard_stop.clone();
-            tracker.track_future(async move {
-                // Boxed, so setup's larger future and its refusals are
-                // freed before the live loop starts: an idle connection's
-                // task holds only the loop (idle row of docs/benchmarks.md).
-                let prepared = Box::pin(async {
-                    tokio::select! {
-                        live = prepare(socket, state, auth, params) => live,
-                        () = hard_stop.cancelled() => None,
-                    }
-                });
-                let Some(live) = prepared.await else { return };
-                tokio::select! {
-                    () = live.run() => {}
-                    // The shutdown grace is over: drop the socket as it is.
-                    () = hard_stop.cancelled() => {}
-                }
-            })
-        })
+    let (response, upgraded) = upgrade.accept();
+    let tracker = state.tracker.clone();
+    let hard_stop = state.hard_stop.clone();
+    tracker.spawn(async move {
+        // Boxed, so setup's larger future and its refusals are freed
+        // before the live loop starts: an idle connection's task holds
+        // only the loop (idle row of docs/benchmarks.md).
+        let prepared = Box::pin(async {
+            tokio::select! {
+                live = async {
+                    let upgraded = upgraded.await?;
+                    let socket = Socket::new(Arc::new(upgraded.tcp), upgraded.read, READ_BUFFER, max);
+                    prepare(socket, state, auth, params).await
+                } => live,
+                () = hard_stop.cancelled() => None,
+            }
+        });
+        let Some(live) = prepared.await else { return };
+        tokio::select! {
+            () = live.run() => {}
+            // The shutdown grace is over: drop the socket as it is.
+            () = hard_stop.cancelled() => {}
+        }
+    });
+    response
 }
 
 /// Whether the handshake's `Origin` is on the allow-list. An empty list
@@ -173,13 +165,14 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Sets the session up within `--handshake-timeout`; a connection that
 /// cannot start is closed here.
 async fn prepare(
-    mut socket: WebSocket,
+    mut socket: Socket,
     state: AppState,
     auth: Result<Identity, AuthError>,
     params: WsParams,
 ) -> Option<Box<Live>> {
     let timeout = state.config.handshake_timeout;
-    let reason = match tokio::time::timeout(timeout, setup(&state, auth, &params)).await {
+    let tcp = socket.tcp().clone();
+    let reason = match tokio::time::timeout(timeout, setup(&state, auth, &params, tcp)).await {
         // On the heap: the task's future then holds a pointer, not a
         // second copy of the live state next to the loop's.
         Ok(Ok(start)) => return Some(Box::new(Live::new(socket, state, start))),
@@ -201,8 +194,8 @@ struct Start {
     registration: Registration,
     subscription: Subscription,
     sent: Sent,
-    /// `connected`, then the resyncs known at once.
-    first: VecDeque<Utf8Bytes>,
+    /// `connected`, then the resyncs known at once, framed for the wire.
+    first: VecDeque<Bytes>,
     replay: Replay,
 }
 
@@ -212,6 +205,7 @@ async fn setup(
     state: &AppState,
     auth: Result<Identity, AuthError>,
     params: &WsParams,
+    tcp: Arc<TcpStream>,
 ) -> Result<Start, CloseReason> {
     let Admitted {
         identity,
@@ -232,6 +226,7 @@ async fn setup(
             frames: usize::try_from(state.config.send_queue).unwrap_or(usize::MAX),
             bytes: usize::try_from(state.config.send_queue_bytes).unwrap_or(usize::MAX),
         },
+        Some(tcp),
     ));
     let limits = Limits {
         max_connections: state.config.max_connections,
@@ -349,7 +344,7 @@ pub(crate) fn parse_orgs(orgs: &str) -> Option<Interest> {
 }
 
 /// Closes a connection that never started, and counts it.
-async fn refuse(state: &AppState, socket: &mut WebSocket, reason: &CloseReason) {
+async fn refuse(state: &AppState, socket: &mut Socket, reason: &CloseReason) {
     state.metrics.closed(reason.code, ClosedBy::Server);
     close_socket(socket, reason).await;
 }
@@ -387,11 +382,12 @@ impl Drop for Subscription {
     }
 }
 
-/// Per channel, the last seq this connection was sent; events at or below
-/// it are duplicates of the replay and are dropped.
+/// What the client already has, per channel: events at or below it are
+/// duplicates of the replay and are dropped. For the channels the
+/// connection reads by name the positions live in its outbox, which the
+/// fan-out's direct writes keep too; only the session (or a direct write,
+/// while the session is idle) reads or moves them.
 struct Sent {
-    /// The channels the connection was registered for (a handful).
-    fixed: Vec<(ChannelName, u64)>,
     /// Whether the connection reads every channel (`orgs=*`).
     all: bool,
     /// For `all` connections, the other channels of the resume cursor.
@@ -401,39 +397,36 @@ struct Sent {
 }
 
 impl Sent {
-    /// Where the resume of `channel` starts from, if the connection reads
-    /// it (a watcher of every channel reads any).
-    fn cursor_mut(&mut self, channel: &ChannelName) -> Option<&mut u64> {
-        match self.fixed.iter().position(|(c, _)| c == channel) {
-            Some(i) => self.fixed.get_mut(i).map(|(_, last)| last),
-            None if self.all => Some(self.others.entry(channel.clone()).or_insert(0)),
-            None => None,
-        }
-    }
-
     /// The channel's sequence restarted (an epoch change): what follows
     /// `from` is new to the client.
-    fn restart(&mut self, channel: &ChannelName, from: u64) {
-        if let Some(last) = self.cursor_mut(channel) {
-            *last = from;
+    fn restart(&mut self, conn: &Conn, channel: &ChannelName, from: u64) {
+        match conn.slot(channel) {
+            Some(slot) => conn.out.set_position(slot, from),
+            None if self.all => {
+                self.others.insert(channel.clone(), from);
+            }
+            None => {}
         }
     }
 
     /// Whether the client lacks this event; records it as sent.
-    fn is_new(&mut self, publication: &Publication) -> bool {
+    fn is_new(&mut self, conn: &Conn, publication: &Publication) -> bool {
+        let channel = &publication.channel;
         if publication.event_type.is_resync_marker() {
-            self.restart(&publication.channel, publication.seq);
+            self.restart(conn, channel, publication.seq);
             return true;
         }
-        let channel = &publication.channel;
-        let last = match self.fixed.iter_mut().find(|(c, _)| c == channel) {
-            Some((_, last)) => last,
-            None => match self.others.get_mut(channel) {
-                Some(last) => last,
-                // A channel a watcher of everything did not resume: nothing
-                // was replayed, so nothing can be a duplicate.
-                None => return self.all,
-            },
+        if let Some(slot) = conn.slot(channel) {
+            if publication.seq <= conn.out.position(slot).unwrap_or(0) {
+                return false;
+            }
+            conn.out.set_position(slot, publication.seq);
+            return true;
+        }
+        let Some(last) = self.others.get_mut(channel) else {
+            // A channel a watcher of everything did not resume: nothing was
+            // replayed, so nothing can be a duplicate.
+            return self.all;
         };
         if publication.seq <= *last {
             return false;
@@ -463,15 +456,16 @@ async fn plan(
     conn: &Conn,
     cursor: &[(ChannelName, u64)],
     epoch: Option<&str>,
-) -> Result<(Sent, VecDeque<Utf8Bytes>, Replay), EngineError> {
+) -> Result<(Sent, VecDeque<Bytes>, Replay), EngineError> {
     let engine = &state.engine;
     let current_epoch = engine.epoch();
     let epoch_changed = epoch.is_some_and(|e| e != &*current_epoch);
 
     let channels = &conn.interest.channels;
     let latest = engine.latest(channels).await?;
+    // The channels read by name, in `conn.interest.channels` order.
+    let mut fixed: Vec<(ChannelName, u64)> = channels.iter().cloned().zip(latest).collect();
     let mut sent = Sent {
-        fixed: channels.iter().cloned().zip(latest).collect(),
         all: conn.interest.all,
         others: HashMap::new(),
     };
@@ -481,8 +475,10 @@ async fn plan(
         // A cursor for a channel this connection does not read (say, an org
         // the user has left) is ignored rather than refused, so a stale
         // cursor cannot lock a client out.
-        let Some(last) = sent.cursor_mut(channel) else {
-            continue;
+        let last = match fixed.iter_mut().find(|(c, _)| c == channel) {
+            Some((_, last)) => last,
+            None if sent.all => sent.others.entry(channel.clone()).or_insert(0),
+            None => continue,
         };
         let since = *since;
         // Positions only (no events): taken after registration, so every
@@ -515,13 +511,18 @@ async fn plan(
         *last = positions.latest;
     }
 
-    let positions = sent
-        .fixed
+    let positions = fixed
         .iter()
         .map(|(c, seq)| (c, seq))
         .chain(&sent.others)
         .map(|(c, seq)| (c.to_string(), *seq))
         .collect();
+    // No one writes to the socket yet (the outbox queues everything until
+    // the session first goes idle), so these are in place before any
+    // event can go out.
+    for (slot, (_, seq)) in fixed.iter().enumerate() {
+        conn.out.set_position(slot, *seq);
+    }
     let connection_id = format!("{}-{}", state.node_id, conn.id.0);
     let connected = protocol::connected_frame(&Connected {
         connection_id,
@@ -532,8 +533,8 @@ async fn plan(
         positions,
     });
     let mut first = VecDeque::with_capacity(resyncs.len() + 1);
-    first.push_back(connected);
-    first.extend(resyncs);
+    first.push_back(protocol::wire_text(connected.as_bytes()));
+    first.extend(resyncs.iter().map(|r| protocol::wire_text(r.as_bytes())));
     Ok((sent, first, replay))
 }
 
@@ -547,17 +548,6 @@ fn refresh(state: &AppState, identity: &Identity, token: &str) -> Result<u64, Au
     Ok(new.exp)
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
 fn policy(reason: String) -> CloseReason {
     CloseReason {
         code: close::POLICY,
@@ -566,21 +556,8 @@ fn policy(reason: String) -> CloseReason {
 }
 
 /// Sends a close frame and waits briefly for the peer's answer, so the
-/// frame is not lost to a reset; gives up after [`CLOSE_GRACE`].
-async fn close_socket(socket: &mut WebSocket, reason: &CloseReason) {
-    let frame = CloseFrame {
-        code: reason.code,
-        reason: Utf8Bytes::from(reason.reason.as_ref()),
-    };
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if socket.send(Message::Close(Some(frame))).await.is_err() {
-            return;
-        }
-        while let Some(Ok(message)) = socket.recv().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+/// frame is not lost to a reset; gives up after [`CLOSE_GRACE`]. For a
+/// connection that never went live (no one else writes to the socket).
+async fn close_socket(socket: &mut Socket, reason: &CloseReason) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, socket.close(VecDeque::new(), reason)).await;
 }

@@ -113,6 +113,24 @@ impl Server {
         within(res.text()).await.unwrap()
     }
 
+    /// The value of an unlabelled counter or gauge of `GET /metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.metrics().await;
+        let scrape =
+            prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let sample = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name)
+            .unwrap_or_else(|| panic!("no {name} in /metrics"));
+        match sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name} is {other:?}"),
+        }
+    }
+
     /// Polls `GET /readyz` until it has answered 503 and then 200 again
     /// (a background task died and was restarted); bounded by `within`.
     pub async fn until_down_then_up(&self) {

@@ -8,6 +8,7 @@ mod binary;
 mod browser;
 mod client_frames;
 mod delivery;
+mod direct;
 mod engines;
 mod harness;
 mod hostile;

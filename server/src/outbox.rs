@@ -1,0 +1,481 @@
+//! A connection's way out: its socket's write side, shared by the fan-out
+//! and the session, and the bounded queue between them.
+//!
+//! An event reaches a socket one of two ways:
+//!
+//! - **Direct**: the connection is idle (nothing queued, the session has
+//!   nothing to write). The fan-out writes the event's pre-encoded frame to
+//!   the socket itself with one non-blocking `send`, from the thread that
+//!   publishes: no queue, no task wake-up, no lock, no copy. This is the
+//!   common case of a client that keeps up, and costs what the kernel's
+//!   `send` costs (the floor probe of docs/benchmarks.md).
+//! - **Queued**: anything else. The frame joins the queue and the session
+//!   writes everything queued in one vectored write, so a connection that
+//!   falls behind, or a burst, still leaves in few system calls.
+//!
+//! Who may write is one atomic byte, [`WRITING`] and [`PENDING`]:
+//!
+//! - the fan-out writes only when it moves the state from `0` to
+//!   `WRITING`, so never while anything waits to go out before its frame;
+//!   if the socket does not take the whole frame, the unwritten end goes to
+//!   the front of the queue before the fan-out lets go, so nothing can slip
+//!   in between;
+//! - whoever queues sets `PENDING` (under the queue's lock) and wakes the
+//!   session if it was clear; a fan-out that finds `PENDING` set when it
+//!   lets go of `WRITING` wakes the session too;
+//! - the session takes `WRITING | PENDING` whenever it has anything to
+//!   write and keeps them until it has written everything, then clears
+//!   both under the queue's lock, only if the queue is still empty.
+//!
+//! So the frames of a connection reach its socket in the order the fan-out
+//! saw them, whichever way each one went, and a frame is never cut by
+//! another. Nobody waits for the state: the fan-out queues instead, the
+//! session is woken.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+use crate::engine::Publication;
+
+/// Someone writes to the socket: a fan-out for one frame, or the session.
+const WRITING: u8 = 1;
+/// The session has frames to write (queued, or its own): a direct write
+/// now would overtake them.
+const PENDING: u8 = 2;
+
+/// What became of an event offered to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offered {
+    /// Written to the socket by the fan-out.
+    Written,
+    /// Queued for the session (or begun by the fan-out and left for the
+    /// session to finish).
+    Queued,
+    /// The queue is over a bound: the connection is a slow consumer.
+    Overflow,
+}
+
+/// The most of a connection's frames not yet written, by count and bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
+/// What the fan-out queued and the session has not taken yet, and the
+/// totals of everything not yet written (the taken but unwritten frames
+/// too), which the bounds apply to.
+#[derive(Default)]
+struct Queue {
+    /// The unwritten end of a frame a direct write began: it goes on the
+    /// wire before anything else.
+    rest: Option<Bytes>,
+    items: VecDeque<Arc<Publication>>,
+    frames: usize,
+    bytes: usize,
+    /// The keep-alive due (a pre-encoded JSON `ping` frame), if the
+    /// session has not written it yet.
+    ping: Option<Bytes>,
+}
+
+/// The write side of one connection. The queue is a `VecDeque` under a
+/// `std` mutex plus a `Notify`, not a tokio channel: an idle connection
+/// then costs a few dozen bytes instead of a channel's first block
+/// (~1.5 KiB), which matters at tens of thousands of sockets per node
+/// (idle row of docs/benchmarks.md).
+pub struct Outbox {
+    /// `None` for a connection without a socket (unit tests): every frame
+    /// is queued.
+    socket: Option<Arc<TcpStream>>,
+    state: AtomicU8,
+    queue: Mutex<Queue>,
+    limits: QueueLimits,
+    /// Per channel the connection reads (`Interest::channels`, same
+    /// order), the last seq written to the socket: a direct write never
+    /// repeats what the resume replayed. Read and written only by whoever
+    /// holds `WRITING` (and by the session's setup, before anyone can), so
+    /// relaxed loads suffice: taking and releasing `WRITING` orders them.
+    positions: Box<[AtomicU64]>,
+    /// Wakes the session: frames were queued, a direct write ended while
+    /// it waited, or it must close.
+    wake: Notify,
+    /// Whether `Queue::ping` holds a keep-alive: checked by the session
+    /// before every write, without the lock.
+    ping_due: AtomicBool,
+}
+
+impl Outbox {
+    /// The write side of a connection reading `channels` channels. Until
+    /// the session first goes idle, everything is queued: the `connected`
+    /// frame and any replay go first.
+    pub fn new(socket: Option<Arc<TcpStream>>, channels: usize, limits: QueueLimits) -> Self {
+        Self {
+            socket,
+            state: AtomicU8::new(PENDING),
+            queue: Mutex::new(Queue::default()),
+            limits: QueueLimits {
+                frames: limits.frames.max(1),
+                bytes: limits.bytes.max(1),
+            },
+            positions: (0..channels).map(|_| AtomicU64::new(0)).collect(),
+            wake: Notify::new(),
+            ping_due: AtomicBool::new(false),
+        }
+    }
+
+    /// Hands `publication` to the connection: written now if the socket is
+    /// idle and takes it, else queued. `slot` is the publication's channel
+    /// in the connection's channel list; without one (a watcher of every
+    /// channel) the event is always queued, as is a resync marker, which
+    /// the session must see.
+    pub fn offer(&self, publication: &Arc<Publication>, slot: Option<usize>) -> Offered {
+        let (Some(socket), Some(position)) =
+            (&self.socket, slot.and_then(|s| self.positions.get(s)))
+        else {
+            return self.push(publication);
+        };
+        if publication.event_type.is_resync_marker()
+            || self
+                .state
+                .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            return self.push(publication);
+        }
+        // Nothing waits to go out before this frame.
+        let wire = &publication.wire;
+        let offered = if publication.seq <= position.load(Ordering::Relaxed) {
+            // Covered by the positions read at setup (an event the engine
+            // delivers late): the session drops it.
+            self.push(publication)
+        } else {
+            match socket.try_write(wire) {
+                Ok(n) if n == wire.len() => {
+                    position.store(publication.seq, Ordering::Relaxed);
+                    Offered::Written
+                }
+                Ok(n) => {
+                    position.store(publication.seq, Ordering::Relaxed);
+                    self.queue_rest(wire.slice(n..));
+                    Offered::Queued
+                }
+                // Would block, or the socket failed: the session writes it
+                // when the socket is ready, or meets the error itself.
+                Err(_) => self.push(publication),
+            }
+        };
+        let before = self.state.fetch_and(!WRITING, Ordering::Release);
+        if before & PENDING != 0 {
+            // Queued meanwhile (by this call or another): the session may
+            // have found the socket taken and is waiting for it.
+            self.wake.notify_one();
+        }
+        offered
+    }
+
+    /// Queues an event for the session. Over a bound, nothing is queued.
+    pub fn push(&self, publication: &Arc<Publication>) -> Offered {
+        let len = publication.wire.len();
+        let mut queue = self.lock();
+        if queue.frames >= self.limits.frames || queue.bytes.saturating_add(len) > self.limits.bytes
+        {
+            return Offered::Overflow;
+        }
+        queue.frames += 1;
+        queue.bytes += len;
+        queue.items.push_back(publication.clone());
+        // Under the lock, so the session's check for an empty queue before
+        // it goes idle sees either the item or the flag.
+        let before = self.state.fetch_or(PENDING, Ordering::Release);
+        drop(queue);
+        // With the flag already set the session is running, or was woken
+        // by whoever set it, and takes everything queued before idling.
+        if before & PENDING == 0 {
+            self.wake.notify_one();
+        }
+        Offered::Queued
+    }
+
+    /// A direct write left `rest` unwritten. Called holding `WRITING`, so
+    /// nothing was written after the frame's start.
+    fn queue_rest(&self, rest: Bytes) {
+        let mut queue = self.lock();
+        queue.frames += 1;
+        queue.bytes += rest.len();
+        queue.rest = Some(rest);
+        self.state.fetch_or(PENDING, Ordering::Release);
+    }
+
+    /// The session takes the socket's write side. `false` while a direct
+    /// write holds it; that writer wakes the session when it lets go.
+    pub fn acquire(&self) -> bool {
+        self.state.fetch_or(WRITING | PENDING, Ordering::Acquire) & WRITING == 0
+    }
+
+    /// The session wrote everything it had and hands the write side back,
+    /// reporting `written` (frames, bytes) taken earlier; `false`, keeping
+    /// it, if something was queued meanwhile.
+    pub fn release(&self, written: (usize, usize)) -> bool {
+        let mut queue = self.lock();
+        queue.frames = queue.frames.saturating_sub(written.0);
+        queue.bytes = queue.bytes.saturating_sub(written.1);
+        if queue.rest.is_some() || !queue.items.is_empty() || queue.ping.is_some() {
+            return false;
+        }
+        self.state.store(0, Ordering::Release);
+        true
+    }
+
+    /// Whether the session has been asked to write: frames were queued.
+    pub fn is_pending(&self) -> bool {
+        self.state.load(Ordering::Acquire) & PENDING != 0
+    }
+
+    /// Moves every queued frame into `into`, which must be empty (the
+    /// session keeps it, so the two buffers trade places without
+    /// allocating), and returns the rest of a frame a direct write began,
+    /// which goes on the wire first. Taken frames count against the bounds
+    /// until a later call reports them `written` (frames, bytes): one lock
+    /// per batch for both.
+    pub fn take(
+        &self,
+        into: &mut VecDeque<Arc<Publication>>,
+        written: (usize, usize),
+    ) -> Option<Bytes> {
+        let mut queue = self.lock();
+        queue.frames = queue.frames.saturating_sub(written.0);
+        queue.bytes = queue.bytes.saturating_sub(written.1);
+        std::mem::swap(&mut queue.items, into);
+        queue.rest.take()
+    }
+
+    /// Asks the session to send the keep-alive `frame` (the JSON `ping`,
+    /// then a WebSocket Ping) ahead of anything queued: a client that
+    /// reads steadily but is behind on events still sees (and answers) it
+    /// within the interval. A ping not yet written is replaced, not added.
+    pub fn ping(&self, frame: Bytes) {
+        self.lock().ping = Some(frame);
+        self.ping_due.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// Whether a keep-alive waits to be written.
+    pub fn ping_pending(&self) -> bool {
+        self.ping_due.load(Ordering::Acquire)
+    }
+
+    /// The keep-alive to write now, if one is due.
+    pub fn take_ping(&self) -> Option<Bytes> {
+        // A plain load first: this runs before every write, and a ping is
+        // due once per interval.
+        if !self.ping_due.load(Ordering::Acquire) || !self.ping_due.swap(false, Ordering::Acquire) {
+            return None;
+        }
+        self.lock().ping.take()
+    }
+
+    /// Frames and bytes not yet written.
+    pub fn backlog(&self) -> (usize, usize) {
+        let queue = self.lock();
+        (queue.frames, queue.bytes)
+    }
+
+    /// The last seq written on the channel at `slot` (see `positions`).
+    /// Only for the holder of the write side.
+    pub fn position(&self, slot: usize) -> Option<u64> {
+        self.positions.get(slot).map(|p| p.load(Ordering::Relaxed))
+    }
+
+    /// Records `seq` as written on the channel at `slot`. Only for the
+    /// holder of the write side.
+    pub fn set_position(&self, slot: usize, seq: u64) {
+        if let Some(position) = self.positions.get(slot) {
+            position.store(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// Wakes the session.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves when the session was woken.
+    pub fn woken(&self) -> tokio::sync::futures::Notified<'_> {
+        self.wake.notified()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use serde_json::value::RawValue;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::protocol::{ChannelName, EventType, encode_event};
+
+    fn publication(seq: u64, payload_len: usize) -> Arc<Publication> {
+        let channel = ChannelName::parse("org:7").unwrap();
+        let event_type = EventType::parse("entity.created").unwrap();
+        let payload = RawValue::from_string(format!("\"{}\"", "x".repeat(payload_len))).unwrap();
+        Arc::new(Publication::new(
+            channel.clone(),
+            seq,
+            event_type.clone(),
+            encode_event(&event_type, &payload, &channel, seq),
+            Instant::now(),
+        ))
+    }
+
+    /// A connected pair on loopback: the server side's send buffer and the
+    /// client side's receive buffer as small as the kernel allows, so a
+    /// client that does not read blocks the server within a few frames.
+    async fn pair() -> (Arc<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let (client, accepted) = tokio::join!(client.connect(addr), listener.accept());
+        let (server, _) = accepted.unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        (Arc::new(server), client.unwrap())
+    }
+
+    fn limits() -> QueueLimits {
+        QueueLimits {
+            frames: 1000,
+            bytes: 64 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_idle_socket_is_written_directly_and_a_busy_one_queues_in_order() {
+        let (server, mut client) = pair().await;
+        let out = Outbox::new(Some(server.clone()), 1, limits());
+        // Until the session first goes idle, everything queues.
+        assert_eq!(out.offer(&publication(1, 10), Some(0)), Offered::Queued);
+        let mut taken = VecDeque::new();
+        assert!(out.acquire());
+        assert_eq!(out.take(&mut taken, (0, 0)), None);
+        assert_eq!(taken.len(), 1);
+        let first = taken.pop_front().unwrap();
+        server.try_write(&first.wire).unwrap();
+        out.set_position(0, 1);
+        assert!(out.release((1, first.wire.len())));
+        assert_eq!(out.backlog(), (0, 0));
+
+        // Idle: written by the fan-out, nothing queued.
+        let second = publication(2, 10);
+        assert_eq!(out.offer(&second, Some(0)), Offered::Written);
+        assert_eq!(out.backlog(), (0, 0));
+        // A duplicate of what was written is left to the session.
+        assert_eq!(out.offer(&publication(2, 10), Some(0)), Offered::Queued);
+        let mut dup = VecDeque::new();
+        assert!(out.acquire());
+        out.take(&mut dup, (0, 0));
+        assert!(out.release((1, dup[0].wire.len())));
+
+        // Big frames to a client that does not read: the first is begun
+        // directly and its end queued; every later one queues behind it.
+        let big: Vec<_> = (3..8).map(|seq| publication(seq, 40_000)).collect();
+        let offered: Vec<_> = big.iter().map(|p| out.offer(p, Some(0))).collect();
+        assert!(offered.iter().all(|o| *o == Offered::Queued), "{offered:?}");
+        assert!(out.is_pending());
+        let (frames, bytes) = out.backlog();
+        assert_eq!(frames, 5);
+        assert!(bytes < big.iter().map(|p| p.wire.len()).sum::<usize>());
+
+        // The session writes the rest first, then the queue; the client
+        // reads every frame whole and in order.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        assert!(out.acquire());
+        let mut queued = VecDeque::new();
+        let rest = out.take(&mut queued, (0, 0)).expect("the rest of frame 3");
+        let mut wire = vec![rest];
+        wire.extend(queued.iter().map(|p| p.wire.clone()));
+        for bytes in wire {
+            let mut bytes: &[u8] = &bytes;
+            while !bytes.is_empty() {
+                server.writable().await.unwrap();
+                match server.try_write(bytes) {
+                    Ok(n) => bytes = &bytes[n..],
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        drop(out);
+        drop(server);
+        let all = reader.await.unwrap();
+        let mut expected = Vec::new();
+        for p in [first, second].iter().chain(&big) {
+            expected.extend_from_slice(&p.wire);
+        }
+        assert!(
+            all == expected,
+            "the byte stream is every frame, whole, in order"
+        );
+    }
+
+    #[test]
+    fn without_a_socket_or_a_slot_everything_queues_within_the_bounds() {
+        let out = Outbox::new(
+            None,
+            1,
+            QueueLimits {
+                frames: 2,
+                bytes: 1 << 20,
+            },
+        );
+        assert!(out.acquire());
+        assert!(out.release((0, 0)));
+        assert_eq!(out.offer(&publication(1, 1), Some(0)), Offered::Queued);
+        assert_eq!(out.offer(&publication(2, 1), None), Offered::Queued);
+        assert_eq!(out.offer(&publication(3, 1), None), Offered::Overflow);
+    }
+
+    #[tokio::test]
+    async fn the_session_finds_the_socket_taken_and_is_woken_when_it_is_free() {
+        let (server, _client) = pair().await;
+        let out = Arc::new(Outbox::new(Some(server), 1, limits()));
+        assert!(out.acquire());
+        assert!(out.release((0, 0)));
+        // A direct write in progress: the session must not write.
+        assert!(
+            out.state
+                .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        );
+        assert!(!out.acquire());
+        let woken = out.woken();
+        out.state.fetch_and(!WRITING, Ordering::Release);
+        out.wake.notify_one();
+        woken.await;
+        assert!(out.acquire());
+        // While the session holds it, events queue.
+        assert_eq!(out.offer(&publication(1, 1), Some(0)), Offered::Queued);
+        assert!(
+            !out.release((0, 0)),
+            "queued meanwhile: the session keeps it"
+        );
+    }
+}
