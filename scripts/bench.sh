@@ -20,6 +20,9 @@
 #                               # logs when the machine stalled it (perturbs the row)
 #   BENCH_BIN_DIR=/tmp/old BENCH_OUT=/tmp/old.md scripts/bench.sh   # other binaries,
 #                               # e.g. a previous build, for a before/after pair
+#   BENCH_BEFORE=/tmp/old/hrrt-server scripts/bench.sh target batch   # a fourth server,
+#                               # an earlier hrrt-server build run with hrrt's flags in
+#                               # the same invocation: compare.md gets "before" columns
 #
 # Needs: Linux, 2+ cores, taskset (util-linux), python3, curl. Traffic stays
 # on 127.0.0.1. Not run by CI.
@@ -48,7 +51,13 @@ BIN_DIR=${BENCH_BIN_DIR:-target/release}
 if [ -z "${BENCH_BIN_DIR:-}" ]; then
   cargo build --release --locked -p hrrt -p hrrt-server -p hrrt-baseline
 fi
-SERVERS=${BENCH_SERVERS:-hrrt bare floor}
+BEFORE_BIN=${BENCH_BEFORE:-}
+if [ -n "$BEFORE_BIN" ]; then
+  [ -x "$BEFORE_BIN" ] || { echo "BENCH_BEFORE=$BEFORE_BIN is not an executable" >&2; exit 2; }
+  SERVERS=${BENCH_SERVERS:-hrrt before bare floor}
+else
+  SERVERS=${BENCH_SERVERS:-hrrt bare floor}
+fi
 BASELINE_BIN=target/release/hrrt-baseline
 # The load generator is always this build's, so both servers face the same client.
 LOAD_BIN=target/release/hrrt
@@ -68,7 +77,7 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# start_server hrrt|bare|floor [hrrt-server flags…]
+# start_server hrrt|before|bare|floor [hrrt-server flags…]
 start_server() {
   local kind=$1
   shift
@@ -76,6 +85,9 @@ start_server() {
     hrrt) HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c "$SERVER_CPU" \
             "$BIN_DIR/hrrt-server" --listen "127.0.0.1:$PORT" "$@" \
             >"$OUT_DIR/server.log" 2>&1 & ;;
+    before) HRRT_JWT_SECRET=$SECRET RUST_LOG=warn taskset -c "$SERVER_CPU" \
+            "$BEFORE_BIN" --listen "127.0.0.1:$PORT" "$@" \
+            >"$OUT_DIR/server.before.log" 2>&1 & ;;
     *) HRRT_JWT_SECRET=$SECRET taskset -c "$SERVER_CPU" \
             "$BASELINE_BIN" "$kind" "127.0.0.1:$PORT" >"$OUT_DIR/server.$kind.log" 2>&1 & ;;
   esac
@@ -98,7 +110,10 @@ run() {
     # hrrt's reports keep their old names (bench_table.py reads them).
     file=$name
     [ "$kind" = hrrt ] || file=$name.$kind
-    if [ "$kind" = hrrt ]; then start_server hrrt --send-queue 4096; else start_server "$kind"; fi
+    case $kind in
+      hrrt|before) start_server "$kind" --send-queue 4096 ;;
+      *) start_server "$kind" ;;
+    esac
     # The two cores' counters before and after: on a shared host the
     # hypervisor's steal time moves the latency figures, and
     # bench_compare.py prints it beside them.

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """hrrt, the bare broadcast and the floor probe side by side, per row, from
-the reports scripts/bench.sh wrote (ROW.json, ROW.bare.json, ROW.floor.json).
+the reports scripts/bench.sh wrote (ROW.json, ROW.bare.json, ROW.floor.json),
+and an earlier hrrt build when the run had one (ROW.before.json,
+BENCH_BEFORE=…).
 
     python3 scripts/bench_compare.py target/bench target batch idle
 """
@@ -74,10 +76,20 @@ def ratio(a, b):
 
 def main():
     directory, rows = sys.argv[1], sys.argv[2:]
-    print("| row | measure | hrrt | bare broadcast | floor probe | hrrt ÷ bare | hrrt ÷ floor |")
-    print("|---|---|---|---|---|---|---|")
+    with_before = any(load(directory, row + ".before") for row in rows)
+    suffixes = ("", ".before", ".bare", ".floor") if with_before else ("", ".bare", ".floor")
+    names = ["hrrt", "hrrt before", "bare broadcast", "floor probe"]
+    if not with_before:
+        names.remove("hrrt before")
+    against = suffixes[1:]
+    print("| row | measure | " + " | ".join(names) + " | "
+          + " | ".join(f"hrrt ÷ {n.split()[-1] if n.startswith('hrrt') else n.split()[0]}"
+                       for n in names[1:]) + " |")
+    print("|---|---|" + "---|" * (2 * len(names) - 1))
+    blank = " |" * len(against)
     for row in rows:
-        h, b, f = (figures(load(directory, row + s)) for s in ("", ".bare", ".floor"))
+        servers = [figures(load(directory, row + s)) for s in suffixes]
+        h = servers[0]
         if h is None:
             continue
         for key, label, fmt in [
@@ -87,17 +99,17 @@ def main():
             ("rss", "RSS per connection (KiB)", "{:.2f}"),
             ("lost", "lost", "{}"),
         ]:
-            cells = [fmt.format(x[key]) if x else "–" for x in (h, b, f)]
-            print(f"| {row} | {label} | " + " | ".join(cells) + f" | {ratio(h[key], b and b[key])} "
-                  f"| {ratio(h[key], f and f[key])} |")
-        stolen = [steal(directory, row + s) for s in ("", ".bare", ".floor")]
+            cells = [fmt.format(x[key]) if x else "–" for x in servers]
+            ratios = [ratio(h[key], x and x[key]) for x in servers[1:]]
+            print(f"| {row} | {label} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+        stolen = [steal(directory, row + s) for s in suffixes]
         if any(stolen):
             print(f"| {row} | steal time (server, load core) | "
-                  + " | ".join(x or "–" for x in stolen) + " | | |")
-        used = [busy(directory, row + s) for s in ("", ".bare", ".floor")]
+                  + " | ".join(x or "–" for x in stolen) + " |" + blank)
+        used = [busy(directory, row + s) for s in suffixes]
         if any(used):
             print(f"| {row} | cores busy (server, load core) | "
-                  + " | ".join(x or "–" for x in used) + " | | |")
+                  + " | ".join(x or "–" for x in used) + " |" + blank)
 
 
 if __name__ == "__main__":

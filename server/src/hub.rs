@@ -8,8 +8,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
@@ -136,11 +137,12 @@ impl Conn {
     /// a queue over its frame or byte bound closes the connection as a
     /// slow consumer. `slot` is the event's channel in
     /// `interest.channels`, if the connection reads it by name.
-    pub fn offer(&self, item: &Arc<Publication>, slot: Option<usize>) -> Offered {
+    /// `now` as [`Outbox::offer`] takes it.
+    pub fn offer(&self, item: &Arc<Publication>, slot: Option<usize>, now: Option<u64>) -> Offered {
         if self.close_reason.get().is_some() {
             return Offered::Overflow;
         }
-        let offered = self.out.offer(item, slot);
+        let offered = self.out.offer(item, slot, now);
         if offered == Offered::Overflow {
             self.close(CloseReason::SLOW_CONSUMER);
         }
@@ -150,7 +152,7 @@ impl Conn {
     /// Queues an event for the session (never written directly); returns
     /// whether it was queued.
     pub fn push(&self, item: Arc<Publication>) -> bool {
-        self.offer(&item, None) != Offered::Overflow
+        self.offer(&item, None, None) != Offered::Overflow
     }
 
     /// Where `channel` is in `interest.channels`.
@@ -222,10 +224,22 @@ struct Inner {
     closed: bool,
 }
 
+/// The most recipients of one event written directly by the fan-out
+/// (about 10 ms of `send`s at the floor probe's ~10 µs each, docs/
+/// benchmarks.md); the rest are queued. One event for a huge org then
+/// holds the publishing thread in system calls for a bounded time, and
+/// the remaining writes go to the sessions, spread over the runtime's
+/// workers.
+pub const MAX_DIRECT_PER_EVENT: usize = 1024;
+
 /// The registry of live connections.
 pub struct Hub {
     inner: RwLock<Inner>,
     metrics: Arc<Metrics>,
+    /// Set while the node is saturated ([`Hub::set_coalescing`]).
+    coalescing: AtomicBool,
+    /// The clock of the outboxes' burst rule.
+    started: Instant,
 }
 
 impl Hub {
@@ -233,7 +247,25 @@ impl Hub {
         Self {
             inner: RwLock::default(),
             metrics,
+            coalescing: AtomicBool::new(false),
+            started: Instant::now(),
         }
+    }
+
+    /// While `on`, every event is queued for the sessions instead of being
+    /// written directly: a node whose core is saturated cannot afford one
+    /// `send` per frame, and the sessions' queues fill while they wait to
+    /// run, so each of their writes carries several frames. Set by the
+    /// load watcher (`tasks::load_watch`).
+    pub fn set_coalescing(&self, on: bool) {
+        if self.coalescing.swap(on, Ordering::Relaxed) != on {
+            self.metrics.set_coalescing(on);
+            tracing::debug!(on, "fan-out coalescing");
+        }
+    }
+
+    pub fn is_coalescing(&self) -> bool {
+        self.coalescing.load(Ordering::Relaxed)
     }
 
     /// Adds a connection unless a cap is reached; from now on it receives
@@ -424,9 +456,14 @@ impl Deliver for Hub {
             targets.extend(inner.watch_all.values().map(|c| (c.clone(), None)));
             targets
         };
+        let mut now = (!self.coalescing.load(Ordering::Relaxed))
+            .then(|| u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX));
         let (mut recipients, mut direct) = (0, 0);
         for (conn, slot) in &targets {
-            match conn.offer(publication, *slot) {
+            if direct == MAX_DIRECT_PER_EVENT {
+                now = None;
+            }
+            match conn.offer(publication, *slot, now) {
                 Offered::Written => {
                     recipients += 1;
                     direct += 1;

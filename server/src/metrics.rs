@@ -101,6 +101,7 @@ pub struct Metrics {
     delivered: [Counter; LABELLED_TYPES.len() + 1],
     delivery_latency: Histogram,
     direct_writes: Counter,
+    coalescing: Gauge,
     task_restarts: Counter,
     closes: Family<CloseLabel, Counter>,
     slow_consumer_closes: Counter,
@@ -139,6 +140,7 @@ impl Metrics {
             std::array::from_fn(|i| delivered_family.get_or_create(&label(i)).clone());
         let task_restarts = Counter::default();
         let direct_writes = Counter::default();
+        let coalescing = Gauge::default();
         // 50 µs to ~26 s: loopback deliveries through multi-second stalls.
         let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
         let closes = Family::<CloseLabel, Counter>::default();
@@ -188,6 +190,12 @@ impl Metrics {
             direct_writes.clone(),
         );
         registry.register(
+            "fanout_coalescing",
+            "1 while the node is saturated and queues every event for the sessions to write \
+             several frames per send, 0 while it writes to idle sockets directly",
+            coalescing.clone(),
+        );
+        registry.register(
             "closes",
             "WebSocket connections closed, by close code and side",
             closes.clone(),
@@ -211,6 +219,7 @@ impl Metrics {
             delivered,
             delivery_latency,
             direct_writes,
+            coalescing,
             task_restarts,
             closes,
             slow_consumer_closes,
@@ -283,6 +292,10 @@ impl Metrics {
     /// One observation per flush: the age of the oldest frame flushed.
     pub fn delivery_latency(&self, latency: Duration) {
         self.delivery_latency.observe(latency.as_secs_f64());
+    }
+
+    pub fn set_coalescing(&self, on: bool) {
+        self.coalescing.set(i64::from(on));
     }
 
     /// An event's `count` direct writes, the last made `latency` after the

@@ -31,6 +31,13 @@
 //! saw them, whichever way each one went, and a frame is never cut by
 //! another. Nobody waits for the state: the fan-out queues instead, the
 //! session is woken.
+//!
+//! A direct write costs one `send` per frame, and a queue that fills while
+//! the session waits to run leaves in one `send` for several. So the fan-out
+//! also queues an idle connection's event when that wait pays: within
+//! [`BURST_GAP_US`] of its last direct write (a batch, or a burst: the rest
+//! of it goes out together), and whenever the hub says the node is
+//! saturated (`Hub::deliver`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -47,6 +54,13 @@ const WRITING: u8 = 1;
 /// The session has frames to write (queued, or its own): a direct write
 /// now would overtake them.
 const PENDING: u8 = 2;
+
+/// An idle connection's event is queued rather than written if its last
+/// direct write was less than this long ago (µs): a publish batch or a
+/// burst for the same connection then leaves in one vectored write by the
+/// session, not one `send` per event. A steady stream to a connection is
+/// written directly up to 1,000 events a second.
+pub const BURST_GAP_US: u64 = 1_000;
 
 /// What became of an event offered to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +115,10 @@ pub struct Outbox {
     /// holds `WRITING` (and by the session's setup, before anyone can), so
     /// relaxed loads suffice: taking and releasing `WRITING` orders them.
     positions: Box<[AtomicU64]>,
+    /// No direct write before this time (µs on the hub's clock): the last
+    /// one's time plus [`BURST_GAP_US`]. Only for the holder of the write
+    /// side.
+    direct_after: AtomicU64,
     /// Wakes the session: frames were queued, a direct write ended while
     /// it waited, or it must close.
     wake: Notify,
@@ -123,19 +141,26 @@ impl Outbox {
                 bytes: limits.bytes.max(1),
             },
             positions: (0..channels).map(|_| AtomicU64::new(0)).collect(),
+            direct_after: AtomicU64::new(0),
             wake: Notify::new(),
             ping_due: AtomicBool::new(false),
         }
     }
 
     /// Hands `publication` to the connection: written now if the socket is
-    /// idle and takes it, else queued. `slot` is the publication's channel
-    /// in the connection's channel list; without one (a watcher of every
-    /// channel) the event is always queued, as is a resync marker, which
-    /// the session must see.
-    pub fn offer(&self, publication: &Arc<Publication>, slot: Option<usize>) -> Offered {
-        let (Some(socket), Some(position)) =
-            (&self.socket, slot.and_then(|s| self.positions.get(s)))
+    /// idle and takes it, else queued. `now` is the hub's clock (µs), or
+    /// `None` when the hub wants every event queued. `slot` is the
+    /// publication's channel in the connection's channel list; without one
+    /// (a watcher of every channel) the event is always queued, as is a
+    /// resync marker, which the session must see.
+    pub fn offer(
+        &self,
+        publication: &Arc<Publication>,
+        slot: Option<usize>,
+        now: Option<u64>,
+    ) -> Offered {
+        let (Some(socket), Some(position), Some(now)) =
+            (&self.socket, slot.and_then(|s| self.positions.get(s)), now)
         else {
             return self.push(publication);
         };
@@ -153,10 +178,14 @@ impl Outbox {
             // Covered by the positions read at setup (an event the engine
             // delivers late): the session drops it.
             self.push(publication)
+        } else if now < self.direct_after.load(Ordering::Relaxed) {
+            self.push(publication)
         } else {
             match socket.try_write(wire) {
                 Ok(n) if n == wire.len() => {
                     position.store(publication.seq, Ordering::Relaxed);
+                    self.direct_after
+                        .store(now.saturating_add(BURST_GAP_US), Ordering::Relaxed);
                     Offered::Written
                 }
                 Ok(n) => {
@@ -368,7 +397,10 @@ mod tests {
         let (server, mut client) = pair().await;
         let out = Outbox::new(Some(server.clone()), 1, limits());
         // Until the session first goes idle, everything queues.
-        assert_eq!(out.offer(&publication(1, 10), Some(0)), Offered::Queued);
+        assert_eq!(
+            out.offer(&publication(1, 10), Some(0), Some(0)),
+            Offered::Queued
+        );
         let mut taken = VecDeque::new();
         assert!(out.acquire());
         assert_eq!(out.take(&mut taken, (0, 0)), None);
@@ -381,10 +413,13 @@ mod tests {
 
         // Idle: written by the fan-out, nothing queued.
         let second = publication(2, 10);
-        assert_eq!(out.offer(&second, Some(0)), Offered::Written);
+        assert_eq!(out.offer(&second, Some(0), Some(0)), Offered::Written);
         assert_eq!(out.backlog(), (0, 0));
         // A duplicate of what was written is left to the session.
-        assert_eq!(out.offer(&publication(2, 10), Some(0)), Offered::Queued);
+        assert_eq!(
+            out.offer(&publication(2, 10), Some(0), Some(0)),
+            Offered::Queued
+        );
         let mut dup = VecDeque::new();
         assert!(out.acquire());
         out.take(&mut dup, (0, 0));
@@ -393,7 +428,10 @@ mod tests {
         // Big frames to a client that does not read: the first is begun
         // directly and its end queued; every later one queues behind it.
         let big: Vec<_> = (3..8).map(|seq| publication(seq, 40_000)).collect();
-        let offered: Vec<_> = big.iter().map(|p| out.offer(p, Some(0))).collect();
+        let offered: Vec<_> = big
+            .iter()
+            .map(|p| out.offer(p, Some(0), Some(BURST_GAP_US)))
+            .collect();
         assert!(offered.iter().all(|o| *o == Offered::Queued), "{offered:?}");
         assert!(out.is_pending());
         let (frames, bytes) = out.backlog();
@@ -436,6 +474,44 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_burst_for_one_connection_is_left_to_the_session() {
+        let (server, _client) = pair().await;
+        let out = Outbox::new(Some(server), 1, limits());
+        assert!(out.acquire());
+        assert!(out.release((0, 0)));
+        let t = 5_000;
+        assert_eq!(
+            out.offer(&publication(1, 1), Some(0), Some(t)),
+            Offered::Written
+        );
+        // The next within the gap waits for the session, and so does
+        // everything after it until the session has written it.
+        assert_eq!(
+            out.offer(&publication(2, 1), Some(0), Some(t + BURST_GAP_US - 1)),
+            Offered::Queued
+        );
+        assert_eq!(
+            out.offer(&publication(3, 1), Some(0), Some(t + 10 * BURST_GAP_US)),
+            Offered::Queued
+        );
+        let mut taken = VecDeque::new();
+        assert!(out.acquire());
+        out.take(&mut taken, (0, 0));
+        assert_eq!(taken.len(), 2);
+        out.set_position(0, 3);
+        assert!(out.release((2, taken.iter().map(|p| p.wire.len()).sum())));
+        // Past the gap, and when the hub asks for no direct writes.
+        assert_eq!(
+            out.offer(&publication(4, 1), Some(0), Some(t + 10 * BURST_GAP_US)),
+            Offered::Written
+        );
+        assert_eq!(
+            out.offer(&publication(5, 1), Some(0), None),
+            Offered::Queued
+        );
+    }
+
     #[test]
     fn without_a_socket_or_a_slot_everything_queues_within_the_bounds() {
         let out = Outbox::new(
@@ -448,9 +524,18 @@ mod tests {
         );
         assert!(out.acquire());
         assert!(out.release((0, 0)));
-        assert_eq!(out.offer(&publication(1, 1), Some(0)), Offered::Queued);
-        assert_eq!(out.offer(&publication(2, 1), None), Offered::Queued);
-        assert_eq!(out.offer(&publication(3, 1), None), Offered::Overflow);
+        assert_eq!(
+            out.offer(&publication(1, 1), Some(0), Some(0)),
+            Offered::Queued
+        );
+        assert_eq!(
+            out.offer(&publication(2, 1), None, Some(0)),
+            Offered::Queued
+        );
+        assert_eq!(
+            out.offer(&publication(3, 1), None, Some(0)),
+            Offered::Overflow
+        );
     }
 
     #[tokio::test]
@@ -472,7 +557,10 @@ mod tests {
         woken.await;
         assert!(out.acquire());
         // While the session holds it, events queue.
-        assert_eq!(out.offer(&publication(1, 1), Some(0)), Offered::Queued);
+        assert_eq!(
+            out.offer(&publication(1, 1), Some(0), Some(0)),
+            Offered::Queued
+        );
         assert!(
             !out.release((0, 0)),
             "queued meanwhile: the session keeps it"

@@ -1,6 +1,6 @@
 //! The node's background tasks — keep-alive, token expiry, the engine's
-//! sweep, and the engine's own (the Redis subscriber) — one each for the
-//! whole node, not one per connection.
+//! sweep, the load watcher, and the engine's own (the Redis subscriber) —
+//! one each for the whole node, not one per connection.
 //!
 //! Each runs under [`supervise`]: a task that ends or panics while the
 //! node is up is logged, counted (`hrrt_task_restarts_total`) and started
@@ -29,6 +29,19 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// revocations: an event is dropped at most this long (plus the sweep's
 /// own time) after it outlived `--history-ttl`.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);
+
+/// How often the load watcher samples how busy the runtime's workers were.
+const LOAD_PERIOD: Duration = Duration::from_millis(100);
+
+/// The fan-out queues every event (coalescing) once a worker was busy this
+/// share of a [`LOAD_PERIOD`], and writes to idle sockets directly again
+/// once the busiest is below [`LOAD_DIRECT`]. Between the two the mode
+/// holds, so a node near the edge does not flip every sample. Measured in
+/// docs/benchmarks.md: direct writes cost the kernel's `send` per frame
+/// (~10 µs here), so on a saturated core they fall behind where queued
+/// frames, several per `send`, keep up.
+pub const LOAD_COALESCE: f64 = 0.9;
+pub const LOAD_DIRECT: f64 = 0.6;
 
 /// Which supervised tasks run, for `/readyz`.
 #[derive(Debug, Default)]
@@ -70,6 +83,7 @@ pub fn spawn_all(state: &AppState) {
     supervise(state, "token-expiry", token_expiry);
     supervise(state, "sweep", sweep);
     supervise(state, "heartbeat", heartbeat);
+    supervise(state, "load", load_watch);
     for (name, task) in state.engine.background_tasks() {
         supervise(state, name, move |_| task());
     }
@@ -154,6 +168,54 @@ async fn keepalive(state: AppState) {
     .await;
 }
 
+/// Switches the hub's fan-out between direct writes and coalescing by how
+/// busy the busiest runtime worker was over the last [`LOAD_PERIOD`]
+/// (tokio's busy time: polling tasks, system calls included).
+async fn load_watch(state: AppState) {
+    let runtime = tokio::runtime::Handle::current().metrics();
+    let sample = || {
+        let busy: Vec<Duration> = (0..runtime.num_workers())
+            .map(|w| runtime.worker_total_busy_duration(w))
+            .collect();
+        (Instant::now(), busy)
+    };
+    let mut last = sample();
+    every(&state, LOAD_PERIOD, || {
+        let now = sample();
+        let share = busiest_share(&last, &now);
+        state
+            .hub
+            .set_coalescing(coalesce(state.hub.is_coalescing(), share));
+        last = now;
+    })
+    .await;
+}
+
+/// The largest share of the wall time between two samples that one worker
+/// spent busy.
+fn busiest_share(before: &(Instant, Vec<Duration>), after: &(Instant, Vec<Duration>)) -> f64 {
+    let wall = after.0.saturating_duration_since(before.0).as_secs_f64();
+    if wall <= 0.0 {
+        return 0.0;
+    }
+    after
+        .1
+        .iter()
+        .zip(&before.1)
+        .map(|(a, b)| a.saturating_sub(*b).as_secs_f64() / wall)
+        .fold(0.0, f64::max)
+}
+
+/// Whether the fan-out should coalesce, given whether it does now and the
+/// busiest worker's share.
+pub fn coalesce(coalescing: bool, busiest: f64) -> bool {
+    if coalescing {
+        busiest >= LOAD_DIRECT
+    } else {
+        busiest >= LOAD_COALESCE
+    }
+}
+
 /// At most this many ticks per ping round.
 const MAX_PING_SLICES: u32 = 50;
 
@@ -200,6 +262,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn coalescing_starts_when_a_worker_is_saturated_and_ends_well_below() {
+        assert!(!coalesce(false, 0.5));
+        assert!(!coalesce(false, 0.89));
+        assert!(coalesce(false, 0.95));
+        assert!(coalesce(true, 0.7), "held between the two thresholds");
+        assert!(!coalesce(true, 0.5));
+        let t = Instant::now();
+        let before = (t, vec![Duration::ZERO, Duration::from_millis(10)]);
+        let after = (
+            t + Duration::from_millis(100),
+            vec![Duration::from_millis(20), Duration::from_millis(105)],
+        );
+        let share = busiest_share(&before, &after);
+        assert!((share - 0.95).abs() < 1e-9, "{share}");
+        assert_eq!(busiest_share(&before, &before), 0.0);
+    }
 
     #[test]
     fn a_ping_round_has_one_tick_per_100ms_up_to_fifty() {

@@ -25,6 +25,9 @@ async fn events_to_connections_that_keep_up_are_written_by_the_fan_out() {
     }
     let before = server.metric(DIRECT).await;
     for n in 1..=EVENTS {
+        // Events further apart than the burst gap (1 ms, outbox.rs), which
+        // sends closer ones to the session to leave together.
+        tokio::time::sleep(Duration::from_millis(5)).await;
         let seq = server
             .publish_org("7", "entity.created", json!({"n": n}))
             .await;
@@ -117,4 +120,38 @@ async fn a_frame_the_socket_takes_in_part_is_finished_before_anything_else() {
     }
     assert!(others.iter().any(|k| k == "auth.refreshed"), "{others:?}");
     assert!(others.iter().any(|k| k == "ping"), "{others:?}");
+}
+
+#[tokio::test]
+async fn a_batch_for_the_same_connections_leaves_in_few_writes() {
+    const CLIENTS: usize = 2;
+    const EVENTS: usize = 20;
+    let server = Server::start().await;
+    let mut clients = Vec::new();
+    for user in 0..CLIENTS {
+        clients.push(server.connect(&user.to_string(), "7").await);
+    }
+    let before = server.metric(DIRECT).await;
+    let batch: Vec<Value> = (0..EVENTS)
+        .map(|n| json!({"type": "entity.created", "org_id": "7", "payload": {"n": n}}))
+        .collect();
+    let (status, answer) = server.publish(Value::Array(batch)).await;
+    assert_eq!(status, 200, "{answer}");
+    for client in &mut clients {
+        for n in 0..EVENTS {
+            let event = client.next_event().await;
+            assert_eq!(event["payload"]["n"], json!(n));
+            assert_eq!(event["seq"], answer[n]["seq"]);
+        }
+    }
+    // The batch's events reach each connection within microseconds of
+    // each other: the first is written directly, the rest wait for the
+    // session and leave together (server/src/outbox.rs, BURST_GAP_US).
+    // Written one by one they would be EVENTS per client.
+    let direct = server.metric(DIRECT).await - before;
+    assert!(
+        direct < (CLIENTS * EVENTS / 2) as f64,
+        "{direct} of {} events written directly",
+        CLIENTS * EVENTS
+    );
 }
