@@ -117,6 +117,22 @@ def main():
         add("")
         add(f"`{cmd}`")
         add("")
+
+    # bench.sh's side-by-side table of the same run (bench_compare.py).
+    try:
+        with open(os.path.join(directory, "compare.md")) as f:
+            compare = f.read().strip()
+    except OSError:
+        compare = ""
+    if compare:
+        add("### Every row against the baselines, same run")
+        add("")
+        add("hrrt, then (when the run had `BENCH_BEFORE`) an earlier hrrt build, the bare "
+            "axum + tungstenite broadcast and the floor probe (bench/), each row run against "
+            "each server in turn; ratios are hrrt's figure over the other's.")
+        add("")
+        add(compare)
+        add("")
     add("<!-- bench:end -->")
 
     block = "\n".join(lines)

@@ -30,18 +30,39 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// own time) after it outlived `--history-ttl`.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
-/// How often the load watcher samples how busy the runtime's workers were.
-const LOAD_PERIOD: Duration = Duration::from_millis(100);
+/// How often the load watcher samples how busy the node was. Until its
+/// first sample after the load rises, direct writes fall behind (at the
+/// batch row of docs/benchmarks.md, 1.4 cores' worth of `send`s), and the
+/// backlog drains only after the switch.
+const LOAD_PERIOD: Duration = Duration::from_millis(50);
 
-/// The fan-out queues every event (coalescing) once a worker was busy this
-/// share of a [`LOAD_PERIOD`], and writes to idle sockets directly again
-/// once the busiest is below [`LOAD_DIRECT`]. Between the two the mode
-/// holds, so a node near the edge does not flip every sample. Measured in
-/// docs/benchmarks.md: direct writes cost the kernel's `send` per frame
-/// (~10 µs here), so on a saturated core they fall behind where queued
-/// frames, several per `send`, keep up.
+/// The fan-out queues every event (coalescing) once a runtime worker, or
+/// the fan-out itself, was busy this share of a [`LOAD_PERIOD`]. Measured
+/// in docs/benchmarks.md: a direct write costs the kernel's `send` per
+/// frame (~10 µs here), so on a saturated core direct writes fall behind
+/// where queued frames, several per `send`, keep up.
 pub const LOAD_COALESCE: f64 = 0.9;
+
+/// Coalescing ends once direct writes would fit again: the deliveries of
+/// the last sample, at what a delivery cost the fan-out the last time it
+/// wrote directly, would take less than this share of a core. Queued
+/// frames that go out one at a time cost more than direct writes (a task
+/// wake-up and a poll each), so a node that crossed [`LOAD_COALESCE`] in a
+/// burst goes back at once, and a saturated one stays. Well below
+/// [`LOAD_COALESCE`]: a direct write costs less when its reader is busy
+/// (no wake-up to send), so near saturation the estimate runs low, and a
+/// closer threshold made the fanout-200 row switch 60 times in 20 s.
 pub const LOAD_DIRECT: f64 = 0.6;
+
+/// Samples in a row that must find direct writes fitting before coalescing
+/// ends: one 50 ms sample sees the publishers' own jitter (at the
+/// fanout-200 row, a sample of 3,000 deliveries among ones of 10,000), and
+/// the exit it caused was undone by the next sample, 20 times in 20 s.
+const DIRECT_SAMPLES: u32 = 4;
+
+/// What a delivery costs the fan-out with direct writes until one was
+/// measured: the floor probe's `send` on this machine (docs/benchmarks.md).
+const DIRECT_COST_FIRST: Duration = Duration::from_micros(10);
 
 /// Which supervised tasks run, for `/readyz`.
 #[derive(Debug, Default)]
@@ -168,50 +189,106 @@ async fn keepalive(state: AppState) {
     .await;
 }
 
-/// Switches the hub's fan-out between direct writes and coalescing by how
-/// busy the busiest runtime worker was over the last [`LOAD_PERIOD`]
-/// (tokio's busy time: polling tasks, system calls included).
+/// Switches the hub's fan-out between direct writes and coalescing
+/// ([`LoadWatch`]), from how busy the node was over the last
+/// [`LOAD_PERIOD`]: tokio's busy time per worker (polling tasks, system
+/// calls included), and the fan-out's own time. tokio publishes a worker's
+/// busy time only when it parks or every 61 polls, which a worker busy with
+/// a few long fan-outs does not reach for half a second; the fan-out's time
+/// is current after every event.
 async fn load_watch(state: AppState) {
     let runtime = tokio::runtime::Handle::current().metrics();
     let sample = || {
-        let busy: Vec<Duration> = (0..runtime.num_workers())
-            .map(|w| runtime.worker_total_busy_duration(w))
-            .collect();
-        (Instant::now(), busy)
+        let (fanout, deliveries, direct) = state.hub.fanout_totals();
+        LoadSample {
+            at: Instant::now(),
+            workers: (0..runtime.num_workers())
+                .map(|w| runtime.worker_total_busy_duration(w))
+                .collect(),
+            fanout,
+            deliveries,
+            direct,
+        }
     };
+    let mut watch = LoadWatch::default();
     let mut last = sample();
     every(&state, LOAD_PERIOD, || {
         let now = sample();
-        let share = busiest_share(&last, &now);
-        state
-            .hub
-            .set_coalescing(coalesce(state.hub.is_coalescing(), share));
+        let hub = &state.hub;
+        hub.set_coalescing(watch.step(hub.is_coalescing(), &last, &now));
         last = now;
     })
     .await;
 }
 
-/// The largest share of the wall time between two samples that one worker
-/// spent busy.
-fn busiest_share(before: &(Instant, Vec<Duration>), after: &(Instant, Vec<Duration>)) -> f64 {
-    let wall = after.0.saturating_duration_since(before.0).as_secs_f64();
-    if wall <= 0.0 {
-        return 0.0;
-    }
-    after
-        .1
-        .iter()
-        .zip(&before.1)
-        .map(|(a, b)| a.saturating_sub(*b).as_secs_f64() / wall)
-        .fold(0.0, f64::max)
+/// Cumulative figures read by the load watcher.
+#[derive(Debug, Clone)]
+pub struct LoadSample {
+    pub at: Instant,
+    /// Each runtime worker's busy time.
+    pub workers: Vec<Duration>,
+    /// The fan-out's time, the recipients it handed events to, and those
+    /// it wrote to directly.
+    pub fanout: Duration,
+    pub deliveries: u64,
+    pub direct: u64,
 }
 
-/// Whether the fan-out should coalesce, given whether it does now and the
-/// busiest worker's share.
-pub fn coalesce(coalescing: bool, busiest: f64) -> bool {
-    if coalescing {
-        busiest >= LOAD_DIRECT
-    } else {
+/// The fan-out's mode from one sample to the next.
+#[derive(Debug)]
+pub struct LoadWatch {
+    /// What a delivery cost the fan-out, the last time it wrote directly.
+    direct_cost: Duration,
+    /// Samples in a row, while coalescing, in which direct writes would
+    /// have fitted.
+    fitting: u32,
+}
+
+impl Default for LoadWatch {
+    fn default() -> Self {
+        Self {
+            direct_cost: DIRECT_COST_FIRST,
+            fitting: 0,
+        }
+    }
+}
+
+impl LoadWatch {
+    /// Whether the fan-out should coalesce after the interval from
+    /// `before` to `after`, given whether it did through it.
+    pub fn step(&mut self, coalescing: bool, before: &LoadSample, after: &LoadSample) -> bool {
+        let wall = after.at.saturating_duration_since(before.at).as_secs_f64();
+        if wall <= 0.0 {
+            return coalescing;
+        }
+        let deliveries = after.deliveries.saturating_sub(before.deliveries);
+        let fanout = after.fanout.saturating_sub(before.fanout);
+        if coalescing {
+            let direct = deliveries as f64 * self.direct_cost.as_secs_f64() / wall;
+            self.fitting = if direct < LOAD_DIRECT {
+                self.fitting + 1
+            } else {
+                0
+            };
+            return self.fitting < DIRECT_SAMPLES;
+        }
+        self.fitting = 0;
+        // A cost per delivery worth keeping: enough deliveries, nearly all
+        // of them written directly (right after coalescing, sessions still
+        // busy take most events into their queues, at a fraction of the
+        // cost).
+        let direct = after.direct.saturating_sub(before.direct);
+        if deliveries >= 1000 && direct * 10 >= deliveries * 9 {
+            self.direct_cost = fanout / u32::try_from(deliveries).unwrap_or(u32::MAX);
+        }
+        let busiest = after
+            .workers
+            .iter()
+            .zip(&before.workers)
+            .map(|(a, b)| a.saturating_sub(*b))
+            .chain([fanout])
+            .map(|busy| busy.as_secs_f64() / wall)
+            .fold(0.0, f64::max);
         busiest >= LOAD_COALESCE
     }
 }
@@ -263,22 +340,72 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn sample(
+        at: Instant,
+        ms: u64,
+        worker_ms: u64,
+        fanout_ms: u64,
+        (deliveries, direct): (u64, u64),
+    ) -> LoadSample {
+        LoadSample {
+            at: at + Duration::from_millis(ms),
+            workers: vec![Duration::from_millis(worker_ms)],
+            fanout: Duration::from_millis(fanout_ms),
+            deliveries,
+            direct,
+        }
+    }
+
     #[test]
-    fn coalescing_starts_when_a_worker_is_saturated_and_ends_well_below() {
-        assert!(!coalesce(false, 0.5));
-        assert!(!coalesce(false, 0.89));
-        assert!(coalesce(false, 0.95));
-        assert!(coalesce(true, 0.7), "held between the two thresholds");
-        assert!(!coalesce(true, 0.5));
+    fn coalescing_starts_on_a_saturated_core_and_ends_once_direct_writes_would_fit() {
         let t = Instant::now();
-        let before = (t, vec![Duration::ZERO, Duration::from_millis(10)]);
-        let after = (
-            t + Duration::from_millis(100),
-            vec![Duration::from_millis(20), Duration::from_millis(105)],
-        );
-        let share = busiest_share(&before, &after);
-        assert!((share - 0.95).abs() < 1e-9, "{share}");
-        assert_eq!(busiest_share(&before, &before), 0.0);
+        let mut watch = LoadWatch::default();
+        // Half busy, writing directly: 5,000 deliveries in 40 of 100 ms.
+        let a = sample(t, 0, 0, 0, (0, 0));
+        let b = sample(t, 100, 50, 40, (5_000, 5_000));
+        assert!(!watch.step(false, &a, &b));
+        assert_eq!(watch.direct_cost, Duration::from_micros(8));
+        // The fan-out alone saturates the core (a worker's own figure lags).
+        let c = sample(t, 200, 60, 136, (17_000, 17_000));
+        assert!(watch.step(false, &b, &c));
+        // Still 20,000 deliveries a sample: 160 ms of direct writes per 100.
+        let d = sample(t, 300, 155, 146, (37_000, 17_000));
+        assert!(watch.step(true, &c, &d));
+        // Near the edge (8,000 deliveries: 64 %), the mode holds.
+        let e = sample(t, 400, 250, 150, (45_000, 17_000));
+        assert!(watch.step(true, &d, &e));
+        // A burst is over: 5,000 deliveries would take 40 % of a core, and
+        // after as many such samples as it takes, direct writes resume.
+        let mut f = e.clone();
+        for n in 1..=DIRECT_SAMPLES {
+            let next = sample(
+                t,
+                400 + 100 * u64::from(n),
+                250 + 95 * u64::from(n),
+                150,
+                (f.deliveries + 5_000, 17_000),
+            );
+            let coalescing = watch.step(true, &f, &next);
+            assert_eq!(coalescing, n < DIRECT_SAMPLES, "sample {n}");
+            f = next;
+        }
+        // Mostly queued (busy sessions): not a direct write's cost.
+        let g = LoadSample {
+            at: f.at + Duration::from_millis(100),
+            workers: vec![f.workers[0] + Duration::from_millis(40)],
+            fanout: f.fanout + Duration::from_millis(1),
+            deliveries: f.deliveries + 5_000,
+            direct: f.direct + 1_000,
+        };
+        assert!(!watch.step(false, &f, &g));
+        assert_eq!(watch.direct_cost, Duration::from_micros(8));
+        // A worker saturated by other work also switches.
+        let h = LoadSample {
+            at: g.at + Duration::from_millis(100),
+            workers: vec![g.workers[0] + Duration::from_millis(95)],
+            ..g.clone()
+        };
+        assert!(watch.step(false, &g, &h));
     }
 
     #[test]
