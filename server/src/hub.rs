@@ -140,10 +140,10 @@ impl Conn {
     /// `now` as [`Outbox::offer`] takes it.
     pub fn offer(&self, item: &Arc<Publication>, slot: Option<usize>, now: Option<u64>) -> Offered {
         if self.close_reason.get().is_some() {
-            return Offered::Overflow;
+            return Offered::Refused;
         }
         let offered = self.out.offer(item, slot, now);
-        if offered == Offered::Overflow {
+        if offered == Offered::Refused {
             self.close(CloseReason::SLOW_CONSUMER);
         }
         offered
@@ -152,7 +152,7 @@ impl Conn {
     /// Queues an event for the session (never written directly); returns
     /// whether it was queued.
     pub fn push(&self, item: Arc<Publication>) -> bool {
-        self.offer(&item, None, None) != Offered::Overflow
+        self.offer(&item, None, None) != Offered::Refused
     }
 
     /// Where `channel` is in `interest.channels`.
@@ -494,7 +494,7 @@ impl Deliver for Hub {
                     direct += 1;
                 }
                 Offered::Queued => recipients += 1,
-                Offered::Overflow => {}
+                Offered::Refused => {}
             }
         }
         drop(targets);

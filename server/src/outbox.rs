@@ -70,8 +70,9 @@ pub enum Offered {
     /// Queued for the session (or begun by the fan-out and left for the
     /// session to finish).
     Queued,
-    /// The queue is over a bound: the connection is a slow consumer.
-    Overflow,
+    /// Not taken: the queue is over a bound (the connection is a slow
+    /// consumer), or the connection is closing.
+    Refused,
 }
 
 /// The most of a connection's frames not yet written, by count and bytes.
@@ -213,7 +214,7 @@ impl Outbox {
         let mut queue = self.lock();
         if queue.frames >= self.limits.frames || queue.bytes.saturating_add(len) > self.limits.bytes
         {
-            return Offered::Overflow;
+            return Offered::Refused;
         }
         queue.frames += 1;
         queue.bytes += len;
@@ -534,7 +535,7 @@ mod tests {
         );
         assert_eq!(
             out.offer(&publication(3, 1), None, Some(0)),
-            Offered::Overflow
+            Offered::Refused
         );
     }
 
