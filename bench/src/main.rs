@@ -40,7 +40,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use hrrt_protocol::frame::{Connected, encode_connected, encode_event};
 use hrrt_protocol::{ChannelName, EventType, OrgId, Verifier};
 use hyper_util::rt::TokioIo;
@@ -331,22 +331,9 @@ async fn write_all(tcp: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// One unmasked WebSocket text frame.
+/// One unmasked WebSocket text frame, framed as hrrt frames it.
 fn frame(text: &str) -> Bytes {
-    let len = text.len();
-    let mut wire = BytesMut::with_capacity(len + 10);
-    wire.put_u8(0x81);
-    if len < 126 {
-        wire.put_u8(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        wire.put_u8(126);
-        wire.put_u16(short);
-    } else {
-        wire.put_u8(127);
-        wire.put_u64(len as u64);
-    }
-    wire.put_slice(text.as_bytes());
-    wire.freeze()
+    Bytes::from(hrrt_protocol::ws::text_frame(text.as_bytes()))
 }
 
 async fn publish(State(app): State<App>, body: axum::body::Bytes) -> Response {

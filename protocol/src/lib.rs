@@ -17,6 +17,8 @@
 //! - [`auth`]: token claims, roles, minting and verification (HS256).
 //! - [`time`] and [`duration`]: timestamps on the wire, durations on
 //!   command lines.
+//! - [`ws`]: the WebSocket framing of what a server sends, encoded once per
+//!   frame.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod auth;
@@ -26,6 +28,7 @@ pub mod duration;
 pub mod frame;
 pub mod ids;
 pub mod time;
+pub mod ws;
 
 pub use auth::{AuthError, Claims, Identity, Role, Verifier, mint};
 pub use close::{Advice, Close, CloseCode};

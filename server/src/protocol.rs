@@ -7,7 +7,7 @@
 //! reference-counted bytes. The session writes those bytes itself
 //! (`session::socket`), so nothing frames an event again per recipient.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
 
@@ -19,7 +19,7 @@ pub use hrrt_protocol::frame::{
 pub use hrrt_protocol::ids::*;
 pub use hrrt_protocol::time::{timestamp, unix_to_rfc3339};
 
-use hrrt_protocol::frame;
+use hrrt_protocol::{frame, ws};
 
 /// Serialises a published event once; every recipient gets these bytes.
 pub fn encode_event(
@@ -57,28 +57,11 @@ pub fn refreshed_frame(exp: u64) -> Utf8Bytes {
     Utf8Bytes::from(frame::encode_refreshed(exp))
 }
 
-/// One unmasked WebSocket text frame (RFC 6455 §5.2: FIN + opcode 1, then
-/// the payload length in 7, 16 or 64 bits) holding `text`: what a server
-/// sends. The one copy of the text made per frame.
+/// One unmasked WebSocket text frame holding `text` ([`ws::text_frame`]),
+/// as shared bytes: the one copy of the text made per frame.
 pub fn wire_text(text: &[u8]) -> Bytes {
-    let len = text.len();
-    let mut wire = BytesMut::with_capacity(len + WIRE_HEADER_MAX);
-    wire.put_u8(0x81);
-    if len < 126 {
-        wire.put_u8(len as u8);
-    } else if let Ok(short) = u16::try_from(len) {
-        wire.put_u8(126);
-        wire.put_u16(short);
-    } else {
-        wire.put_u8(127);
-        wire.put_u64(len as u64);
-    }
-    wire.put_slice(text);
-    wire.freeze()
+    Bytes::from(ws::text_frame(text))
 }
-
-/// The longest header [`wire_text`] writes.
-pub const WIRE_HEADER_MAX: usize = 10;
 
 /// An event's frame both ways, in one buffer: the WebSocket frame, and its
 /// JSON text (a slice of the frame, for history and the HTTP API).
@@ -93,7 +76,7 @@ pub fn wire_event(text: Utf8Bytes) -> (Bytes, Utf8Bytes) {
 
 /// The WebSocket Ping frame the keep-alive sends after its JSON `ping`
 /// (no payload; the client's Pong proves it alive). *compat*
-pub const WIRE_PING: Bytes = Bytes::from_static(&[0x89, 0x00]);
+pub const WIRE_PING: Bytes = Bytes::from_static(&ws::PING);
 
 /// Parses a client text frame; the error is the message of the `error` frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, String> {
