@@ -53,3 +53,68 @@ async fn refresh_extends_the_session_and_a_foreign_token_closes_it() {
         .await;
     assert_eq!(client.expect_close().await, (1008, "forbidden".into()));
 }
+
+/// A client text frame as a client sends it: masked (RFC 6455 §5.3).
+fn masked_text(text: &[u8]) -> Vec<u8> {
+    assert!(text.len() < 126);
+    let mask = [0x12, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+    frame
+}
+
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::protocol::Role as WsRole;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    let server = Server::start().await;
+    let mut stream = within(tokio::net::TcpStream::connect(server.addr))
+        .await
+        .unwrap();
+    // The request and a first frame in one write: the HTTP server reads
+    // both, and the frame must reach the session after the upgrade.
+    let mut bytes = format!(
+        "GET /ws?token={} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        token("1", "7", Role::User),
+        server.addr
+    )
+    .into_bytes();
+    bytes.extend(masked_text(br#"{"type":"nonsense"}"#));
+    within(stream.write_all(&bytes)).await.unwrap();
+    let mut read = Vec::new();
+    let after_head = loop {
+        let mut chunk = [0u8; 4096];
+        let n = within(stream.read(&mut chunk)).await.unwrap();
+        assert!(n > 0, "closed before the handshake's answer");
+        read.extend_from_slice(&chunk[..n]);
+        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&read[..end]).to_string();
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            // "dGhlIHNhbXBsZSBub25jZQ==" is RFC 6455's own example key.
+            assert!(
+                head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+                "wrong Sec-WebSocket-Accept: {head}"
+            );
+            break read.split_off(end + 4);
+        }
+    };
+    let ws = WebSocketStream::from_partially_read(
+        MaybeTlsStream::Plain(stream),
+        after_head,
+        WsRole::Client,
+        None,
+    )
+    .await;
+    let mut client = Client {
+        ws,
+        connected: serde_json::Value::Null,
+    };
+    assert_eq!(client.next_json().await["type"], "connected");
+    let answer = client.next_event().await;
+    assert_eq!(answer["type"], "error", "{answer}");
+    assert_eq!(answer["payload"]["code"], "bad_message");
+}
