@@ -609,10 +609,8 @@ impl Drop for Registration {
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
-    use std::time::Instant;
 
     use super::*;
-    use crate::protocol::{EventType, encode_event};
 
     fn conn(id: u64, user: &str, org: &str, queue: usize) -> Arc<Conn> {
         let user = UserId::new(user).unwrap();
@@ -643,16 +641,7 @@ mod tests {
     }
 
     fn publication(channel: &str, seq: u64) -> Arc<Publication> {
-        let channel = ChannelName::parse(channel).unwrap();
-        let event_type = EventType::parse("entity.created").unwrap();
-        let payload = serde_json::value::RawValue::from_string("{}".into()).unwrap();
-        Arc::new(Publication::new(
-            channel.clone(),
-            seq,
-            event_type.clone(),
-            encode_event(&event_type, &payload, &channel, seq),
-            Instant::now(),
-        ))
+        Publication::for_test(channel, seq, "{}")
     }
 
     #[test]

@@ -348,26 +348,14 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
-
-    use serde_json::value::RawValue;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     use super::*;
-    use crate::protocol::{ChannelName, EventType, encode_event};
 
     fn publication(seq: u64, payload_len: usize) -> Arc<Publication> {
-        let channel = ChannelName::parse("org:7").unwrap();
-        let event_type = EventType::parse("entity.created").unwrap();
-        let payload = RawValue::from_string(format!("\"{}\"", "x".repeat(payload_len))).unwrap();
-        Arc::new(Publication::new(
-            channel.clone(),
-            seq,
-            event_type.clone(),
-            encode_event(&event_type, &payload, &channel, seq),
-            Instant::now(),
-        ))
+        let text = format!("\"{}\"", "x".repeat(payload_len));
+        Publication::for_test("org:7", seq, &text)
     }
 
     /// A connected pair on loopback: the server side's send buffer and the

@@ -70,6 +70,19 @@ pub struct Publication {
     pub received: Instant,
 }
 
+#[cfg(test)]
+impl Publication {
+    /// An `entity.created` event of `channel` at `seq` with `payload`
+    /// (JSON), as the unit tests need one.
+    pub fn for_test(channel: &str, seq: u64, payload: &str) -> Arc<Self> {
+        let channel = ChannelName::parse(channel).unwrap();
+        let event_type = EventType::parse("entity.created").unwrap();
+        let payload = RawValue::from_string(payload.to_owned()).unwrap();
+        let frame = protocol::encode_event(&event_type, &payload, &channel, seq);
+        Arc::new(Self::new(channel, seq, event_type, frame, Instant::now()))
+    }
+}
+
 impl Publication {
     /// The event `frame` (its JSON envelope), framed for the wire once.
     pub fn new(

@@ -557,29 +557,16 @@ impl Live {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::value::RawValue;
-
     use super::*;
-    use crate::protocol::{EventType, encode_event};
 
     fn page(
         channel: &ChannelName,
         seqs: impl IntoIterator<Item = u64>,
         latest: u64,
     ) -> HistoryPage {
-        let event_type = EventType::parse("entity.created").unwrap();
-        let payload = RawValue::from_string("{}".to_owned()).unwrap();
         let events: Vec<Arc<Publication>> = seqs
             .into_iter()
-            .map(|seq| {
-                Arc::new(Publication::new(
-                    channel.clone(),
-                    seq,
-                    event_type.clone(),
-                    encode_event(&event_type, &payload, channel, seq),
-                    Instant::now(),
-                ))
-            })
+            .map(|seq| Publication::for_test(channel.as_str(), seq, "{}"))
             .collect();
         HistoryPage {
             oldest: events.first().map_or(latest + 1, |p| p.seq),
