@@ -367,6 +367,24 @@ impl SilentClient {
         self.buf.extend_from_slice(&chunk[..n]);
     }
 
+    /// Writes `chunk` over and over, reading nothing, until `limit` bytes
+    /// are written or one write has made no progress for a second (the
+    /// server stopped reading: TCP back-pressure). Returns the bytes
+    /// written.
+    pub async fn flood(&mut self, chunk: &[u8], limit: usize) -> usize {
+        let mut written = 0;
+        while written < limit {
+            match tokio::time::timeout(Duration::from_secs(1), self.stream.write_all(chunk)).await {
+                Ok(result) => {
+                    result.unwrap();
+                    written += chunk.len();
+                }
+                Err(_) => break,
+            }
+        }
+        written
+    }
+
     /// Reads frames until a close frame; returns its code and the opcodes
     /// seen before it.
     pub async fn read_until_close(&mut self) -> (u16, Vec<u8>) {

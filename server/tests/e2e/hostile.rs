@@ -540,6 +540,40 @@ async fn a_client_behind_a_stream_refreshes_answers_pings_and_stays() {
 }
 
 #[tokio::test]
+async fn a_client_that_floods_pings_and_never_reads_is_throttled_not_buffered() {
+    // Every Ping is answered with a Pong, which waits to be written to a
+    // client that reads nothing. The server stops reading once a few KiB
+    // of answers wait (session/live.rs, MAX_CONTROL), so the flood backs up
+    // into the client's socket instead of the server's memory.
+    const LIMIT: usize = 64 << 20;
+    let server = Server::start().await;
+    let mut flooder = SilentClient::connect(
+        server.addr,
+        &format!("token={}", token("1", "7", Role::User)),
+    )
+    .await;
+    // Masked Pings without payload (RFC 6455 §5.3, §5.5.2).
+    let ping = [0x89, 0x80, 0x12, 0x34, 0x56, 0x78];
+    let chunk: Vec<u8> = ping
+        .iter()
+        .copied()
+        .cycle()
+        .take(ping.len() * 1000)
+        .collect();
+    let written = flooder.flood(&chunk, LIMIT).await;
+    assert!(
+        written < LIMIT,
+        "the server read {written} bytes of Pings from a client that reads nothing"
+    );
+    // Nobody else is disturbed.
+    let mut other = server.connect("2", "7").await;
+    let seq = server.publish_org("7", "entity.created", json!({})).await;
+    assert_eq!(other.next_event().await["seq"], seq);
+    let (status, _) = server.get("/healthz", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
 async fn a_close_frame_is_answered_while_events_stream() {
     const EVENTS: u64 = 3000;
     let server = streaming_server().await;
