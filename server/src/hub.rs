@@ -613,15 +613,20 @@ mod tests {
     use super::*;
 
     fn conn(id: u64, user: &str, org: &str, queue: usize) -> Arc<Conn> {
+        let limits = QueueLimits {
+            frames: queue,
+            bytes: 1 << 20,
+        };
+        conn_with(id, user, org, limits)
+    }
+
+    /// A user's connection (its org and user channels), without a socket.
+    fn conn_with(id: u64, user: &str, org: &str, limits: QueueLimits) -> Arc<Conn> {
         let user = UserId::new(user).unwrap();
         let org = OrgId::new(org).unwrap();
         let interest = Interest {
             channels: vec![ChannelName::org(&org), ChannelName::user(&user)],
             all: false,
-        };
-        let limits = QueueLimits {
-            frames: queue,
-            bytes: 1 << 20,
         };
         Arc::new(Conn::new(
             ConnId(id),
@@ -717,26 +722,12 @@ mod tests {
     #[test]
     fn the_byte_bound_counts_frames_until_they_are_written() {
         let hub = Arc::new(Hub::new(Arc::default()));
-        let user = UserId::new("1").unwrap();
-        let org = OrgId::new("7").unwrap();
-        let interest = Interest {
-            channels: vec![ChannelName::org(&org)],
-            all: false,
-        };
         let one = publication("org:7", 1).wire.len();
         let limits = QueueLimits {
             frames: 100,
             bytes: one * 2,
         };
-        let c = Arc::new(Conn::new(
-            ConnId(1),
-            user,
-            org,
-            interest,
-            u64::MAX,
-            limits,
-            None,
-        ));
+        let c = conn_with(1, "1", "7", limits);
         let _r = hub.register(c.clone(), Limits::default()).unwrap();
         assert_eq!(hub.deliver(&publication("org:7", 1)), 1);
         assert_eq!(queued(&c).len(), 1);
