@@ -37,10 +37,14 @@ pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 const LOAD_PERIOD: Duration = Duration::from_millis(50);
 
 /// The fan-out queues every event (coalescing) once a runtime worker, or
-/// the fan-out itself, was busy this share of a [`LOAD_PERIOD`]. Measured
-/// in docs/benchmarks.md: a direct write costs the kernel's `send` per
-/// frame (~10 µs here), so on a saturated core direct writes fall behind
-/// where queued frames, several per `send`, keep up.
+/// the fan-out itself, was busy this share of a [`LOAD_PERIOD`], and its
+/// deliveries, written directly, take at least [`LOAD_DIRECT`] of a core.
+/// Measured in docs/benchmarks.md: a direct write costs the kernel's
+/// `send` per frame (~10 µs here), so on a saturated core direct writes
+/// fall behind where queued frames, several per `send`, keep up. A core
+/// saturated by anything else (or a thread preempted mid-poll on a busy
+/// machine, which tokio counts as busy) is not helped by queueing the few
+/// events there are.
 pub const LOAD_COALESCE: f64 = 0.9;
 
 /// Coalescing ends once direct writes would fit again: the deliveries of
@@ -263,9 +267,11 @@ impl LoadWatch {
         }
         let deliveries = after.deliveries.saturating_sub(before.deliveries);
         let fanout = after.fanout.saturating_sub(before.fanout);
+        // What the deliveries would cost written directly, as a share of
+        // a core.
+        let direct_share = |cost: Duration| deliveries as f64 * cost.as_secs_f64() / wall;
         if coalescing {
-            let direct = deliveries as f64 * self.direct_cost.as_secs_f64() / wall;
-            self.fitting = if direct < LOAD_DIRECT {
+            self.fitting = if direct_share(self.direct_cost) < LOAD_DIRECT {
                 self.fitting + 1
             } else {
                 0
@@ -289,7 +295,7 @@ impl LoadWatch {
             .chain([fanout])
             .map(|busy| busy.as_secs_f64() / wall)
             .fold(0.0, f64::max);
-        busiest >= LOAD_COALESCE
+        busiest >= LOAD_COALESCE && direct_share(self.direct_cost) >= LOAD_DIRECT
     }
 }
 
@@ -399,13 +405,15 @@ mod tests {
         };
         assert!(!watch.step(false, &f, &g));
         assert_eq!(watch.direct_cost, Duration::from_micros(8));
-        // A worker saturated by other work also switches.
+        // A worker saturated by other work, with few deliveries: queueing
+        // them would gain nothing.
         let h = LoadSample {
             at: g.at + Duration::from_millis(100),
             workers: vec![g.workers[0] + Duration::from_millis(95)],
+            deliveries: g.deliveries + 100,
             ..g.clone()
         };
-        assert!(watch.step(false, &g, &h));
+        assert!(!watch.step(false, &g, &h));
     }
 
     #[test]
