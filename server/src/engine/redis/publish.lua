@@ -1,0 +1,64 @@
+local done = redis.call('GET', KEYS[2])
+if done then return cjson.decode(done) end
+local n = (#KEYS - 2) / 3
+local planned, claimed = {}, {}
+for i = 0, n - 1 do
+  local seqk, streamk, idemk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local prev = false
+  if idemk ~= '' then prev = redis.call('GET', idemk) or claimed[idemk] end
+  if not prev then
+    if idemk ~= '' then claimed[idemk] = true end
+    local cur = planned[seqk]
+    if cur == nil then
+      local kind = redis.call('TYPE', seqk)['ok']
+      if kind ~= 'none' and kind ~= 'string' then
+        return redis.error_reply('HRRT ' .. seqk .. ' is a ' .. kind .. ', not a seq')
+      end
+      cur = tonumber(redis.call('GET', seqk) or '0')
+      if not cur or cur < 0 or cur ~= math.floor(cur) then
+        return redis.error_reply('HRRT ' .. seqk .. ' does not hold a seq')
+      end
+      local skind = redis.call('TYPE', streamk)['ok']
+      if skind == 'stream' then
+        local info = redis.call('XINFO', 'STREAM', streamk)
+        for j = 1, #info, 2 do
+          if info[j] == 'last-generated-id' then
+            local last = tonumber(string.match(info[j + 1], '^(%d+)-'))
+            if last and last > cur then
+              return redis.error_reply('HRRT ' .. streamk .. ' is ahead of ' .. seqk .. ' (' .. last .. ' > ' .. cur .. ')')
+            end
+          end
+        end
+      elseif skind ~= 'none' then
+        return redis.error_reply('HRRT ' .. streamk .. ' is a ' .. skind .. ', not a stream')
+      end
+    end
+    planned[seqk] = cur + 1
+  end
+end
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+local out = {epoch}
+for i = 0, n - 1 do
+  local seqk, streamk, idemk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local prefix, typ, pubch, chname = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
+  local prev = false
+  if idemk ~= '' then prev = redis.call('GET', idemk) end
+  if prev then
+    table.insert(out, prev)
+  else
+    local seq = redis.call('INCR', seqk)
+    local frame = prefix .. seq .. '}'
+    redis.call('XADD', streamk, 'MAXLEN', ARGV[2], seq .. '-0', 'f', frame, 'y', typ, 't', ARGV[4])
+    redis.call('PEXPIRE', streamk, ARGV[3])
+    local nodes = redis.call('PUBLISH', pubch, epoch .. '|' .. seq .. '|' .. typ .. '|' .. frame)
+    local answer = chname .. '|' .. seq .. '|' .. nodes
+    if idemk ~= '' then redis.call('SET', idemk, answer, 'PX', ARGV[5]) end
+    table.insert(out, answer)
+  end
+end
+redis.call('SET', KEYS[2], cjson.encode(out), 'PX', ARGV[5])
+return out
