@@ -842,6 +842,7 @@ async fn stats_nodes_history_and_disconnect_from_the_command_line() {
         "{stdout}"
     );
     assert!(stdout.contains("refused"), "{stdout}");
+    assert!(stdout.contains("tokens issued before 2"), "{stdout}");
     // listen sees 1008: a token problem, exit 2.
     assert_eq!(listen.exit_code().await, 2);
 

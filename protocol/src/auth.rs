@@ -4,7 +4,6 @@
 //! The algorithm is pinned to HS256 so a token cannot choose how it is
 //! checked (`alg: none`, or an RSA public key used as an HMAC secret).
 
-use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -55,10 +54,12 @@ pub struct Identity {
     /// Required for `user` and `admin` tokens; optional for `service`.
     pub org: Option<OrgId>,
     pub role: Role,
-    /// Expiry, seconds since the UNIX epoch.
+    /// Expiry, whole seconds since the UNIX epoch (a fraction is rounded
+    /// down: the token is treated as expiring up to a second early).
     pub exp: u64,
-    /// When the token was issued (seconds since the UNIX epoch), if it
-    /// says; a revocation refuses tokens issued at or before it.
+    /// When the token was issued (whole seconds since the UNIX epoch,
+    /// rounded down), if it says; a revocation refuses tokens issued at
+    /// or before it.
     pub iat: Option<u64>,
 }
 
@@ -78,6 +79,78 @@ pub enum AuthError {
     /// (`POST /api/disconnect` with `"revoke": true`).
     #[error("{}", reason::REVOKED)]
     Revoked,
+    /// `iat` or `nbf` is further in the future than the clock skew
+    /// allows: the minting host's clock runs ahead (or the token lies, to
+    /// outlive a revocation). Closed as `invalid token`, like any other
+    /// token that does not hold.
+    #[error("{}", reason::INVALID_TOKEN)]
+    FromTheFuture,
+}
+
+impl AuthError {
+    /// What a person reading an HTTP error or a log line needs beyond the
+    /// close reason: the cause and what to check.
+    pub fn detail(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing token",
+            AuthError::Invalid => {
+                "invalid token: not a JWT signed (HS256) with this server's secret, \
+                 or its claims are malformed"
+            }
+            AuthError::Expired => "token expired",
+            AuthError::Forbidden => "forbidden",
+            AuthError::Revoked => "token revoked: mint a new one",
+            AuthError::FromTheFuture => {
+                "invalid token: its iat or nbf is further in the future than --clock-skew \
+                 allows; check the clock of the host that minted it"
+            }
+        }
+    }
+}
+
+/// How far in the future a token's `iat` or `nbf` may be by default: the
+/// clocks of the minting backend and this server may differ by this much.
+pub const DEFAULT_CLOCK_SKEW_SECS: u64 = 5;
+
+/// A JWT NumericDate (RFC 7519 §2): seconds since the epoch as a JSON
+/// number, fractions allowed. Anything else (a string, a negative or
+/// non-finite number) does not deserialize, and the token is invalid.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+struct NumericDate(f64);
+
+impl<'de> Deserialize<'de> for NumericDate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NumericDate;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a NumericDate: seconds since the epoch, as a JSON number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<NumericDate, E> {
+                Ok(NumericDate(v as f64))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<NumericDate, E> {
+                u64::try_from(v)
+                    .map(|v| NumericDate(v as f64))
+                    .map_err(|_| E::custom("a negative NumericDate"))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<NumericDate, E> {
+                if v.is_finite() && v >= 0.0 {
+                    Ok(NumericDate(v))
+                } else {
+                    Err(E::custom("a negative or non-finite NumericDate"))
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+impl NumericDate {
+    /// Whole seconds, rounded down; `None` past [`MAX_TIMESTAMP`].
+    fn whole_secs(self) -> Option<u64> {
+        (self.0 <= MAX_TIMESTAMP as f64).then(|| self.0.floor() as u64)
+    }
 }
 
 /// The claims as they arrive: ids may be strings or integers.
@@ -85,8 +158,9 @@ pub enum AuthError {
 struct RawClaims {
     sub: IdValue,
     org_id: Option<IdValue>,
-    exp: u64,
-    iat: Option<u64>,
+    exp: NumericDate,
+    iat: Option<NumericDate>,
+    nbf: Option<NumericDate>,
     #[serde(default)]
     role: Role,
 }
@@ -107,6 +181,8 @@ pub struct Claims {
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    /// How far `iat` and `nbf` may be in the future.
+    skew: std::time::Duration,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -116,40 +192,71 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// Checks tokens signed with `secret`, allowing
+    /// [`DEFAULT_CLOCK_SKEW_SECS`] of clock skew.
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
-        // `sub` is checked by our own claims type: jsonwebtoken only accepts a
-        // string there, and the HR backend signs integer ids.
-        validation.set_required_spec_claims(&["exp"]);
-        // The server re-checks `exp` itself on a timer; a leeway would let
-        // an expired token connect and be dropped a minute later.
+        // The time claims are NumericDates, which may carry a fraction;
+        // jsonwebtoken reads them as integers, so they are checked here.
+        // `sub` too: jsonwebtoken only accepts a string there, and the HR
+        // backend signs integer ids.
+        validation.set_required_spec_claims::<&str>(&[]);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.leeway = 0;
-        validation.validate_exp = true;
         Self {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            skew: std::time::Duration::from_secs(DEFAULT_CLOCK_SKEW_SECS),
         }
     }
 
-    /// Verifies signature, algorithm and expiry, and normalises the ids.
+    /// Allows `iat` and `nbf` up to `skew` in the future (`--clock-skew`).
+    pub fn with_clock_skew(mut self, skew: std::time::Duration) -> Self {
+        self.skew = skew;
+        self
+    }
+
+    /// The clock skew allowed.
+    pub fn clock_skew(&self) -> std::time::Duration {
+        self.skew
+    }
+
+    /// Verifies signature, algorithm and times, and normalises the ids.
+    ///
+    /// No leeway on `exp`: the server re-checks it on a timer, and a
+    /// leeway would let an expired token connect and be dropped a minute
+    /// later. `iat` and `nbf` may be up to the skew ahead; further, the
+    /// token is refused ([`AuthError::FromTheFuture`]), so that a token
+    /// cannot outlive a revocation by claiming a later issue time.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        self.verify_at(token, unix_now_f64())
+    }
+
+    fn verify_at(&self, token: &str, now: f64) -> Result<Identity, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data =
-            jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    _ => AuthError::Invalid,
-                }
-            })?;
+        let data = jsonwebtoken::decode::<RawClaims>(token, &self.key, &self.validation)
+            .map_err(|_| AuthError::Invalid)?;
         let claims = data.claims;
-        if claims.exp > MAX_TIMESTAMP || claims.iat.is_some_and(|iat| iat > MAX_TIMESTAMP) {
+        let exp = claims.exp.whole_secs().ok_or(AuthError::Invalid)?;
+        let iat = match claims.iat {
+            Some(iat) => Some(iat.whole_secs().ok_or(AuthError::Invalid)?),
+            None => None,
+        };
+        if claims.nbf.is_some_and(|nbf| nbf.whole_secs().is_none()) {
             return Err(AuthError::Invalid);
         }
-        // jsonwebtoken compares with `<`; a token is expired at `exp` itself.
-        if claims.exp <= unix_now() {
+        let latest = now + self.skew.as_secs_f64();
+        if claims.iat.is_some_and(|iat| iat.0 > latest)
+            || claims.nbf.is_some_and(|nbf| nbf.0 > latest)
+        {
+            return Err(AuthError::FromTheFuture);
+        }
+        // A token is expired at `exp` itself.
+        if claims.exp.0 <= now {
             return Err(AuthError::Expired);
         }
         let user = UserId::new(&claims.sub.into_string()).map_err(|_| AuthError::Invalid)?;
@@ -164,10 +271,18 @@ impl Verifier {
             user,
             org,
             role: claims.role,
-            exp: claims.exp,
-            iat: claims.iat,
+            exp,
+            iat,
         })
     }
+}
+
+/// Seconds since the UNIX epoch, with the fraction.
+pub fn unix_now_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Signs claims with the shared secret (HS256). Used by `hrrt token mint`,
@@ -298,6 +413,70 @@ mod tests {
             SECRET,
         );
         assert_eq!(v.verify(&t).unwrap().iat, Some(5));
+    }
+
+    #[test]
+    fn numeric_dates_may_carry_a_fraction_but_not_be_strings() {
+        let v = Verifier::new(SECRET);
+        let now = unix_now() as f64;
+        let t = token(
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": now + 100.5, "iat": now - 0.25, "nbf": now - 1.5}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        let id = v.verify(&t).unwrap();
+        assert_eq!(id.exp, (now + 100.5).floor() as u64);
+        assert_eq!(id.iat, Some((now - 0.25).floor() as u64));
+        for claims in [
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": (now + 100.0).to_string()}),
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": now + 100.0, "iat": "5"}),
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": now + 100.0, "nbf": -1}),
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": now + 100.0, "nbf": 1e300}),
+            serde_json::json!({"sub": "1", "org_id": "1"}),
+        ] {
+            let t = token(claims.clone(), Algorithm::HS256, SECRET);
+            assert_eq!(v.verify(&t), Err(AuthError::Invalid), "{claims}");
+        }
+        // Expired at `exp` itself, to the fraction.
+        let t = token(
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": 1000.5}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert!(v.verify_at(&t, 1000.4).is_ok());
+        assert_eq!(v.verify_at(&t, 1000.5), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn iat_and_nbf_may_be_ahead_by_the_skew_and_no_more() {
+        let v = Verifier::new(SECRET).with_clock_skew(std::time::Duration::from_secs(5));
+        let now = 1_000_000.0;
+        let at = |claim: &str, when: f64| {
+            let mut claims = serde_json::json!({"sub": "1", "org_id": "1", "exp": now + 3600.0});
+            claims[claim] = serde_json::json!(when);
+            v.verify_at(&token(claims, Algorithm::HS256, SECRET), now)
+        };
+        for claim in ["iat", "nbf"] {
+            assert!(at(claim, now + 5.0).is_ok(), "{claim}");
+            assert!(at(claim, now - 3600.0).is_ok(), "{claim}");
+            assert_eq!(
+                at(claim, now + 5.5),
+                Err(AuthError::FromTheFuture),
+                "{claim}"
+            );
+            assert_eq!(
+                at(claim, now + 3600.0),
+                Err(AuthError::FromTheFuture),
+                "{claim}"
+            );
+        }
+        let strict = Verifier::new(SECRET).with_clock_skew(std::time::Duration::ZERO);
+        let t = token(
+            serde_json::json!({"sub": "1", "org_id": "1", "exp": now + 60.0, "iat": now + 1.0}),
+            Algorithm::HS256,
+            SECRET,
+        );
+        assert_eq!(strict.verify_at(&t, now), Err(AuthError::FromTheFuture));
     }
 
     #[test]

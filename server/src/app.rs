@@ -117,7 +117,7 @@ impl AppState {
             ),
         };
         Ok(Self(Arc::new(Shared {
-            verifier: Verifier::new(secret),
+            verifier: Verifier::new(secret).with_clock_skew(config.clock_skew),
             engine,
             hub,
             metrics,

@@ -100,6 +100,13 @@ pub struct Config {
     #[arg(long, env = "HRRT_REVOCATION_TTL", default_value = "24h", value_parser = positive_duration)]
     pub revocation_ttl: Duration,
 
+    /// How far in the future a token's `iat` or `nbf` may be (the clocks
+    /// of the minting backend and this server may differ by this much);
+    /// further ahead, the token is invalid. A revocation also refuses
+    /// tokens issued up to this long after it.
+    #[arg(long, env = "HRRT_CLOCK_SKEW", default_value = "5s", value_parser = clock_skew)]
+    pub clock_skew: Duration,
+
     /// Idempotency keys remembered at most (each for 5 minutes); when the
     /// table is full a publish with a new key answers 429.
     #[arg(long, env = "HRRT_IDEMPOTENCY_KEYS", default_value_t = 1_000_000,
@@ -155,6 +162,7 @@ impl Config {
             send_queue_bytes: 1 << 20,
             revocation_ttl: Duration::from_secs(24 * 3600),
             idempotency_keys: 1_000_000,
+            clock_skew: Duration::from_secs(5),
         }
     }
 
@@ -185,6 +193,23 @@ impl Config {
 }
 
 pub use hrrt_protocol::duration::{MAX_DURATION, positive_duration};
+
+/// The largest `--clock-skew`: a clock further off than this is broken,
+/// and tolerating it would let a token outlive its revocation as long.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
+/// `--clock-skew`: a duration from 0 up to [`MAX_CLOCK_SKEW`].
+fn clock_skew(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected e.g. 0s, 500ms, 5s, 1m)"))?;
+    if d > MAX_CLOCK_SKEW {
+        return Err("must be at most 1h: fix the clock that is further off (NTP)".to_owned());
+    }
+    Ok(d)
+}
 
 #[cfg(test)]
 mod tests {

@@ -276,15 +276,17 @@ pub async fn disconnect(args: DisconnectArgs, global: &GlobalArgs) -> anyhow::Re
         return print_json(&done);
     }
     let closed = done["closed"].as_u64().unwrap_or(0);
+    let revoked = match done["tokens_valid_from"].as_str() {
+        Some(from) if args.revoke => format!(
+            "; tokens issued before {from} (or without iat) are refused: \
+             mint the user's next token from then on"
+        ),
+        _ => String::new(),
+    };
     output::line(&format!(
-        "closed {closed} connection{} of user {}{}",
+        "closed {closed} connection{} of user {}{revoked}",
         if closed == 1 { "" } else { "s" },
         args.user,
-        if args.revoke {
-            "; tokens issued until now are refused"
-        } else {
-            ""
-        }
     ))?;
     Ok(ExitStatus::Ok)
 }

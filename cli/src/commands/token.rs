@@ -90,6 +90,9 @@ enum Verdict {
     BadSignature,
     /// Signed correctly but refused by the server's rules (claims).
     Refused,
+    /// Signed correctly, but issued (or valid from) further in the future
+    /// than the default clock skew allows.
+    FromTheFuture,
 }
 
 impl Verdict {
@@ -100,6 +103,7 @@ impl Verdict {
             Self::Expired => "expired",
             Self::BadSignature => "invalid signature",
             Self::Refused => "invalid claims",
+            Self::FromTheFuture => "not yet valid",
         }
     }
 }
@@ -136,7 +140,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
             return Ok(ExitStatus::Failed);
         }
     };
-    let exp = claims["exp"].as_u64();
+    let exp = numeric_date(&claims["exp"]);
     let now = unix_now();
     let verdict = match &global.secret {
         Some(secret) => {
@@ -153,6 +157,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
                 (false, _) => Verdict::BadSignature,
                 (true, Ok(_)) => Verdict::Valid,
                 (true, Err(AuthError::Expired)) => Verdict::Expired,
+                (true, Err(AuthError::FromTheFuture)) => Verdict::FromTheFuture,
                 (true, Err(_)) => Verdict::Refused,
             }
         }
@@ -172,7 +177,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         output::line(&format!("{}  {:?}", paint(DIM, "alg      "), header.alg))?;
         if let Some(map) = claims.as_object() {
             for (key, value) in map {
-                let shown = match (key.as_str(), value.as_u64()) {
+                let shown = match (key.as_str(), numeric_date(value)) {
                     ("exp" | "iat" | "nbf", Some(t)) => {
                         format!("{t}  {}", paint(DIM, when(t, now)))
                     }
@@ -194,6 +199,12 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
                 " (signature not checked: pass --secret to check it)".to_owned()
             }
             (Verdict::Valid | Verdict::Expired, Some(exp)) => format!(" ({})", when(exp, now)),
+            (Verdict::FromTheFuture, _) => format!(
+                " ({})",
+                AuthError::FromTheFuture
+                    .detail()
+                    .trim_start_matches("invalid token: ")
+            ),
             (Verdict::Refused, _) => {
                 " (the server would refuse it: needs sub, exp, and org_id unless role is service)"
                     .to_owned()
@@ -210,6 +221,14 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
         Verdict::Valid | Verdict::Unverified => ExitStatus::Ok,
         _ => ExitStatus::Failed,
     })
+}
+
+/// A NumericDate claim (a JSON number, maybe with a fraction) in whole
+/// seconds, rounded down; `None` if it is not one.
+fn numeric_date(value: &Value) -> Option<u64> {
+    let secs = value.as_f64()?;
+    (secs.is_finite() && secs >= 0.0 && secs <= hrrt_protocol::auth::MAX_TIMESTAMP as f64)
+        .then(|| secs.floor() as u64)
 }
 
 /// `2026-11-26T15:00:00Z, in 59m 12s` or `…, 3m ago`.

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ServiceCaller, parse_json, read_body};
 use crate::app::AppState;
-use crate::auth::unix_now;
+use crate::auth::unix_now_f64;
 use crate::error::ApiError;
 use crate::hub::CloseReason;
+use crate::protocol::unix_to_rfc3339;
 use crate::protocol::{IdValue, UserId, close};
 
 /// A WebSocket close reason is at most 123 bytes.
@@ -37,6 +38,13 @@ pub(crate) struct DisconnectIn {
 pub struct Disconnected {
     /// Connections closed.
     pub closed: usize,
+    /// With `revoke`: the first moment (RFC 3339, a whole second) from
+    /// which a token's `iat` is accepted again. Tokens issued before it,
+    /// or without `iat`, are refused for --revocation-ttl. It lies
+    /// --clock-skew after the revocation, so that a token minted on a
+    /// clock that runs ahead cannot dodge it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_valid_from: Option<String>,
 }
 
 /// Closes every connection of a user (1008), optionally revoking their
@@ -71,13 +79,19 @@ pub async fn disconnect(
             "reason is over {MAX_REASON_BYTES} bytes (the WebSocket limit)"
         )));
     }
+    let mut tokens_valid_from = None;
     if input.revoke {
+        // Tokens with `iat` up to the skew ahead pass verification, so the
+        // revocation reaches that far too: one minted on a clock that runs
+        // ahead, just before the revoke, is refused like the others.
+        let cutoff = revocation_cutoff(unix_now_f64(), state.config.clock_skew);
         // Recorded before the close: a tab that registers after the close
         // below re-checks revocation and is refused (session setup).
         state
             .engine
-            .revoke(&user, unix_now(), state.config.revocation_ttl)
+            .revoke(&user, cutoff, state.config.revocation_ttl)
             .await?;
+        tokens_valid_from = Some(unix_to_rfc3339(cutoff.saturating_add(1)));
     }
     let here = state.hub.close_user(
         &user,
@@ -98,5 +112,38 @@ pub async fn disconnect(
     };
     let closed = here + elsewhere;
     tracing::info!(user = %user, closed, revoked = input.revoke, by = %caller.user, "disconnected user");
-    Ok(Json(Disconnected { closed }))
+    Ok(Json(Disconnected {
+        closed,
+        tokens_valid_from,
+    }))
+}
+
+/// The last whole second whose tokens a revocation at `now` (UNIX seconds)
+/// refuses: `now` plus the clock skew, rounded down. A token is accepted
+/// again from the next second on.
+fn revocation_cutoff(now: f64, skew: std::time::Duration) -> u64 {
+    let at = (now + skew.as_secs_f64()).floor();
+    if at.is_finite() && at >= 0.0 {
+        (at as u64).min(crate::auth::MAX_TIMESTAMP)
+    } else {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_cutoff_is_the_skew_after_the_revocation_in_whole_seconds() {
+        assert_eq!(revocation_cutoff(100.3, Duration::from_secs(5)), 105);
+        assert_eq!(revocation_cutoff(100.0, Duration::ZERO), 100);
+        assert_eq!(revocation_cutoff(100.6, Duration::from_millis(500)), 101);
+        assert_eq!(
+            revocation_cutoff(f64::MAX, Duration::from_secs(5)),
+            crate::auth::MAX_TIMESTAMP
+        );
+    }
 }

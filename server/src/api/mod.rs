@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::app::AppState;
-use crate::auth::{AuthError, Identity, Role};
+use crate::auth::{Identity, Role};
 use crate::error::ApiError;
 use crate::session::bearer;
 
@@ -55,11 +55,9 @@ impl FromRequestParts<AppState> for ServiceCaller {
         let token = bearer(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("missing token: send Authorization: Bearer <service token>")
         })?;
-        let identity = state.authenticate(token).map_err(|e| match e {
-            AuthError::Expired => ApiError::unauthorized("token expired"),
-            AuthError::Revoked => ApiError::unauthorized("token revoked"),
-            _ => ApiError::unauthorized("invalid token"),
-        })?;
+        let identity = state
+            .authenticate(token)
+            .map_err(|e| ApiError::unauthorized(e.detail()))?;
         match identity.role {
             Role::Service | Role::Admin => Ok(Self(identity)),
             Role::User => Err(ApiError::forbidden(

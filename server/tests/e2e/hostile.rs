@@ -20,7 +20,7 @@ use crate::binary::{output, server_command};
 use crate::harness::*;
 
 /// A token with exactly these claims, signed with the test secret.
-fn raw_token(claims: Value) -> String {
+pub fn raw_token(claims: Value) -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
@@ -801,7 +801,13 @@ pub fn token_issued(user: &str, org: &str, iat: Option<u64>) -> String {
 
 #[tokio::test]
 async fn a_revoked_user_is_closed_and_its_old_tokens_refused() {
-    let server = Server::with(|c| c.revocation_ttl = Duration::from_secs(2)).await;
+    // Without clock skew, "afterwards" is the next second (trust.rs tests
+    // the skew).
+    let server = Server::with(|c| {
+        c.revocation_ttl = Duration::from_secs(2);
+        c.clock_skew = Duration::ZERO;
+    })
+    .await;
     let now = unix_now();
     let old = token_issued("42", "7", Some(now - 10));
     let mut tab = server.connect_query(&format!("token={old}")).await;
@@ -821,11 +827,16 @@ async fn a_revoked_user_is_closed_and_its_old_tokens_refused() {
         assert_eq!(c.expect_close_now().await, (1008, "revoked".into()));
     }
     // A token minted afterwards is accepted, but refreshing it with an old
-    // one is not. `iat` has one-second resolution and a token issued in the
-    // revocation's own second is refused, so "afterwards" is the second after
-    // the revocation, read now rather than at the start (the test may have
-    // crossed a second boundary since).
-    let fresh = token_issued("42", "7", Some(unix_now() + 1));
+    // one is not. "Afterwards" is the second the answer names, once this
+    // clock has reached it (at most a second from now without skew).
+    let valid_from = humantime::parse_rfc3339(body["tokens_valid_from"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let wait = valid_from as f64 - hrrt_server::auth::unix_now_f64();
+    tokio::time::sleep(Duration::from_secs_f64(wait.max(0.0))).await;
+    let fresh = token_issued("42", "7", Some(valid_from));
     let mut c = server.connect_query(&format!("token={fresh}")).await;
     c.send_text(&json!({"type": "auth.refresh", "token": old}).to_string())
         .await;

@@ -20,3 +20,4 @@ mod resume;
 mod sentinel;
 mod shutdown;
 mod soak;
+mod trust;

@@ -1,0 +1,131 @@
+//! Trust at the edges: tokens whose clocks lie, revocations that cannot
+//! be dodged, sockets nobody reads, handshakes that do not hold.
+
+use std::time::Duration;
+
+use hrrt_server::auth::{unix_now, unix_now_f64};
+use serde_json::json;
+
+use crate::harness::*;
+use crate::hostile::{raw_token, token_issued};
+
+const INVALID: (u16, &str) = (1008, "invalid token");
+
+#[tokio::test]
+async fn a_token_issued_in_the_future_is_invalid_everywhere() {
+    let server = Server::start().await;
+    let now = unix_now();
+    // Past the default 5 s skew: on /ws by iat and by nbf.
+    for claims in [
+        json!({"sub": "42", "org_id": "7", "exp": now + 7200, "iat": now + 3600}),
+        json!({"sub": "42", "org_id": "7", "exp": now + 7200, "nbf": now + 3600}),
+    ] {
+        let mut c = server.open(&format!("token={}", raw_token(claims))).await;
+        assert_eq!(c.expect_close_now().await, (INVALID.0, INVALID.1.into()));
+    }
+    // In auth.refresh.
+    let mut c = server.connect("42", "7").await;
+    let ahead = token_issued("42", "7", Some(now + 3600));
+    c.send_text(&json!({"type": "auth.refresh", "token": ahead}).to_string())
+        .await;
+    assert_eq!(c.expect_close().await, (INVALID.0, INVALID.1.into()));
+    // Over HTTP: 401, naming the clock.
+    let service = raw_token(
+        json!({"sub": "backend", "role": "service", "exp": now + 7200, "iat": now + 3600}),
+    );
+    let (status, body) = server
+        .publish_as(
+            Some(&service),
+            json!({"type": "entity.created", "org_id": "7"}),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--clock-skew"), "{message}");
+    // Within the skew, and with the clock behind: accepted.
+    for iat in [now + 3, now - 60] {
+        server
+            .connect_query(&format!("token={}", token_issued("42", "7", Some(iat))))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn numeric_dates_with_a_fraction_are_accepted_and_strings_are_not() {
+    let server = Server::start().await;
+    let now = unix_now_f64();
+    let fraction = raw_token(
+        json!({"sub": "42", "org_id": "7", "exp": now + 100.5, "iat": now - 0.5, "nbf": now - 1.25}),
+    );
+    let c = server.connect_query(&format!("token={fraction}")).await;
+    assert!(c.connected["payload"]["expires_at"].is_string());
+    let service = raw_token(json!({"sub": "backend", "role": "service", "exp": now + 100.5}));
+    let (status, body) = server
+        .publish_as(
+            Some(&service),
+            json!({"type": "entity.created", "org_id": "7"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let string =
+        raw_token(json!({"sub": "42", "org_id": "7", "exp": (now as u64 + 100).to_string()}));
+    let mut c = server.open(&format!("token={string}")).await;
+    assert_eq!(c.expect_close_now().await, (INVALID.0, INVALID.1.into()));
+}
+
+#[tokio::test]
+async fn a_revoke_refuses_tokens_up_to_the_skew_ahead_and_says_from_when_tokens_are_valid() {
+    let server = Server::start().await;
+    let now = unix_now();
+    // Minted on a clock 3 s ahead, just before the revoke: valid until then.
+    let ahead = token_issued("42", "7", Some(now + 3));
+    let mut tab = server.connect_query(&format!("token={ahead}")).await;
+    let (status, body) = server
+        .post_json(
+            "/api/disconnect",
+            Some(&service_token()),
+            json!({"user_id": "42", "revoke": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(tab.expect_close().await, (1008, "disconnected".into()));
+    let valid_from = humantime::parse_rfc3339(body["tokens_valid_from"].as_str().unwrap())
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // The first whole second after the revocation plus the 5 s skew.
+    assert!(
+        (now + 6..=unix_now() + 6).contains(&valid_from),
+        "{valid_from} for a revoke at {now}"
+    );
+    for iat in [Some(now + 3), Some(valid_from - 1), None] {
+        let mut c = server
+            .open(&format!("token={}", token_issued("42", "7", iat)))
+            .await;
+        assert_eq!(
+            c.expect_close_now().await,
+            (1008, "revoked".into()),
+            "{iat:?}"
+        );
+    }
+    // A token issued at `tokens_valid_from` is accepted once it is within
+    // the skew of this clock (at most ~1 s from now).
+    let wait = (valid_from as f64 - 5.0 - unix_now_f64()).max(0.0);
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    server
+        .connect_query(&format!(
+            "token={}",
+            token_issued("42", "7", Some(valid_from))
+        ))
+        .await;
+    // The answer of a plain disconnect has no such field.
+    let (_, body) = server
+        .post_json(
+            "/api/disconnect",
+            Some(&service_token()),
+            json!({"user_id": "42"}),
+        )
+        .await;
+    assert!(body.get("tokens_valid_from").is_none(), "{body}");
+}
