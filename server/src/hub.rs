@@ -43,6 +43,7 @@ impl CloseReason {
 
     pub const SLOW_CONSUMER: Self = Self::new(close::TRY_AGAIN_LATER, reason::SLOW_CONSUMER);
     pub const TOKEN_EXPIRED: Self = Self::new(close::POLICY, reason::TOKEN_EXPIRED);
+    pub const REVOKED: Self = Self::new(close::POLICY, reason::REVOKED);
     pub const PING_TIMEOUT: Self = Self::new(close::GOING_AWAY, reason::PING_TIMEOUT);
     pub const SHUTDOWN: Self = Self::new(close::GOING_AWAY, reason::SHUTDOWN);
     pub const CONNECTION_LIMIT: Self = Self::new(close::TRY_AGAIN_LATER, reason::CONNECTION_LIMIT);
@@ -78,6 +79,15 @@ pub enum Refused {
     ShuttingDown,
 }
 
+/// The times of the token a connection holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenTimes {
+    /// Expiry, UNIX seconds.
+    pub exp: u64,
+    /// Issued at, UNIX seconds, if the token says.
+    pub iat: Option<u64>,
+}
+
 /// The hub's handle on one live connection: identity, what it reads, and
 /// its way out to the socket.
 pub struct Conn {
@@ -93,6 +103,10 @@ pub struct Conn {
     close_reason: OnceLock<CloseReason>,
     /// Token expiry (UNIX seconds); moved forward by `auth.refresh`.
     expires_at: AtomicU64,
+    /// The token's `iat` (UNIX seconds), 0 when it has none: the two are
+    /// alike to a revocation, which refuses `iat <= at` and every token
+    /// without one.
+    issued_at: AtomicU64,
     /// Pings sent since the last Pong; two unanswered drop the connection.
     unanswered_pings: AtomicU32,
 }
@@ -116,7 +130,7 @@ impl Conn {
         user: UserId,
         org: OrgId,
         interest: Interest,
-        exp: u64,
+        token: TokenTimes,
         limits: QueueLimits,
         socket: Option<Arc<TcpStream>>,
     ) -> Self {
@@ -128,7 +142,8 @@ impl Conn {
             interest,
             out,
             close_reason: OnceLock::new(),
-            expires_at: AtomicU64::new(exp),
+            expires_at: AtomicU64::new(token.exp),
+            issued_at: AtomicU64::new(token.iat.unwrap_or(0)),
             unanswered_pings: AtomicU32::new(0),
         }
     }
@@ -191,8 +206,16 @@ impl Conn {
         self.expires_at.load(Ordering::Relaxed)
     }
 
-    pub fn set_expires_at(&self, exp: u64) {
-        self.expires_at.store(exp, Ordering::Relaxed);
+    /// The connection now holds a refreshed token.
+    pub fn set_token(&self, token: TokenTimes) {
+        self.expires_at.store(token.exp, Ordering::Relaxed);
+        self.issued_at
+            .store(token.iat.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Whether a revocation of its user at `at` refuses the token it holds.
+    pub fn is_revoked_by(&self, at: u64) -> bool {
+        self.issued_at.load(Ordering::Relaxed) <= at
     }
 
     /// Any Pong proves the peer alive.
@@ -435,6 +458,26 @@ impl Hub {
         });
     }
 
+    /// Closes every connection whose token a revocation refuses
+    /// (`revoked_at` answers when its user was revoked, if it was);
+    /// answers how many.
+    pub fn close_revoked(&self, revoked_at: &dyn Fn(&UserId) -> Option<u64>) -> usize {
+        let inner = self.read();
+        let mut closed = 0;
+        for (user, ids) in &inner.by_user {
+            let Some(at) = revoked_at(user) else {
+                continue;
+            };
+            for conn in ids.iter().filter_map(|id| inner.conns.get(id)) {
+                if conn.is_revoked_by(at) {
+                    conn.close(CloseReason::REVOKED);
+                    closed += 1;
+                }
+            }
+        }
+        closed
+    }
+
     /// Closes every connection whose token expired by `now` (UNIX seconds).
     pub fn close_expired(&self, now: u64) -> usize {
         let mut closed = 0;
@@ -576,6 +619,10 @@ impl Deliver for Hub {
         )
     }
 
+    fn close_revoked(&self, revoked_at: &dyn Fn(&UserId) -> Option<u64>) -> usize {
+        Hub::close_revoked(self, revoked_at)
+    }
+
     fn resync(&self, channel: Option<&ChannelName>) {
         let reason = CloseReason::RESYNC;
         let inner = self.read();
@@ -633,7 +680,10 @@ mod tests {
             user,
             org,
             interest,
-            u64::MAX,
+            TokenTimes {
+                exp: u64::MAX,
+                iat: None,
+            },
             limits,
             None,
         ))
@@ -740,6 +790,40 @@ mod tests {
         assert!(c.close_reason().is_none());
         assert_eq!(hub.deliver(&publication("org:7", 4)), 0);
         assert_eq!(c.close_reason(), Some(&CloseReason::SLOW_CONSUMER));
+    }
+
+    #[test]
+    fn a_revocation_closes_the_tokens_it_reaches_and_no_later_one() {
+        let hub = Arc::new(Hub::new(Arc::default()));
+        let (old, later, without, other) = (
+            conn(1, "42", "7", 8),
+            conn(2, "42", "7", 8),
+            conn(3, "42", "7", 8),
+            conn(4, "43", "7", 8),
+        );
+        old.set_token(TokenTimes {
+            exp: u64::MAX,
+            iat: Some(100),
+        });
+        later.set_token(TokenTimes {
+            exp: u64::MAX,
+            iat: Some(101),
+        });
+        other.set_token(TokenTimes {
+            exp: u64::MAX,
+            iat: Some(1),
+        });
+        let _regs: Vec<_> = [&old, &later, &without, &other]
+            .into_iter()
+            .map(|c| hub.register((*c).clone(), Limits::default()).unwrap())
+            .collect();
+        let ann = UserId::new("42").unwrap();
+        let closed = hub.close_revoked(&|user| (*user == ann).then_some(100));
+        assert_eq!(closed, 2);
+        assert_eq!(old.close_reason(), Some(&CloseReason::REVOKED));
+        assert_eq!(without.close_reason(), Some(&CloseReason::REVOKED));
+        assert_eq!(later.close_reason(), None);
+        assert_eq!(other.close_reason(), None);
     }
 
     #[test]

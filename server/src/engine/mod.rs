@@ -144,6 +144,14 @@ pub trait Deliver: Send + Sync + 'static {
     fn close_user(&self, _user: &UserId, _reason: &str) -> usize {
         0
     }
+
+    /// Closes every local connection whose token a revocation refuses
+    /// (`revoked_at` answers when a user was revoked): after a node missed
+    /// revocations while cut off, with 1008 `revoked`. Answers how many.
+    /// Must not block.
+    fn close_revoked(&self, _revoked_at: &dyn Fn(&UserId) -> Option<u64>) -> usize {
+        0
+    }
 }
 
 /// Why an engine call failed.

@@ -462,9 +462,9 @@ impl Live {
                 Ok(ClientFrame::Ping | ClientFrame::Pong) => self.conn.pong(),
                 Ok(ClientFrame::AuthRefresh { token }) => {
                     match refresh(&self.state, &self.identity, &token) {
-                        Ok(exp) => {
-                            self.conn.set_expires_at(exp);
-                            self.own_frame(&protocol::refreshed_frame(exp));
+                        Ok(token) => {
+                            self.conn.set_token(token);
+                            self.own_frame(&protocol::refreshed_frame(token.exp));
                         }
                         Err(e) => return Some(Ending::Close(policy(e.to_string()))),
                     }

@@ -38,7 +38,9 @@ use crate::auth::{AuthError, Identity, Role};
 use crate::config::ENVELOPE_OVERHEAD;
 use crate::engine::{EngineError, Publication};
 use crate::error::ApiError;
-use crate::hub::{CloseReason, Conn, ConnId, Interest, Limits, QueueLimits, Refused, Registration};
+use crate::hub::{
+    CloseReason, Conn, ConnId, Interest, Limits, QueueLimits, Refused, Registration, TokenTimes,
+};
 use crate::metrics::ClosedBy;
 use crate::protocol::{self, ChannelName, Connected, OrgId, Resync, ResyncReason, close};
 
@@ -221,7 +223,10 @@ async fn setup(
         identity.user.clone(),
         org,
         interest,
-        identity.exp,
+        TokenTimes {
+            exp: identity.exp,
+            iat: identity.iat,
+        },
         QueueLimits {
             frames: usize::try_from(state.config.send_queue).unwrap_or(usize::MAX),
             bytes: usize::try_from(state.config.send_queue_bytes).unwrap_or(usize::MAX),
@@ -540,12 +545,15 @@ async fn plan(
 
 /// Checks a refresh token: valid, not revoked, and the same identity as
 /// the session's.
-fn refresh(state: &AppState, identity: &Identity, token: &str) -> Result<u64, AuthError> {
+fn refresh(state: &AppState, identity: &Identity, token: &str) -> Result<TokenTimes, AuthError> {
     let new = state.authenticate(token)?;
     if new.user != identity.user || new.org != identity.org || new.role != identity.role {
         return Err(AuthError::Forbidden);
     }
-    Ok(new.exp)
+    Ok(TokenTimes {
+        exp: new.exp,
+        iat: new.iat,
+    })
 }
 
 fn policy(reason: String) -> CloseReason {

@@ -880,3 +880,72 @@ async fn a_disconnect_while_redis_is_away_still_closes_this_nodes_tabs_and_says_
     assert_eq!((status, body["closed"].as_u64()), (200, Some(1)), "{body}");
     assert_eq!(tab.expect_close().await, (1008, "access revoked".into()));
 }
+
+#[tokio::test]
+async fn a_node_that_starts_enforces_every_revocation_however_much_redis_holds() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let mut conn = redis_conn(&redis).await;
+    // A Redis in use: far more keys than one SCAN round reads, and many
+    // revoked users.
+    let until = hrrt_server::auth::unix_now() * 1000 + 3_600_000;
+    let _: () = redis::cmd("EVAL")
+        .arg(
+            "for i = 1, 200000 do redis.call('SET', 'hrrt:seq:filler:' .. i, '1') end \
+             for i = 1, 20000 do redis.call('HSET', 'hrrt:revoked', 'r' .. i, '100|' .. ARGV[1]) end",
+        )
+        .arg(0)
+        .arg(until)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let a = node(&redis).await;
+    let old = crate::hostile::token_issued("42", "7", Some(hrrt_server::auth::unix_now() - 10));
+    let (status, body) = a
+        .post_json(
+            "/api/disconnect",
+            Some(&service_token()),
+            json!({"user_id": "42", "revoke": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // A node that starts now refuses them all from its first handshake.
+    let b = node(&redis).await;
+    for token in [old, crate::hostile::token_issued("r19999", "7", Some(50))] {
+        let mut c = b.open(&format!("token={token}")).await;
+        assert_eq!(c.expect_close_now().await, (1008, "revoked".into()));
+    }
+    b.connect("43", "7").await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_the_control_channel_closes_revoked_tabs_when_it_is_back() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let proxy = FreezingProxy::start(redis.port()).await;
+    let a = node(&redis).await;
+    let url = proxy.url();
+    let b = Server::with(move |c| c.redis_url = Some(url)).await;
+    until_ready(&b, 200).await;
+    let old = crate::hostile::token_issued("42", "7", Some(hrrt_server::auth::unix_now() - 10));
+    let mut tab = b.connect_query(&format!("token={old}")).await;
+    let mut bystander = b.connect("43", "7").await;
+    // B's pub/sub link stops forwarding: the revoke and its disconnect
+    // never reach it.
+    proxy.freeze();
+    let (status, body) = a
+        .post_json(
+            "/api/disconnect",
+            Some(&service_token()),
+            json!({"user_id": "42", "reason": "access revoked", "revoke": true}),
+        )
+        .await;
+    assert_eq!((status, body["closed"].as_u64()), (200, Some(0)), "{body}");
+    // B finds its link dead (SPEC §9: within 5 s), reconnects, reloads the
+    // revocations and closes the tab it still held.
+    assert_eq!(tab.expect_close().await, (1008, "revoked".into()));
+    let seq = a.publish_org("7", "entity.created", json!({})).await;
+    assert_eq!(bystander.next_event().await["seq"], seq);
+}

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::connection::{call, now_ms};
-use super::keys::PREFIX;
-use super::{Shared, scan};
+use super::Shared;
+use super::connection::{call, now_ms, unavailable};
+use super::keys::REVOKED;
 use crate::engine::EngineError;
 use crate::protocol::UserId;
 
@@ -30,32 +30,56 @@ pub(super) enum Ctl {
     },
 }
 
-/// Loads every revocation Redis holds into this node's copy: after a
-/// (re)connect, the ones told while it was not listening.
-pub(super) async fn load_revocations(shared: &Shared) -> Result<(), EngineError> {
-    let keys = scan(shared, &format!("{PREFIX}revoked:*")).await?;
-    if keys.is_empty() {
-        return Ok(());
-    }
+/// Loads every revocation Redis holds into this node's copy: at start,
+/// and after a reconnect the ones told while it was not listening. Pages
+/// through the whole hash (`HSCAN` until its cursor returns to 0), so
+/// however many users are revoked, and whatever else Redis holds, every
+/// one is enforced; a failure part-way is an error (the node is not
+/// ready) rather than a partial copy.
+pub(super) async fn load_revocations(shared: &Shared) -> Result<usize, EngineError> {
     let mut conn = shared.conn();
-    let values: Vec<Option<String>> =
-        call(redis::cmd("MGET").arg(&keys).query_async(&mut conn)).await?;
-    let prefix_len = format!("{PREFIX}revoked:").len();
-    for (key, value) in keys.iter().zip(values) {
-        let Some(value) = value else { continue };
-        let Some((at, until_ms)) = value.split_once('|') else {
-            continue;
-        };
-        let (Ok(at), Ok(until_ms)) = (at.parse::<u64>(), until_ms.parse::<u64>()) else {
-            continue;
-        };
-        let Ok(user) = UserId::new(key.get(prefix_len..).unwrap_or_default()) else {
-            continue;
-        };
-        record_revocation(shared, &user, at, until_ms);
+    let len: u64 = call(redis::cmd("HLEN").arg(REVOKED).query_async(&mut conn)).await?;
+    // HSCAN visits at least COUNT buckets per call and a hash has at most
+    // twice as many buckets as fields: this many calls always reach the end.
+    let max_calls = len / (SCAN_COUNT / 2) + 10;
+    let mut cursor: u64 = 0;
+    let mut loaded = 0;
+    for _ in 0..max_calls {
+        let (next, pairs): (u64, Vec<(String, String)>) = call(
+            redis::cmd("HSCAN")
+                .arg(REVOKED)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .query_async(&mut conn),
+        )
+        .await?;
+        for (user, value) in pairs {
+            let Some((at, until_ms)) = value.split_once('|') else {
+                continue;
+            };
+            let (Ok(at), Ok(until_ms), Ok(user)) = (
+                at.parse::<u64>(),
+                until_ms.parse::<u64>(),
+                UserId::new(&user),
+            ) else {
+                continue;
+            };
+            record_revocation(shared, &user, at, until_ms);
+            loaded += 1;
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(loaded);
+        }
     }
-    Ok(())
+    Err(unavailable(format!(
+        "the revocations ({len}) were not all read in {max_calls} HSCAN calls"
+    )))
 }
+
+/// Fields asked of each `HSCAN` call.
+const SCAN_COUNT: u64 = 1000;
 
 pub(super) fn record_revocation(shared: &Shared, user: &UserId, at: u64, until_ms: u64) {
     let left = Duration::from_millis(until_ms.saturating_sub(now_ms()));

@@ -8,7 +8,7 @@ use redis::Value;
 use tungstenite::Utf8Bytes;
 
 use crate::engine::{Publication, PublishAck};
-use crate::protocol::{ChannelName, EventType, UserId};
+use crate::protocol::{ChannelName, EventType};
 
 pub(super) const PREFIX: &str = "hrrt:";
 
@@ -31,9 +31,12 @@ pub(super) fn node_key(node: &str) -> String {
     format!("{PREFIX}node:{node}")
 }
 
-pub(super) fn revoked_key(user: &UserId) -> String {
-    format!("{PREFIX}revoked:{user}")
-}
+/// Every live revocation: user → `<at>|<until ms>`.
+pub(super) const REVOKED: &str = "hrrt:revoked";
+
+/// The users of [`REVOKED`] by when their revocation ends (ms), so the
+/// expired ones can be dropped.
+pub(super) const REVOKED_UNTIL: &str = "hrrt:revoked:until";
 
 pub(super) fn epoch_key() -> String {
     format!("{PREFIX}epoch")

@@ -10,7 +10,8 @@
 //! | `hrrt:idem:<channel>:<key>` | string | the first answer to an idempotency key on that channel, 5 minutes |
 //! | `hrrt:ch:<channel>` | pub/sub channel | `<epoch>|<seq>|<type>|<frame>` |
 //! | `hrrt:ctl` | pub/sub channel | the nodes' control messages (JSON): revocations and disconnects |
-//! | `hrrt:revoked:<user>` | string | `<at>|<until ms>`: the user's tokens issued at or before `at` are refused, until `--revocation-ttl` after the revocation |
+//! | `hrrt:revoked` | hash | user → `<at>|<until ms>`: the user's tokens issued at or before `at` are refused, until `--revocation-ttl` after the revocation; read whole (`HSCAN`) by a node at start and at every reconnect |
+//! | `hrrt:revoked:until` | sorted set | the users of `hrrt:revoked` by `<until ms>`: each revoke drops up to 100 that ended |
 //! | `hrrt:node:<id>` | string | the node's `GET /api/nodes` entry (JSON), expiring three heartbeats after its last |
 //! | `hrrt:reply:<id>` | list | the other nodes' counts for one disconnect, 10 s |
 //! | `hrrt:pub:<token>` | string | the answer of one applied batch, 5 minutes: a retried publish whose reply was lost answers it |
@@ -61,6 +62,9 @@ const PUBLISH_SCRIPT: &str = include_str!("publish.lua");
 /// The retained events of a channel after a position, dropping those past
 /// `--history-ttl` first (history.lua).
 const HISTORY_SCRIPT: &str = include_str!("history.lua");
+
+/// One revocation, stored and told (revoke.lua).
+const REVOKE_SCRIPT: &str = include_str!("revoke.lua");
 
 /// What the engine and its subscriber task share.
 struct Shared {
@@ -190,6 +194,7 @@ impl Shared {
 pub struct RedisEngine {
     shared: Arc<Shared>,
     publish: Script,
+    revoke: Script,
     history_size: usize,
     control: mpsc::UnboundedSender<Control>,
 }
@@ -222,9 +227,13 @@ impl RedisEngine {
             subs: tokio::sync::Mutex::default(),
         });
         shared.load_epoch().await?;
+        // Before the node serves anything: a token revoked while it was
+        // down must not pass its first handshake.
+        ctl::load_revocations(&shared).await?;
         Ok(Self {
             shared,
             publish: Script::new(PUBLISH_SCRIPT),
+            revoke: Script::new(REVOKE_SCRIPT),
             history_size: history_size.max(1),
             control,
         })
@@ -426,7 +435,8 @@ impl Engine for RedisEngine {
             .revocations
             .revoke(user, at, ttl, Instant::now());
         let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        let until_ms = now_ms().saturating_add(ttl_ms);
+        let now = now_ms();
+        let until_ms = now.saturating_add(ttl_ms);
         let message = serde_json::to_string(&Ctl::Revoke {
             user: user.to_string(),
             at,
@@ -436,19 +446,17 @@ impl Engine for RedisEngine {
         // Stored for nodes that (re)connect later, and told to those
         // listening now; both before the disconnect that follows.
         let mut conn = self.shared.conn();
-        let _: () = call(
-            redis::pipe()
-                .cmd("SET")
-                .arg(revoked_key(user))
-                .arg(format!("{at}|{until_ms}"))
-                .arg("PX")
-                .arg(ttl_ms)
-                .ignore()
-                .cmd("PUBLISH")
+        let _: Value = call(
+            self.revoke
+                .key(REVOKED)
+                .key(REVOKED_UNTIL)
+                .arg(user.as_str())
+                .arg(at)
+                .arg(until_ms)
+                .arg(now)
                 .arg(CTL_CHANNEL)
                 .arg(message)
-                .ignore()
-                .query_async(&mut conn),
+                .invoke_async(&mut conn),
         )
         .await?;
         Ok(())

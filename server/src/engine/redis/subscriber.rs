@@ -187,6 +187,18 @@ async fn connect_and_resync(
     let epoch = shared.load_epoch().await?;
     subs.enter_epoch(&epoch);
     load_revocations(shared).await?;
+    // Revocations told while this link was down came with disconnects
+    // this node never heard: its open connections are checked again.
+    let now = std::time::Instant::now();
+    let closed = shared
+        .deliver
+        .close_revoked(&|user| shared.revocations.revoked_at(user, now));
+    if closed > 0 {
+        tracing::warn!(
+            closed,
+            "closed connections revoked while the control link was down"
+        );
+    }
     repair_all(shared, subs).await?;
     Ok((sink, stream))
 }
