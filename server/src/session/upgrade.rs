@@ -90,6 +90,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
                 "`Sec-WebSocket-Key` header missing",
             );
         };
+        if !is_websocket_key(key.as_bytes()) {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "`Sec-WebSocket-Key` must be 16 bytes in base64 (RFC 6455 §4.1)",
+            );
+        }
         let Some(on_upgrade) = parts.extensions.remove::<OnUpgrade>() else {
             return refuse(
                 StatusCode::UPGRADE_REQUIRED,
@@ -134,6 +140,17 @@ impl Upgrade {
     }
 }
 
+/// Whether `key` is 16 bytes in base64 (RFC 6455 §4.2.1): 22 characters
+/// of the alphabet and `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let key = key.trim_ascii();
+    key.len() == 24
+        && key.ends_with(b"==")
+        && key[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
 /// Whether a comma-separated header lists `token` (case-insensitive).
 fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers.get_all(name).iter().any(|value| {
@@ -156,6 +173,23 @@ fn header_is(headers: &HeaderMap, name: HeaderName, value: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_is_16_bytes_of_base64() {
+        assert!(is_websocket_key(b"dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(is_websocket_key(b" x3JJHMbDL1EzLkh9GBhXDw== "));
+        for bad in [
+            &b""[..],
+            b"x",
+            b"dGhlIHNhbXBsZSBub25jZQ",
+            b"dGhlIHNhbXBsZSBub25jZQ=",
+            b"dGhlIHNhbXBsZSBub25jZQ===",
+            b"dGhlIHNhbXBsZSBub25j*Q==",
+            b"dGhlIHNhbXBsZSBub25jZQ==dGhl",
+        ] {
+            assert!(!is_websocket_key(bad), "{}", String::from_utf8_lossy(bad));
+        }
+    }
 
     #[test]
     fn connection_header_lists_are_split_and_compared_without_case() {

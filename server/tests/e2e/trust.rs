@@ -129,3 +129,30 @@ async fn a_revoke_refuses_tokens_up_to_the_skew_ahead_and_says_from_when_tokens_
         .await;
     assert!(body.get("tokens_valid_from").is_none(), "{body}");
 }
+
+#[tokio::test]
+async fn an_upgrade_whose_key_is_not_16_bytes_of_base64_is_refused_with_400() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = Server::start().await;
+    let token = token("42", "7", hrrt_server::auth::Role::User);
+    for key in [
+        "",
+        "x",
+        "not base64 at all!!!!!==",
+        "dGhlIHNhbXBsZSBub25jZQ",
+    ] {
+        let mut tcp = within(tokio::net::TcpStream::connect(server.addr))
+            .await
+            .unwrap();
+        let request = format!(
+            "GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n"
+        );
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        within(tcp.read_to_end(&mut answer)).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{key:?}: {answer}");
+        assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
+    }
+}
