@@ -165,12 +165,7 @@ impl Outbox {
         else {
             return self.push(publication);
         };
-        if publication.event_type.is_resync_marker()
-            || self
-                .state
-                .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
-                .is_err()
-        {
+        if publication.event_type.is_resync_marker() || !self.begin_direct_write() {
             return self.push(publication);
         }
         // Nothing waits to go out before this frame.
@@ -199,13 +194,37 @@ impl Outbox {
                 Err(_) => self.push(publication),
             }
         };
+        self.end_direct_write();
+        offered
+    }
+
+    /// A fan-out takes the write side for one direct write: only from
+    /// idle, so never while anything waits to go out.
+    fn begin_direct_write(&self) -> bool {
+        self.state
+            .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// The fan-out lets go of the write side.
+    fn end_direct_write(&self) {
         let before = self.state.fetch_and(!WRITING, Ordering::Release);
         if before & PENDING != 0 {
             // Queued meanwhile (by this call or another): the session may
             // have found the socket taken and is waiting for it.
             self.wake.notify_one();
         }
-        offered
+    }
+
+    /// A direct write held open by a test, as if its `send` took long.
+    #[cfg(test)]
+    pub(crate) fn hold_direct_write(&self) -> bool {
+        self.begin_direct_write()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn end_held_direct_write(&self) {
+        self.end_direct_write();
     }
 
     /// Queues an event for the session. Over a bound, nothing is queued.
@@ -326,6 +345,23 @@ impl Outbox {
     pub fn set_position(&self, slot: usize, seq: u64) {
         if let Some(position) = self.positions.get(slot) {
             position.store(seq, Ordering::Relaxed);
+        }
+    }
+
+    /// The session takes the write side for good, to close: waits for a
+    /// direct write in progress, which lets go within one `send` and wakes
+    /// the one waiter. The session must hold no other wake-up future: the
+    /// fan-out wakes one waiter, and a stale one would take it.
+    pub async fn seal(&self) {
+        loop {
+            let mut woken = std::pin::pin!(self.wake.notified());
+            // Registered before the check, so a release between the two
+            // is not missed.
+            woken.as_mut().enable();
+            if self.acquire() {
+                return;
+            }
+            woken.await;
         }
     }
 

@@ -223,8 +223,17 @@ impl Live {
     /// Runs the connection until it ends, then closes it.
     pub(super) async fn run(mut self: Box<Self>) {
         let conn = self.conn.clone();
+        let ending = self.live(&conn).await;
+        // Boxed: inline, the close path (the close handshake's timer) would
+        // sit in every idle connection's task.
+        Box::pin(self.finish(ending)).await;
+    }
+
+    /// The loop, until the connection ends. Its wake-up future is gone
+    /// when this returns, so `finish` is the outbox's one waiter.
+    async fn live(&mut self, conn: &Conn) -> Ending {
         let mut wake = std::pin::pin!(conn.woken());
-        let ending = std::future::poll_fn(|cx| {
+        std::future::poll_fn(|cx| {
             for _ in 0..TURNS {
                 // Re-armed until pending, so the next push or close wakes
                 // the task; what it signalled is checked by the turn.
@@ -240,10 +249,7 @@ impl Live {
             cx.waker().wake_by_ref();
             Poll::Pending
         })
-        .await;
-        // Boxed: inline, the close path (the close handshake's timer) would
-        // sit in every idle connection's task.
-        Box::pin(self.finish(ending)).await;
+        .await
     }
 
     fn turn(&mut self, cx: &mut Context<'_>) -> Turn {
@@ -500,9 +506,7 @@ impl Live {
         // a frame on the wire is never cut.
         let seal = async {
             if !holding {
-                while !conn.out.acquire() {
-                    conn.woken().await;
-                }
+                conn.out.seal().await;
             }
             if let Some(rest) = conn.out.take(&mut VecDeque::new(), (0, 0)) {
                 out.push_front(rest);
@@ -608,6 +612,78 @@ mod tests {
         replay.take_page(page(&org, 8..=9, 12), &mut out);
         assert!(replay.is_done(), "9 is the target; later events come live");
         assert_eq!(kinds(&out), ["4", "5", "resync@5", "8", "9"]);
+    }
+
+    async fn bounded<T>(f: impl Future<Output = T>) -> Result<T, tokio::time::error::Elapsed> {
+        tokio::time::timeout(std::time::Duration::from_secs(10), f).await
+    }
+
+    /// A close asked while a fan-out's direct write holds the socket: the
+    /// session waits for that write, is woken when it ends, and the client
+    /// reads its close frame (not a dropped connection after the grace).
+    #[tokio::test]
+    async fn a_close_during_a_direct_write_still_reaches_the_client() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+        use crate::auth::{Claims, Role, mint};
+        use crate::hub::CloseReason;
+        use crate::protocol::UserId;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let secret = "live-test-secret-live-test-secret";
+        let state = AppState::new(crate::Config::with_secret(secret))
+            .await
+            .unwrap();
+        tokio::spawn(crate::app::serve(
+            listener,
+            state.clone(),
+            std::future::pending(),
+        ));
+        let token = mint(secret, &Claims::new("42", Some("7"), Role::User, 60)).unwrap();
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?token={token}"))
+            .await
+            .unwrap();
+        let first = bounded(ws.next()).await.unwrap().unwrap().unwrap();
+        assert!(first.to_text().unwrap().contains("connected"), "{first:?}");
+        let mut conns = Vec::new();
+        state.hub.for_each(|c| conns.push(c.clone()));
+        let conn = conns.pop().unwrap();
+        // Once the session is idle, a direct write takes the socket, and
+        // stays in flight.
+        bounded(async {
+            while !conn.out.hold_direct_write() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let user = UserId::new("42").unwrap();
+        state
+            .hub
+            .close_user(&user, &CloseReason::new(1008, "disconnected"));
+        // The session found the socket taken (it marks itself pending).
+        bounded(async {
+            while !conn.out.is_pending() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        conn.out.end_held_direct_write();
+        let close = bounded(async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => {}
+                    other => panic!("no close frame: {other:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(close, Some(1008));
     }
 
     #[test]
