@@ -17,6 +17,7 @@ use crate::api::limit::PublishLimiter;
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::config::{Config, ConfigError};
 use crate::engine::memory::MemoryLimits;
+use crate::engine::redis::RedisOptions;
 use crate::engine::{Engine, MemoryEngine, NodeInfo, RedisEngine};
 use crate::error::ApiError;
 use crate::hub::{CloseReason, Hub};
@@ -97,23 +98,32 @@ impl AppState {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
         let node_id = crate::random_hex(4);
+        let idempotency_keys = usize::try_from(config.idempotency_keys).unwrap_or(usize::MAX);
         let engine: Arc<dyn Engine> = match &config.redis_url {
             None => Arc::new(MemoryEngine::new(
                 MemoryLimits {
                     history_size,
                     history_ttl: config.history_ttl,
-                    idempotency_keys: usize::try_from(config.idempotency_keys)
-                        .unwrap_or(usize::MAX),
+                    idempotency_keys,
                 },
                 hub.clone(),
             )),
             Some(url) => Arc::new(
-                RedisEngine::connect(url, &node_id, history_size, config.history_ttl, hub.clone())
-                    .await
-                    .map_err(|source| ServerError::Redis {
-                        url: redact_url(url),
-                        source,
-                    })?,
+                RedisEngine::connect(
+                    RedisOptions {
+                        url,
+                        node_id: &node_id,
+                        history_size,
+                        history_ttl: config.history_ttl,
+                        idempotency_keys,
+                    },
+                    hub.clone(),
+                )
+                .await
+                .map_err(|source| ServerError::Redis {
+                    url: redact_url(url),
+                    source,
+                })?,
             ),
         };
         Ok(Self(Arc::new(Shared {

@@ -73,7 +73,9 @@ trait Maker {
     ) -> Arc<dyn Engine>;
 }
 
-struct Memory;
+struct Memory {
+    idempotency_keys: usize,
+}
 
 #[async_trait]
 impl Maker for Memory {
@@ -86,13 +88,16 @@ impl Maker for Memory {
         let limits = MemoryLimits {
             history_size,
             history_ttl: ttl,
-            idempotency_keys: 1000,
+            idempotency_keys: self.idempotency_keys,
         };
         Arc::new(MemoryEngine::new(limits, deliver))
     }
 }
 
-struct Redis(String);
+struct Redis {
+    url: String,
+    idempotency_keys: usize,
+}
 
 #[async_trait]
 impl Maker for Redis {
@@ -102,9 +107,14 @@ impl Maker for Redis {
         ttl: Duration,
         deliver: Arc<Recorder>,
     ) -> Arc<dyn Engine> {
-        let engine = RedisEngine::connect(&self.0, "conformance", history_size, ttl, deliver)
-            .await
-            .unwrap();
+        let options = hrrt_server::engine::redis::RedisOptions {
+            url: &self.url,
+            node_id: "conformance",
+            history_size,
+            history_ttl: ttl,
+            idempotency_keys: self.idempotency_keys,
+        };
+        let engine = RedisEngine::connect(options, deliver).await.unwrap();
         // What a node does: run the engine's tasks (its subscriber).
         for (_, task) in engine.background_tasks() {
             tokio::spawn(task());
@@ -221,10 +231,80 @@ async fn retention(maker: &dyn Maker, prefix: &str) {
     );
 }
 
+/// Idempotency keys: scoped by channel however ids are spelt, and bounded
+/// by `--idempotency-keys` (a full table refuses a new key, whole batch
+/// and all, and never forgets a live one). The maker's table holds 5.
+async fn idempotency(maker: &dyn Maker, prefix: &str) {
+    let engine = maker
+        .make(
+            100,
+            Duration::from_secs(3600),
+            Arc::new(Recorder::default()),
+        )
+        .await;
+    // Org `7` with key `x:k` and org `7:x` with key `k` are two publishes.
+    let (seven, seven_x) = (format!("org:{prefix}7"), format!("org:{prefix}7:x"));
+    let one = engine
+        .publish(vec![event(&seven, Some("x:k"))])
+        .await
+        .unwrap();
+    let two = engine
+        .publish(vec![event(&seven_x, Some("k"))])
+        .await
+        .unwrap();
+    assert_eq!(two[0].channel.to_string(), seven_x);
+    assert_eq!((one[0].seq, two[0].seq), (1, 1));
+    assert_eq!(engine.latest(&[ch(&seven_x)]).await.unwrap(), [1]);
+    // Three more keys fill the table of five; the sixth is refused, and so
+    // is a batch carrying it, with nothing of the batch published.
+    for key in ["a", "b", "c"] {
+        engine
+            .publish(vec![event(&seven, Some(key))])
+            .await
+            .unwrap();
+    }
+    let full = engine.publish(vec![event(&seven, Some("d"))]).await;
+    match full {
+        Err(hrrt_server::engine::EngineError::IdempotencyFull {
+            capacity,
+            retry_after,
+        }) => {
+            assert_eq!(capacity, 5);
+            assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(300));
+        }
+        other => panic!("a sixth key was not refused: {other:?}"),
+    }
+    let batch = engine
+        .publish(vec![event(&seven, None), event(&seven, Some("e"))])
+        .await;
+    assert!(batch.is_err());
+    assert_eq!(engine.latest(&[ch(&seven)]).await.unwrap(), [4]);
+    // Known keys still answer what they first did; keyless events go on.
+    let again = engine
+        .publish(vec![event(&seven, Some("x:k"))])
+        .await
+        .unwrap();
+    assert_eq!(again, one);
+    assert_eq!(
+        engine.publish(vec![event(&seven, None)]).await.unwrap()[0].seq,
+        5
+    );
+}
+
 #[tokio::test]
 async fn the_memory_engine_keeps_the_contract() {
-    conformance(&Memory, "m").await;
-    retention(&Memory, "m").await;
+    let maker = Memory {
+        idempotency_keys: 1000,
+    };
+    conformance(&maker, "m").await;
+    retention(&maker, "m").await;
+    idempotency(
+        &Memory {
+            idempotency_keys: 5,
+        },
+        "m",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -232,7 +312,16 @@ async fn the_redis_engine_keeps_the_contract() {
     let Some(redis) = crate::redis::TestRedis::start_or_skip(false).await else {
         return;
     };
-    let maker = Redis(redis.url());
+    let maker = Redis {
+        url: redis.url(),
+        idempotency_keys: 1000,
+    };
     conformance(&maker, "r").await;
     retention(&maker, "r").await;
+    // Its own database: the bound counts every key of the Redis.
+    let small = Redis {
+        url: format!("{}1", redis.url()),
+        idempotency_keys: 5,
+    };
+    idempotency(&small, "r").await;
 }

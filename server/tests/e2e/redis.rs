@@ -949,3 +949,40 @@ async fn a_node_cut_off_from_the_control_channel_closes_revoked_tabs_when_it_is_
     let seq = a.publish_org("7", "entity.created", json!({})).await;
     assert_eq!(bystander.next_event().await["seq"], seq);
 }
+
+#[tokio::test]
+async fn idempotency_keys_never_collide_across_channels_and_are_bounded_with_redis() {
+    let Some(redis) = TestRedis::start_or_skip(false).await else {
+        return;
+    };
+    let url = redis.url();
+    let server = Server::with(move |c| {
+        c.redis_url = Some(url);
+        c.idempotency_keys = 5;
+    })
+    .await;
+    let keyed = |org: &str, key: &str| json!({"type": "entity.created", "org_id": org, "idempotency_key": key});
+    let (_, first) = server.publish(keyed("7", "x:k")).await;
+    let (status, second) = server.publish(keyed("7:x", "k")).await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(
+        (second["channel"].as_str(), second["seq"].as_u64()),
+        (Some("org:7:x"), Some(1))
+    );
+    assert_ne!(first, second);
+    for key in ["a", "b", "c"] {
+        assert_eq!(server.publish(keyed("7", key)).await.0, 200);
+    }
+    let response = server.publish_response(keyed("7", "d")).await;
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=300).contains(&retry_after), "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "idempotency_table_full");
+    // A known key is still answered as it first was.
+    assert_eq!(server.publish(keyed("7", "x:k")).await, (200, first));
+}

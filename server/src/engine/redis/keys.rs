@@ -38,6 +38,17 @@ pub(super) const REVOKED: &str = "hrrt:revoked";
 /// expired ones can be dropped.
 pub(super) const REVOKED_UNTIL: &str = "hrrt:revoked:until";
 
+/// Where the first answer to `key` on `channel` is kept. The channel's
+/// length comes first: ids may contain `:`, and org `7` with key `x:k`
+/// must not be org `7:x` with key `k`.
+pub(super) fn idempotency_key(channel: &ChannelName, key: &str) -> String {
+    format!("{PREFIX}idem:{}:{channel}:{key}", channel.as_str().len())
+}
+
+/// The live idempotency keys by when they expire (ms), cluster-wide: the
+/// bound of `--idempotency-keys`.
+pub(super) const IDEMPOTENCY_INDEX: &str = "hrrt:idem-index";
+
 pub(super) fn epoch_key() -> String {
     format!("{PREFIX}epoch")
 }
@@ -137,6 +148,17 @@ pub(super) fn parse_message(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotency_keys_of_different_channels_never_meet() {
+        let seven = ChannelName::parse("org:7").unwrap();
+        let seven_x = ChannelName::parse("org:7:x").unwrap();
+        assert_ne!(
+            idempotency_key(&seven, "x:k"),
+            idempotency_key(&seven_x, "k")
+        );
+        assert_eq!(idempotency_key(&seven, "k"), "hrrt:idem:5:org:7:k");
+    }
 
     #[test]
     fn answers_and_messages_parse() {

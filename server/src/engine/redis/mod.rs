@@ -7,7 +7,8 @@
 //! | `hrrt:epoch` | string | the current epoch; gone when Redis lost its data |
 //! | `hrrt:seq:<channel>` | string (integer) | the channel's latest seq; never expires |
 //! | `hrrt:h:<channel>` | stream | the history: id `<seq>-0`, fields `f` (frame), `y` (type), `t` (ms); `MAXLEN --history-size`, expires `--history-ttl` after the last publish |
-//! | `hrrt:idem:<channel>:<key>` | string | the first answer to an idempotency key on that channel, 5 minutes |
+//! | `hrrt:idem:<len>:<channel>:<key>` | string | the first answer to an idempotency key on that channel (`len`: the channel's length, so no two channels' keys meet), 5 minutes |
+//! | `hrrt:idem-index` | sorted set | the live idempotency keys by expiry (ms): `--idempotency-keys` bounds them, cluster-wide |
 //! | `hrrt:ch:<channel>` | pub/sub channel | `<epoch>|<seq>|<type>|<frame>` |
 //! | `hrrt:ctl` | pub/sub channel | the nodes' control messages (JSON): revocations and disconnects |
 //! | `hrrt:revoked` | hash | user → `<at>|<until ms>`: the user's tokens issued at or before `at` are refused, until `--revocation-ttl` after the revocation; read whole (`HSCAN`) by a node at start and at every reconnect |
@@ -190,12 +191,27 @@ impl Shared {
     }
 }
 
+/// What a node's Redis engine is set up with.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisOptions<'a> {
+    /// `--redis-url`.
+    pub url: &'a str,
+    /// Names this node to the others.
+    pub node_id: &'a str,
+    pub history_size: usize,
+    pub history_ttl: Duration,
+    /// `--idempotency-keys`: the most live keys in the whole cluster.
+    pub idempotency_keys: usize,
+}
+
 /// The engine of one node.
 pub struct RedisEngine {
     shared: Arc<Shared>,
     publish: Script,
     revoke: Script,
     history_size: usize,
+    /// `--idempotency-keys`, applied to the cluster's shared count.
+    idempotency_keys: usize,
     control: mpsc::UnboundedSender<Control>,
 }
 
@@ -203,12 +219,16 @@ impl RedisEngine {
     /// Connects to Redis at `url`. Its subscriber is one of
     /// [`Engine::background_tasks`], which the node runs (and restarts).
     pub async fn connect(
-        url: &str,
-        node_id: &str,
-        history_size: usize,
-        history_ttl: Duration,
+        options: RedisOptions<'_>,
         deliver: Arc<dyn Deliver>,
     ) -> Result<Self, EngineError> {
+        let RedisOptions {
+            url,
+            node_id,
+            history_size,
+            history_ttl,
+            idempotency_keys,
+        } = options;
         let target = Target::parse(url)?;
         let conn = command_link(&target).await?;
         let (control, commands) = mpsc::unbounded_channel();
@@ -235,6 +255,7 @@ impl RedisEngine {
             publish: Script::new(PUBLISH_SCRIPT),
             revoke: Script::new(REVOKE_SCRIPT),
             history_size: history_size.max(1),
+            idempotency_keys: idempotency_keys.max(1),
             control,
         })
     }
@@ -284,6 +305,7 @@ impl Engine for RedisEngine {
         let mut invocation = self.publish.prepare_invoke();
         invocation.key(epoch_key());
         invocation.key(format!("{PREFIX}pub:{}", crate::random_hex(16)));
+        invocation.key(IDEMPOTENCY_INDEX);
         invocation
             .arg(crate::random_hex(8))
             .arg(self.history_size)
@@ -293,7 +315,8 @@ impl Engine for RedisEngine {
                     .max(1),
             )
             .arg(now_ms())
-            .arg(u64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(300_000));
+            .arg(u64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(300_000))
+            .arg(self.idempotency_keys);
         for event in &events {
             invocation.key(seq_key(&event.channel));
             invocation.key(stream_key(&event.channel));
@@ -301,9 +324,7 @@ impl Engine for RedisEngine {
                 event
                     .idempotency_key
                     .as_ref()
-                    .map_or_else(String::new, |k| {
-                        format!("{PREFIX}idem:{}:{k}", event.channel)
-                    }),
+                    .map_or_else(String::new, |k| idempotency_key(&event.channel, k)),
             );
             invocation
                 .arg(encode_event_prefix(
@@ -320,6 +341,16 @@ impl Engine for RedisEngine {
         let epoch = parts
             .next()
             .ok_or_else(|| unavailable("empty publish reply"))?;
+        if epoch == "!full" {
+            let wait_ms = parts
+                .next()
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(1000);
+            return Err(EngineError::IdempotencyFull {
+                capacity: self.idempotency_keys,
+                retry_after: Duration::from_millis(wait_ms),
+            });
+        }
         self.shared.observe_epoch(&epoch);
         parts
             .map(|answer| parse_answer(&answer).ok_or_else(|| unavailable("bad publish reply")))

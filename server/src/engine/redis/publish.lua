@@ -1,13 +1,29 @@
+-- One batch, all or nothing, exactly once.
+-- KEYS: [1] the epoch; [2] the batch token (the answer of a batch already
+-- applied, so a retry of a lost reply publishes nothing again); [3] the
+-- live idempotency keys by expiry (ms), which bounds them; then per event
+-- its seq, stream and idempotency key ('' for none).
+-- ARGV: [1] a new epoch, if Redis has none; [2] --history-size; [3]
+-- --history-ttl (ms); [4] now (ms); [5] the idempotency window (ms); [6]
+-- --idempotency-keys; then per event its frame prefix, type, pub/sub
+-- channel and channel name.
+-- Every check that could make a write fail (a seq key that is not a count,
+-- a stream whose last id is at or past the next seq, a full idempotency
+-- table) runs before the first write: a script error part-way would leave
+-- the first events published.
 local done = redis.call('GET', KEYS[2])
 if done then return cjson.decode(done) end
-local n = (#KEYS - 2) / 3
-local planned, claimed = {}, {}
+local n = (#KEYS - 3) / 3
+local planned, claimed, new_keys = {}, {}, 0
 for i = 0, n - 1 do
-  local seqk, streamk, idemk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
+  local seqk, streamk, idemk = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
   local prev = false
   if idemk ~= '' then prev = redis.call('GET', idemk) or claimed[idemk] end
   if not prev then
-    if idemk ~= '' then claimed[idemk] = true end
+    if idemk ~= '' then
+      claimed[idemk] = true
+      new_keys = new_keys + 1
+    end
     local cur = planned[seqk]
     if cur == nil then
       local kind = redis.call('TYPE', seqk)['ok']
@@ -36,6 +52,15 @@ for i = 0, n - 1 do
     planned[seqk] = cur + 1
   end
 end
+if new_keys > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[4])
+  if redis.call('ZCARD', KEYS[3]) + new_keys > tonumber(ARGV[6]) then
+    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+    local wait = tonumber(ARGV[5])
+    if oldest[2] then wait = tonumber(oldest[2]) - tonumber(ARGV[4]) end
+    return {'!full', string.format('%d', wait)}
+  end
+end
 local epoch = redis.call('GET', KEYS[1])
 if not epoch then
   epoch = ARGV[1]
@@ -43,8 +68,8 @@ if not epoch then
 end
 local out = {epoch}
 for i = 0, n - 1 do
-  local seqk, streamk, idemk = KEYS[3 + 3 * i], KEYS[4 + 3 * i], KEYS[5 + 3 * i]
-  local prefix, typ, pubch, chname = ARGV[6 + 4 * i], ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i]
+  local seqk, streamk, idemk = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+  local prefix, typ, pubch, chname = ARGV[7 + 4 * i], ARGV[8 + 4 * i], ARGV[9 + 4 * i], ARGV[10 + 4 * i]
   local prev = false
   if idemk ~= '' then prev = redis.call('GET', idemk) end
   if prev then
@@ -56,7 +81,10 @@ for i = 0, n - 1 do
     redis.call('PEXPIRE', streamk, ARGV[3])
     local nodes = redis.call('PUBLISH', pubch, epoch .. '|' .. seq .. '|' .. typ .. '|' .. frame)
     local answer = chname .. '|' .. seq .. '|' .. nodes
-    if idemk ~= '' then redis.call('SET', idemk, answer, 'PX', ARGV[5]) end
+    if idemk ~= '' then
+      redis.call('SET', idemk, answer, 'PX', ARGV[5])
+      redis.call('ZADD', KEYS[3], tonumber(ARGV[4]) + tonumber(ARGV[5]), idemk)
+    end
     table.insert(out, answer)
   end
 end
