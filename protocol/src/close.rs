@@ -32,6 +32,8 @@ pub mod reason {
     pub const ENGINE_UNAVAILABLE: &str = "engine unavailable";
     pub const RESYNC: &str = "resync";
     pub const SLOW_CONSUMER: &str = "slow consumer";
+    /// The client took none of the server's bytes for `--write-timeout`.
+    pub const WRITE_TIMEOUT: &str = "write timeout";
     pub const CONNECTION_LIMIT: &str = "connection limit";
 }
 

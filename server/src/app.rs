@@ -230,6 +230,8 @@ pub async fn serve(
     let http = HttpServer {
         router: router(state.clone()),
         header_timeout: state.config.handshake_timeout,
+        write_timeout: state.config.write_timeout,
+        metrics: state.metrics.clone(),
         graceful: state.shutdown.clone(),
         hard_stop: state.hard_stop.clone(),
         connections: TaskTracker::new(),

@@ -83,6 +83,13 @@ pub struct Config {
     #[arg(long, env = "HRRT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
     pub handshake_timeout: Duration,
 
+    /// A connection (HTTP or WebSocket) whose client takes none of the
+    /// server's bytes for this long is closed: a client that sends and
+    /// never reads cannot hold a socket and its buffers. WebSockets get
+    /// 1013 "write timeout" (reconnect and resume).
+    #[arg(long, env = "HRRT_WRITE_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub write_timeout: Duration,
+
     /// On SIGINT/SIGTERM, how long in-flight HTTP requests and closing
     /// WebSockets may take before whatever is left is cut.
     #[arg(long, env = "HRRT_SHUTDOWN_GRACE", default_value = "5s", value_parser = positive_duration)]
@@ -158,6 +165,7 @@ impl Config {
             max_connections_per_user: 0,
             publish_rate: 0,
             handshake_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             send_queue_bytes: 1 << 20,
             revocation_ttl: Duration::from_secs(24 * 3600),

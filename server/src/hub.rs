@@ -42,6 +42,7 @@ impl CloseReason {
     }
 
     pub const SLOW_CONSUMER: Self = Self::new(close::TRY_AGAIN_LATER, reason::SLOW_CONSUMER);
+    pub const WRITE_TIMEOUT: Self = Self::new(close::TRY_AGAIN_LATER, reason::WRITE_TIMEOUT);
     pub const TOKEN_EXPIRED: Self = Self::new(close::POLICY, reason::TOKEN_EXPIRED);
     pub const REVOKED: Self = Self::new(close::POLICY, reason::REVOKED);
     pub const PING_TIMEOUT: Self = Self::new(close::GOING_AWAY, reason::PING_TIMEOUT);

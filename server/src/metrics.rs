@@ -69,6 +69,18 @@ struct OrgLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// What kind of connection a write timeout closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    Http,
+    WebSocket,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloseLabel {
     code: String,
     /// `server` when the server sent the close, `client` otherwise.
@@ -105,6 +117,8 @@ pub struct Metrics {
     task_restarts: Counter,
     closes: Family<CloseLabel, Counter>,
     slow_consumer_closes: Counter,
+    /// HTTP, then WebSocket.
+    write_timeouts: [Counter; 2],
     history_events: Gauge,
     /// For `/api/stats`, which needs to list what Prometheus families hide.
     by_type: Mutex<HashMap<String, TypeCounts>>,
@@ -146,6 +160,22 @@ impl Metrics {
         let closes = Family::<CloseLabel, Counter>::default();
         let slow_consumer_closes = Counter::default();
         let history_events = Gauge::default();
+        let write_timeouts_family = Family::<KindLabel, Counter>::default();
+        // One statement each: `get_or_create` answers a read guard, and a
+        // second call while it is held would wait for it for ever.
+        let http = write_timeouts_family
+            .get_or_create(&KindLabel { kind: "http" })
+            .clone();
+        let websocket = write_timeouts_family
+            .get_or_create(&KindLabel { kind: "websocket" })
+            .clone();
+        let write_timeouts = [http, websocket];
+        registry.register(
+            "write_timeouts",
+            "Connections closed because the client took none of the server's bytes for \
+             --write-timeout, by kind (http, websocket)",
+            write_timeouts_family,
+        );
         registry.register(
             "connections",
             "Live WebSocket connections",
@@ -223,6 +253,7 @@ impl Metrics {
             task_restarts,
             closes,
             slow_consumer_closes,
+            write_timeouts,
             history_events,
             by_type: Mutex::default(),
             closes_by_code: Mutex::default(),
@@ -238,6 +269,15 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections.dec();
+    }
+
+    /// A connection was closed by `--write-timeout`.
+    pub fn write_timeout(&self, kind: ConnectionKind) {
+        let i = match kind {
+            ConnectionKind::Http => 0,
+            ConnectionKind::WebSocket => 1,
+        };
+        self.write_timeouts[i].inc();
     }
 
     /// Replaces the per-org gauges with `by_org`'s [`METRIC_ORGS`] largest.

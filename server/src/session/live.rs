@@ -156,6 +156,14 @@ pub(super) enum Ending {
     PeerGone,
 }
 
+/// Why the session could not write.
+enum WriteFailed {
+    /// The socket failed: the peer is gone.
+    PeerGone,
+    /// The peer took no bytes for `--write-timeout`.
+    TimedOut,
+}
+
 enum Turn {
     Progress,
     Idle,
@@ -190,6 +198,10 @@ pub(super) struct Live {
     holding: bool,
     /// The oldest live event in `out` (latency metric).
     oldest: Option<Instant>,
+    /// Running while the socket takes none of `out`; past
+    /// `--write-timeout` the connection is closed. `None` otherwise, so an
+    /// idle connection holds no timer.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     /// The close code the peer sent, if it sent one.
     peer_code: Option<u16>,
     registration: Registration,
@@ -214,6 +226,7 @@ impl Live {
             written: (0, 0),
             holding: false,
             oldest: None,
+            stalled: None,
             peer_code: None,
             registration: start.registration,
             _subscription: start.subscription,
@@ -281,13 +294,21 @@ impl Live {
         }
         match self.write(cx) {
             Ok(wrote) => progress |= wrote,
-            Err(()) => return Turn::End(Ending::PeerGone),
+            Err(WriteFailed::PeerGone) => return Turn::End(Ending::PeerGone),
+            Err(WriteFailed::TimedOut) => {
+                tracing::info!(conn = self.conn.id.0, user = %self.conn.user,
+                    "client took no bytes for --write-timeout; closing");
+                self.state
+                    .metrics
+                    .write_timeout(crate::metrics::ConnectionKind::WebSocket);
+                return Turn::End(Ending::Close(CloseReason::WRITE_TIMEOUT));
+            }
         }
         if progress { Turn::Progress } else { Turn::Idle }
     }
 
     /// Writes as much as the socket takes; `Ok(true)` if anything moved.
-    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, ()> {
+    fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, WriteFailed> {
         if !self.holding {
             if !self.has_work() {
                 return Ok(false);
@@ -319,16 +340,39 @@ impl Live {
                     continue;
                 }
             }
+            let before = (self.out.len(), self.out.front().map_or(0, Bytes::len));
             match self.socket.poll_write(cx, &mut self.out) {
                 Poll::Ready(Ok(())) => {
                     progress = true;
+                    self.stalled = None;
                     self.flushed();
                 }
-                Poll::Ready(Err(_)) => return Err(()),
-                Poll::Pending => return Ok(progress),
+                Poll::Ready(Err(_)) => return Err(WriteFailed::PeerGone),
+                Poll::Pending => {
+                    let moved = before != (self.out.len(), self.out.front().map_or(0, Bytes::len));
+                    return self.stall(cx, moved).map(|()| progress);
+                }
             }
         }
         Ok(true)
+    }
+
+    /// The socket is full: starts the write clock, or restarts it if some
+    /// bytes went (`moved`); an error once it ran `--write-timeout`.
+    fn stall(&mut self, cx: &mut Context<'_>, moved: bool) -> Result<(), WriteFailed> {
+        let timeout = self.state.config.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if moved {
+            stalled
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+        }
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Err(WriteFailed::TimedOut),
+            Poll::Pending => Ok(()),
+        }
     }
 
     /// Whether there is anything to write, or a replay still to do.

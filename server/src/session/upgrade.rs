@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::error::ApiError;
+use crate::listener::WriteTimeout;
 
 /// A valid WebSocket handshake, not yet answered.
 pub struct Upgrade {
@@ -123,11 +124,12 @@ impl Upgrade {
         let on_upgrade = self.on_upgrade;
         let upgraded = async move {
             let upgraded = on_upgrade.await.ok()?;
-            // The listener serves every connection as `TokioIo<TcpStream>`
-            // (listener.rs), so this is the type hyper hands back.
-            match upgraded.downcast::<TokioIo<TcpStream>>() {
+            // The listener serves every connection as
+            // `TokioIo<WriteTimeout<TcpStream>>` (listener.rs), so this is
+            // the type hyper hands back; the session bounds its own writes.
+            match upgraded.downcast::<TokioIo<WriteTimeout<TcpStream>>>() {
                 Ok(parts) => Some(Upgraded {
-                    tcp: parts.io.into_inner(),
+                    tcp: parts.io.into_inner().into_inner(),
                     read: parts.read_buf,
                 }),
                 Err(_) => {

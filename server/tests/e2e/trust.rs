@@ -156,3 +156,110 @@ async fn an_upgrade_whose_key_is_not_16_bytes_of_base64_is_refused_with_400() {
         assert!(answer.contains("Sec-WebSocket-Key"), "{answer}");
     }
 }
+
+/// `hrrt_write_timeouts_total` of `kind`, as `/metrics` has it now.
+async fn write_timeouts(server: &Server, kind: &str) -> u64 {
+    let text = server.metrics().await;
+    let prefix = format!("hrrt_write_timeouts_total{{kind=\"{kind}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Polls until `hrrt_write_timeouts_total{kind}` reaches `n` (bounded by
+/// `within`).
+async fn until_write_timeouts(server: &Server, kind: &str, n: u64) {
+    within(async {
+        while write_timeouts(server, kind).await < n {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A socket with a 4 KiB receive buffer: the server's writes stall as
+/// soon as it stops reading.
+async fn small_buffer_socket(server: &Server) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    within(socket.connect(server.addr)).await.unwrap()
+}
+
+/// Reads what is left until the server has closed the socket (EOF or a
+/// reset); a socket still held open fails the test by `within`.
+async fn until_closed(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 64 << 10];
+    within(async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn http_clients_that_send_requests_and_never_read_are_closed_after_the_write_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let server = Server::with(|c| c.write_timeout = Duration::from_secs(1)).await;
+    let request = "GET /api/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(200);
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = small_buffer_socket(&server).await;
+        within(tcp.write_all(request.as_bytes())).await.unwrap();
+        held.push(tcp);
+    }
+    until_write_timeouts(&server, "http", 5).await;
+    // The server has let go of every one of them, and serves meanwhile.
+    for tcp in held {
+        until_closed(tcp).await;
+    }
+    assert_eq!(server.get("/healthz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn a_websocket_client_that_never_reads_is_closed_after_the_write_timeout() {
+    let server = Server::with(|c| c.write_timeout = Duration::from_secs(1)).await;
+    let stalled = server
+        .open_with_small_buffer(&format!(
+            "token={}",
+            token("1", "7", hrrt_server::auth::Role::User)
+        ))
+        .await;
+    let mut bystander = server.connect("2", "7").await;
+    // Well under --send-queue-bytes: this is not a slow consumer, only a
+    // socket that takes nothing. 60 KB in all: more than the stalled
+    // socket's buffers take, and what any reader's socket holds while the
+    // test reads it.
+    let payload = json!({"text": "x".repeat(2 << 10)});
+    let mut last = 0;
+    for _ in 0..30 {
+        last = server
+            .publish_org("7", "chat.message", payload.clone())
+            .await;
+    }
+    let mut seen = 0;
+    while seen < last {
+        seen = bystander.next_event().await["seq"].as_u64().unwrap();
+    }
+    until_write_timeouts(&server, "websocket", 1).await;
+    let metrics = server.metrics().await;
+    assert!(
+        metrics.contains(r#"hrrt_closes_total{code="1013",by="server"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hrrt_slow_consumer_closes_total 0"),
+        "{metrics}"
+    );
+    // The bystander is served on.
+    let seq = server.publish_org("7", "entity.created", json!({})).await;
+    assert_eq!(bystander.next_event().await["seq"], seq);
+    drop(stalled);
+}
