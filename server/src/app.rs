@@ -35,11 +35,13 @@ const HARD_STOP_WAIT: Duration = Duration::from_secs(1);
 pub enum ServerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("cannot use redis at {url}: {source}")]
-    Redis {
-        url: String,
+    #[error("cannot use Redis at {url}: {reason}")]
+    Redis { url: String, reason: String },
+    #[error("cannot read --redis-ca {path}: {source}")]
+    RedisCa {
+        path: std::path::PathBuf,
         #[source]
-        source: crate::engine::EngineError,
+        source: std::io::Error,
     },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -99,6 +101,13 @@ impl AppState {
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
         let node_id = crate::random_hex(4);
         let idempotency_keys = usize::try_from(config.idempotency_keys).unwrap_or(usize::MAX);
+        let ca = match &config.redis_ca {
+            Some(path) => Some(std::fs::read(path).map_err(|source| ServerError::RedisCa {
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
+        };
         let engine: Arc<dyn Engine> = match &config.redis_url {
             None => Arc::new(MemoryEngine::new(
                 MemoryLimits {
@@ -112,6 +121,7 @@ impl AppState {
                 RedisEngine::connect(
                     RedisOptions {
                         url,
+                        ca: ca.as_deref(),
                         node_id: &node_id,
                         history_size,
                         history_ttl: config.history_ttl,
@@ -122,7 +132,7 @@ impl AppState {
                 .await
                 .map_err(|source| ServerError::Redis {
                     url: redact_url(url),
-                    source,
+                    reason: source.reason(),
                 })?,
             ),
         };
@@ -203,14 +213,27 @@ pub async fn run(
     serve(listener, AppState::new(config).await?, shutdown).await
 }
 
-/// A Redis URL without its password, for messages and logs.
-fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+/// A Redis URL without its credentials (the user info, and the query's
+/// `sentinel_password`), for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let (url, query) = url.split_once('?').unwrap_or((url, ""));
+    let base = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://…@{}", &url[..scheme], &url[at + 1..])
         }
         _ => url.to_owned(),
+    };
+    if query.is_empty() {
+        return base;
     }
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.contains("password") => format!("{key}=…"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
 }
 
 /// [`run`] with a state built by the caller, who may keep a clone of it
@@ -268,4 +291,19 @@ pub async fn serve(
     }
     state.hard_stop.cancel();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://…@h:1/0");
+        assert_eq!(
+            redact_url("redis+sentinel://:pw@h1,h2/m?sentinel_password=x&a=b"),
+            "redis+sentinel://…@h1,h2/m?sentinel_password=…&a=b"
+        );
+        assert_eq!(redact_url("redis://h:1/"), "redis://h:1/");
+    }
 }

@@ -21,12 +21,19 @@ pub struct Config {
     #[arg(long)]
     pub dev: bool,
 
-    /// Use the Redis engine at this URL (redis://host:6379/, or
-    /// redis+sentinel://host:26379,host:26379/mymaster to follow a
-    /// Sentinel-managed master through failovers) instead of the embedded
-    /// memory engine.
-    #[arg(long, env = "HRRT_REDIS_URL")]
+    /// Use the Redis engine at this URL instead of the embedded memory
+    /// engine: redis://[user:password@]host:6379[/db], rediss://… for TLS,
+    /// or redis+sentinel://[user:password@]host:26379,host:26379/mymaster
+    /// to follow a Sentinel-managed master through failovers
+    /// (rediss+sentinel:// for TLS; ?sentinel_password=… when the
+    /// Sentinels' password differs from the master's).
+    #[arg(long, env = "HRRT_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// For a `rediss://` (TLS) Redis: a PEM file of the CA certificates to
+    /// trust instead of the system's roots.
+    #[arg(long, env = "HRRT_REDIS_CA")]
+    pub redis_ca: Option<std::path::PathBuf>,
 
     /// How often each connection gets a keep-alive ping; a client that
     /// answers no WebSocket Ping for two intervals is dropped.
@@ -154,6 +161,7 @@ impl Config {
             jwt_secret: Some(secret.to_owned()),
             dev: false,
             redis_url: None,
+            redis_ca: None,
             ping_interval: Duration::from_secs(25),
             token_check_interval: Duration::from_secs(60),
             history_size: 1000,

@@ -170,6 +170,17 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// What went wrong, without the "engine unavailable" frame: for a
+    /// message that already says which engine it is about.
+    pub fn reason(&self) -> String {
+        match self {
+            EngineError::Unavailable(why) => why.trim_start_matches("redis: ").to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A long-running task of an engine, made afresh for every (re)start.
 pub type BackgroundTask =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;

@@ -109,6 +109,7 @@ impl Maker for Redis {
     ) -> Arc<dyn Engine> {
         let options = hrrt_server::engine::redis::RedisOptions {
             url: &self.url,
+            ca: None,
             node_id: "conformance",
             history_size,
             history_ttl: ttl,

@@ -196,6 +196,9 @@ impl Shared {
 pub struct RedisOptions<'a> {
     /// `--redis-url`.
     pub url: &'a str,
+    /// `--redis-ca`'s PEM: the roots trusted for TLS instead of the
+    /// system's.
+    pub ca: Option<&'a [u8]>,
     /// Names this node to the others.
     pub node_id: &'a str,
     pub history_size: usize,
@@ -224,12 +227,16 @@ impl RedisEngine {
     ) -> Result<Self, EngineError> {
         let RedisOptions {
             url,
+            ca,
             node_id,
             history_size,
             history_ttl,
             idempotency_keys,
         } = options;
-        let target = Target::parse(url)?;
+        // The server's TLS, for `rediss://`: ring, as the rest of the
+        // workspace (a second call finds it installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let target = Target::parse(url, ca.map(<[u8]>::to_vec))?;
         let conn = command_link(&target).await?;
         let (control, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
