@@ -2,14 +2,16 @@
 # Runs every check and test of the workspace, as CI does. Needs a Rust
 # toolchain; installs what the tests run when it is missing (Debian
 # packages): redis-server and redis-sentinel, since the Redis engine's tests
-# start their own; python3 with venv for schemathesis and the Python client;
-# chromium and Node.js for the browser client.
+# start their own, and openssl, which makes the TLS ones' certificates;
+# python3 with venv for schemathesis and the Python client; chromium and
+# Node.js for the browser client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 MISSING=()
 command -v redis-server >/dev/null 2>&1 || MISSING+=(redis-server)
 command -v redis-sentinel >/dev/null 2>&1 || MISSING+=(redis-sentinel)
+command -v openssl >/dev/null 2>&1 || MISSING+=(openssl)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || MISSING+=(python3 python3-venv)
 [ -x /usr/bin/chromium ] || MISSING+=(chromium)
 command -v node >/dev/null 2>&1 || MISSING+=(nodejs npm)

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::app::{ServerError, run};
+use crate::app::{AppState, ServerError, serve};
 use crate::auth::{Claims, Role, mint};
 use crate::config::{Config, MIN_SECRET_BYTES};
 
@@ -44,11 +44,15 @@ pub async fn launch(mut config: Config) -> Result<(), ServerError> {
         source,
     })?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, engine = if config.redis_url.is_some() { "redis" } else { "memory" }, "listening");
+    // The engine first (Redis connected, its revocations read): a Redis
+    // that cannot be used ends the start with its one line, before any
+    // line says the server listens.
+    let state = AppState::new(config.clone()).await?;
+    tracing::info!(%addr, engine = state.engine.kind(), "listening");
     if config.dev {
         print_dev_banner(&config, addr);
     }
-    run(listener, config, shutdown).await
+    serve(listener, state, shutdown).await
 }
 
 /// The most handshakes waiting to be accepted. tokio's default (1024)

@@ -104,6 +104,11 @@ pub struct TestRedis {
     port: u16,
     dir: PathBuf,
     persistent: bool,
+    /// More `redis-server` arguments (a password, TLS).
+    extra: Vec<String>,
+    /// With TLS: the port speaks only TLS, and this is the CA that signed
+    /// its certificate.
+    tls_ca: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -138,6 +143,45 @@ impl TestRedis {
 
     /// Starts one; panics with a clear message if it cannot.
     pub async fn start(persistent: bool) -> Self {
+        Self::start_with(persistent, &[]).await
+    }
+
+    /// Starts one with more `redis-server` arguments (say
+    /// `["--requirepass", "pw"]`).
+    pub async fn start_with(persistent: bool, extra: &[&str]) -> Self {
+        let mut redis = Self::prepare(persistent, extra);
+        redis.run().await;
+        redis
+    }
+
+    /// Starts one whose port speaks only TLS, with a certificate for
+    /// 127.0.0.1 signed by a CA made for it ([`TestRedis::tls_ca`]).
+    /// Needs `openssl` (scripts/test.sh installs it).
+    pub async fn start_tls(extra: &[&str]) -> Self {
+        let mut redis = Self::prepare(false, extra);
+        let ca = make_certificates(&redis.dir);
+        let file = |name: &str| redis.dir.join(name).to_str().unwrap().to_owned();
+        let port = redis.port.to_string();
+        redis.extra.extend([
+            "--port".to_owned(),
+            "0".to_owned(),
+            "--tls-port".to_owned(),
+            port,
+            "--tls-cert-file".to_owned(),
+            file("server.pem"),
+            "--tls-key-file".to_owned(),
+            file("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            file("ca.pem"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ]);
+        redis.tls_ca = Some(ca);
+        redis.run().await;
+        redis
+    }
+
+    fn prepare(persistent: bool, extra: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -145,14 +189,19 @@ impl TestRedis {
             .port();
         let dir = std::env::temp_dir().join(format!("hrrt-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Self {
+        Self {
             port,
             dir,
             persistent,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            tls_ca: None,
             child: None,
-        };
-        redis.run().await;
-        redis
+        }
+    }
+
+    /// The CA of a [`TestRedis::start_tls`] Redis (a PEM file).
+    pub fn tls_ca(&self) -> Option<&std::path::Path> {
+        self.tls_ca.as_deref()
     }
 
     /// Starts the process (again, after [`TestRedis::stop`]) and waits for
@@ -169,6 +218,7 @@ impl TestRedis {
         ])
         .args(["--dir", self.dir.to_str().unwrap()])
         .args(["--appendonly", if self.persistent { "yes" } else { "no" }])
+        .args(&self.extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
@@ -176,22 +226,32 @@ impl TestRedis {
             .spawn()
             .expect("redis-server is needed for these tests (scripts/test.sh installs it)");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut said = Vec::new();
         loop {
-            let line = within(lines.next_line())
-                .await
-                .unwrap()
-                .expect("redis-server exited before it was ready");
+            let Some(line) = within(lines.next_line()).await.unwrap() else {
+                panic!(
+                    "redis-server exited before it was ready:\n{}",
+                    said.join("\n")
+                );
+            };
             if line.contains("Ready to accept connections") {
                 break;
             }
+            said.push(line);
         }
         // Keep draining its log so it never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         self.child = Some(child);
     }
 
+    /// `redis://127.0.0.1:<port>/`, or `rediss://…` for a TLS Redis.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls_ca.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -209,6 +269,73 @@ impl TestRedis {
             within(child.wait()).await.unwrap();
         }
     }
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`
+/// (`ca.pem`, `server.pem`, `server.key`); answers the CA's path.
+fn make_certificates(dir: &std::path::Path) -> PathBuf {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS tests (scripts/test.sh installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hrrt test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+        "-out",
+        "server.pem",
+    ]);
+    dir.join("ca.pem")
 }
 
 impl Drop for TestRedis {

@@ -16,6 +16,7 @@ mod keepalive;
 mod protection;
 mod publish;
 mod redis;
+mod redis_deployed;
 mod resume;
 mod sentinel;
 mod shutdown;

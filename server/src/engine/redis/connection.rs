@@ -262,13 +262,21 @@ fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// What a call that got no answer in time says.
+const NO_ANSWER: &str = "no answer in time: check the host and port, and that the port \
+    speaks TLS if the URL is rediss:// (plain Redis takes redis://)";
+
 /// A Redis error as one line an operator can act on: what went wrong and
 /// what to change. Passwords are never part of it.
 pub(super) fn describe(e: &redis::RedisError) -> String {
     let text = e.to_string();
     let lower = text.to_lowercase();
     let has = |needle: &str| lower.contains(needle);
-    if e.code() == Some("WRONGPASS") || has("wrongpass") || has("invalid password") {
+    if e.code() == Some("WRONGPASS")
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+        || has("wrongpass")
+        || has("invalid password")
+    {
         "the user or password was refused (WRONGPASS): check them in --redis-url \
          (redis://user:password@host:port/)"
             .to_owned()
@@ -285,6 +293,8 @@ pub(super) fn describe(e: &redis::RedisError) -> String {
         )
     } else if has("corrupt message") || has("invalidcontenttype") || has("wrong version number") {
         "the server does not speak TLS on that port: use redis:// rather than rediss://".to_owned()
+    } else if e.is_timeout() || has("timed out") {
+        NO_ANSWER.to_owned()
     } else if e.is_connection_refusal() || has("connection refused") {
         format!("nothing answers there ({})", first_line(&text))
     } else if e.is_connection_dropped() || has("unexpected end of file") || has("broken pipe") {
@@ -319,6 +329,10 @@ pub(super) async fn command_link(target: &Target) -> Result<ConnectionManager, E
         .set_number_of_retries(1)
         .set_max_delay(BACKOFF_MAX);
     let client = target.client().await?;
+    // One plain connection first: the manager retries what fails (a
+    // refused password, an untrusted certificate) until the call's time
+    // is up and then says only that; this says why, at once.
+    call(client.get_multiplexed_async_connection()).await?;
     call(client.get_connection_manager_with_config(config)).await
 }
 
@@ -340,7 +354,7 @@ pub(super) async fn call<T>(
     match tokio::time::timeout(CALL_TIMEOUT, fut).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(unavailable(describe(&e))),
-        Err(_) => Err(unavailable("no answer in time")),
+        Err(_) => Err(unavailable(NO_ANSWER)),
     }
 }
 
