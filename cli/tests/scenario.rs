@@ -175,3 +175,81 @@ fn json_output_lists_every_step() {
     assert_eq!(report[0]["passed"], true);
     assert_eq!(report[0]["steps"][2]["status"], "passed");
 }
+
+/// The library against one long-running server shared by several runs:
+/// `--url`, with channels freed between runs so that a new channel starts
+/// above seq 1 (the memory engine's floor), then two runs at once.
+#[tokio::test]
+async fn the_library_passes_against_one_shared_server_run_after_run_and_side_by_side() {
+    use std::time::Duration;
+
+    use hrrt_testkit::{SECRET, TestServer, within_for};
+    let server = TestServer::with(|c| {
+        c.history_ttl = Duration::from_secs(1);
+        c.token_check_interval = Duration::from_millis(500);
+    })
+    .await;
+    let url = server.url();
+    let files = library();
+    let run = || {
+        let mut cmd = tokio::process::Command::new(BIN);
+        cmd.args([
+            "scenario",
+            "run",
+            "--parallel",
+            "8",
+            "--url",
+            &url,
+            "--secret",
+            SECRET,
+        ])
+        .args(&files)
+        .env("NO_COLOR", "1")
+        .env_remove("HRRT_URL")
+        .env_remove("HRRT_JWT_SECRET")
+        .kill_on_drop(true);
+        async move {
+            let out = within_for(Duration::from_secs(120), cmd.output())
+                .await
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(stdout.contains(" 0 failed"), "{stdout}");
+        }
+    };
+    run().await;
+    // Until the runs' channels are freed: a channel never used then starts
+    // above seq 1 (bounded: 10 s).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let token = hrrt_protocol::mint(
+        SECRET,
+        &hrrt_protocol::Claims::new("t", None, hrrt_protocol::Role::Service, 60),
+    )
+    .unwrap();
+    within_for(Duration::from_secs(10), async {
+        for probe in 0.. {
+            let answer: serde_json::Value = http
+                .post(format!("{url}/api/events"))
+                .bearer_auth(&token)
+                .json(&serde_json::json!({"type": "entity.created", "org_id": format!("probe-{probe}")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if answer["seq"].as_u64() > Some(1) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    tokio::join!(run(), run());
+}

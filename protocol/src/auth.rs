@@ -296,14 +296,16 @@ pub fn mint(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::error
 }
 
 impl Claims {
-    /// Claims for `user` in `org` with `role`, valid for `ttl_secs` from now.
+    /// Claims for `user` in `org` with `role`, valid for at least
+    /// `ttl_secs` from now: `exp` is in whole seconds, so it is rounded up
+    /// (a 1-second token minted at 10.9 s expires at 12, not at 11).
     pub fn new(user: &str, org: Option<&str>, role: Role, ttl_secs: u64) -> Self {
-        let now = unix_now();
+        let now = unix_now_f64();
         Self {
             sub: user.to_owned(),
             org_id: org.map(str::to_owned),
-            exp: now.saturating_add(ttl_secs),
-            iat: now,
+            exp: (now.ceil() as u64).saturating_add(ttl_secs),
+            iat: now.floor() as u64,
             role,
         }
     }

@@ -7,7 +7,7 @@
 //! queue closes that one connection (slow consumer) instead of waiting.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
@@ -62,6 +62,20 @@ pub struct Interest {
     pub channels: Vec<ChannelName>,
     /// And every other channel too (an admin watching `orgs=*`).
     pub all: bool,
+    /// An admin watch (`orgs=`, the dashboard): counted apart, never as a
+    /// connection of its own org.
+    pub watch: bool,
+}
+
+/// Who is connected to this node now.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Census {
+    /// Connections per org, watchers left out.
+    pub by_org: HashMap<OrgId, usize>,
+    /// Distinct users with a connection other than a watch.
+    pub users: usize,
+    /// Admin watch connections (`orgs=`).
+    pub watchers: usize,
 }
 
 /// Connection caps; 0 means no cap.
@@ -398,14 +412,21 @@ impl Hub {
         self.read().by_user.len()
     }
 
-    /// Live connections per org, and the number of distinct users.
-    pub fn census(&self) -> (HashMap<OrgId, usize>, usize) {
+    /// Live connections per org, distinct users, and watchers.
+    pub fn census(&self) -> Census {
         let inner = self.read();
-        let mut by_org: HashMap<OrgId, usize> = HashMap::new();
+        let mut census = Census::default();
+        let mut users = HashSet::new();
         for conn in inner.conns.values() {
-            *by_org.entry(conn.org.clone()).or_default() += 1;
+            if conn.interest.watch {
+                census.watchers += 1;
+            } else {
+                *census.by_org.entry(conn.org.clone()).or_default() += 1;
+                users.insert(&conn.user);
+            }
         }
-        (by_org, inner.by_user.len())
+        census.users = users.len();
+        census
     }
 
     /// Closes every connection with `reason` and refuses new ones (shutdown).
@@ -675,6 +696,7 @@ mod tests {
         let interest = Interest {
             channels: vec![ChannelName::org(&org), ChannelName::user(&user)],
             all: false,
+            watch: false,
         };
         Arc::new(Conn::new(
             ConnId(id),
@@ -743,9 +765,9 @@ mod tests {
         assert_eq!(hub.close_user(&UserId::new("a").unwrap(), &reason), 2);
         assert_eq!(a1.close_reason(), Some(&reason));
         assert!(a2.close_reason().is_some() && b1.close_reason().is_none());
-        let (orgs, users) = hub.census();
-        assert_eq!((orgs.len(), users), (1, 2));
-        assert_eq!(hub.users(), users);
+        let census = hub.census();
+        assert_eq!((census.by_org.len(), census.users), (1, 2));
+        assert_eq!(hub.users(), census.users);
         hub.close_all(&CloseReason::SHUTDOWN);
         assert_eq!(b1.close_reason(), Some(&CloseReason::SHUTDOWN));
         let late = conn(6, "d", "7", 8);

@@ -120,6 +120,7 @@ pub struct Metrics {
     /// HTTP, then WebSocket.
     write_timeouts: [Counter; 2],
     history_events: Gauge,
+    watchers: Gauge,
     /// For `/api/stats`, which needs to list what Prometheus families hide.
     by_type: Mutex<HashMap<String, TypeCounts>>,
     closes_by_code: Mutex<HashMap<u16, u64>>,
@@ -160,6 +161,12 @@ impl Metrics {
         let closes = Family::<CloseLabel, Counter>::default();
         let slow_consumer_closes = Counter::default();
         let history_events = Gauge::default();
+        let watchers = Gauge::default();
+        registry.register(
+            "watchers",
+            "Admin watch connections (orgs=, such as hrrt dash), counted apart from the orgs",
+            watchers.clone(),
+        );
         let write_timeouts_family = Family::<KindLabel, Counter>::default();
         // One statement each: `get_or_create` answers a read guard, and a
         // second call while it is held would wait for it for ever.
@@ -255,6 +262,7 @@ impl Metrics {
             slow_consumer_closes,
             write_timeouts,
             history_events,
+            watchers,
             by_type: Mutex::default(),
             closes_by_code: Mutex::default(),
             slow_consumers: AtomicU64::new(0),
@@ -269,6 +277,11 @@ impl Metrics {
 
     pub fn connection_closed(&self) {
         self.connections.dec();
+    }
+
+    /// Admin watch connections now (written at scrape time).
+    pub fn set_watchers(&self, n: usize) {
+        self.watchers.set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// A connection was closed by `--write-timeout`.

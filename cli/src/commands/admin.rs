@@ -136,8 +136,9 @@ pub async fn stats(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitS
         uptime(stats["uptime_seconds"].as_u64().unwrap_or(0)),
     ))?;
     output::line(&format!(
-        "connections {}  users {}  history {} events  slow-consumer closes {}",
+        "connections {} (watchers {})  users {}  history {} events  slow-consumer closes {}",
         text(&stats["connections"]["total"]),
+        stats["connections"]["watchers"].as_u64().unwrap_or(0),
         text(&stats["users"]),
         text(&stats["history_events"]),
         text(&stats["slow_consumer_closes"]),

@@ -12,9 +12,14 @@ use crate::error::ApiError;
     responses((status = 200, description = "OpenMetrics text", body = String,
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let (by_org, _) = state.hub.census();
-    let by_org: Vec<(&str, usize)> = by_org.iter().map(|(o, n)| (o.as_str(), *n)).collect();
+    let census = state.hub.census();
+    let by_org: Vec<(&str, usize)> = census
+        .by_org
+        .iter()
+        .map(|(o, n)| (o.as_str(), *n))
+        .collect();
     let retained = state.engine.retained_events();
+    state.metrics.set_watchers(census.watchers);
     let body = state.metrics.scrape(retained, &by_org).map_err(|e| {
         tracing::error!(error = %e, "encoding metrics failed");
         ApiError::new(

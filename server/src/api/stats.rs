@@ -27,12 +27,34 @@ pub struct Stats {
     pub closes: BTreeMap<String, u64>,
     /// Events held in history by the engine.
     pub history_events: u64,
+    /// The node's settings a client's behaviour depends on (a scenario
+    /// waits for the token check it needs, say).
+    pub settings: Settings,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Connections {
+    /// Every WebSocket connection, watchers included.
     pub total: usize,
+    /// Per org, watchers left out.
     pub by_org: BTreeMap<String, usize>,
+    /// Admin watch connections (`orgs=`, such as `hrrt dash`).
+    pub watchers: usize,
+}
+
+/// Flags of this node, in milliseconds.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Settings {
+    /// `--token-check-interval`: how often token expiry is checked.
+    pub token_check_interval_ms: u64,
+    /// `--ping-interval`.
+    pub ping_interval_ms: u64,
+    /// `--clock-skew`.
+    pub clock_skew_ms: u64,
+    /// `--history-size`.
+    pub history_size: u64,
+    /// `--history-ttl`.
+    pub history_ttl_ms: u64,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -61,7 +83,9 @@ pub async fn stats(
     State(state): State<AppState>,
     ServiceCaller(_caller): ServiceCaller,
 ) -> Json<Stats> {
-    let (by_org, users) = state.hub.census();
+    let census = state.hub.census();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let config = &state.config;
     let by_type = state.metrics.by_type();
     let published: BTreeMap<String, u64> = by_type
         .iter()
@@ -79,13 +103,15 @@ pub async fn stats(
         epoch: state.engine.epoch().to_string(),
         uptime_seconds: state.started.elapsed().as_secs(),
         connections: Connections {
-            total: by_org.values().sum(),
-            by_org: by_org
+            total: census.by_org.values().sum::<usize>() + census.watchers,
+            by_org: census
+                .by_org
                 .into_iter()
                 .map(|(o, n)| (o.to_string(), n))
                 .collect(),
+            watchers: census.watchers,
         },
-        users,
+        users: census.users,
         events: Events {
             published_total: published.values().sum(),
             delivered_total: delivered.values().sum(),
@@ -100,5 +126,12 @@ pub async fn stats(
             .map(|(code, n)| (code.to_string(), n))
             .collect(),
         history_events: state.engine.retained_events(),
+        settings: Settings {
+            token_check_interval_ms: ms(config.token_check_interval),
+            ping_interval_ms: ms(config.ping_interval),
+            clock_skew_ms: ms(config.clock_skew),
+            history_size: config.history_size,
+            history_ttl_ms: ms(config.history_ttl),
+        },
     })
 }

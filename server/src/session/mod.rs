@@ -307,6 +307,7 @@ fn admit(
         None => Interest {
             channels: vec![ChannelName::org(&org), ChannelName::user(&identity.user)],
             all: false,
+            watch: false,
         },
         Some(_) if identity.role != Role::Admin => return Err(forbidden()),
         Some(orgs) => {
@@ -330,6 +331,7 @@ pub(crate) fn parse_orgs(orgs: &str) -> Option<Interest> {
         return Some(Interest {
             channels: Vec::new(),
             all: true,
+            watch: true,
         });
     }
     let mut channels = Vec::new();
@@ -345,6 +347,7 @@ pub(crate) fn parse_orgs(orgs: &str) -> Option<Interest> {
     (!channels.is_empty()).then_some(Interest {
         channels,
         all: false,
+        watch: true,
     })
 }
 

@@ -117,6 +117,8 @@ async fn stats_count_what_happened() {
     let mut b = server.connect("2", "7").await;
     let _b2 = server.connect("2", "7").await;
     let _c = server.connect("3", "8").await;
+    // A watcher is counted apart: not as a connection of its org, nor a user.
+    let _watch = admin(&server, "*", "").await;
     server.publish_org("7", "entity.created", json!({})).await;
     server.publish_org("7", "entity.created", json!({})).await;
     a.next_event().await;
@@ -125,12 +127,17 @@ async fn stats_count_what_happened() {
     assert_eq!(status, 200, "{stats}");
     assert_eq!(
         stats["connections"],
-        json!({"total": 4, "by_org": {"7": 3, "8": 1}})
+        json!({"total": 5, "by_org": {"7": 3, "8": 1}, "watchers": 1})
     );
+    assert_eq!(stats["settings"]["token_check_interval_ms"], 60_000);
     assert_eq!(stats["users"], 3);
     assert_eq!(stats["engine"], "memory");
     assert_eq!(stats["events"]["published"], json!({"entity.created": 2}));
-    assert_eq!(stats["events"]["delivered"], json!({"entity.created": 6}));
+    assert_eq!(
+        stats["events"]["delivered"],
+        json!({"entity.created": 8}),
+        "the watcher is delivered to as well"
+    );
     assert!(stats["node_id"].is_string() && stats["uptime_seconds"].is_u64());
     let (status, _) = server
         .get("/api/stats", Some(&token("1", "7", Role::User)))
@@ -143,6 +150,8 @@ async fn metrics_parse_as_prometheus_text() {
     let server = Server::start().await;
     let mut a = server.connect("1", "7").await;
     let _b = server.connect("2", "8").await;
+    // The dashboard's watch, on org 9 (which nobody else is in).
+    let _watch = admin(&server, "9", "").await;
     server.publish_org("7", "entity.created", json!({})).await;
     a.next_event().await;
     let mut refused = server.open("token=bad").await;
@@ -163,8 +172,14 @@ async fn metrics_parse_as_prometheus_text() {
                 _ => f64::NAN,
             })
     };
-    assert_eq!(value("hrrt_connections", None), Some(2.0));
+    assert_eq!(value("hrrt_connections", None), Some(3.0));
     assert_eq!(value("hrrt_org_connections", Some(("org", "8"))), Some(1.0));
+    assert_eq!(value("hrrt_watchers", None), Some(1.0));
+    assert_eq!(
+        value("hrrt_org_connections", Some(("org", "1"))),
+        None,
+        "the watcher's own org is not an org with connections"
+    );
     assert_eq!(
         value(
             "hrrt_events_published_total",

@@ -19,6 +19,11 @@ pub struct Scenario {
     /// The clients, by the names the steps use.
     #[serde(default)]
     pub clients: BTreeMap<String, ClientSpec>,
+    /// Keep the ids as written. By default every user and org id gets a
+    /// suffix of its own for each run, so runs against a shared server
+    /// never meet.
+    #[serde(default)]
+    pub pin_ids: bool,
     /// Each step is a map with one key naming it (`- connect: alice`).
     #[serde(with = "serde_yaml_ng::with::singleton_map_recursive")]
     #[schemars(with = "Vec<Step>")]

@@ -1,6 +1,8 @@
 //! Whether a received frame matches an `expect`: type (with wildcards),
 //! channel, seq, and the payload as a subset.
 
+use std::collections::BTreeMap;
+
 use hrrt_protocol::{ChannelName, ServerFrame};
 use serde_json::Value;
 
@@ -49,7 +51,10 @@ fn has_field(frame: &ServerFrame, field: &str) -> bool {
 }
 
 impl Matcher {
-    pub fn matches(&self, frame: &ServerFrame) -> bool {
+    /// Whether `frame` matches. `seq` counts from `base`: the position of
+    /// the frame's channel when the client first connected (0 for a
+    /// channel it was not told about).
+    pub fn matches(&self, frame: &ServerFrame, base: &BTreeMap<String, u64>) -> bool {
         let v = view(frame);
         if let Some(kind) = &self.kind
             && !TypeFilter::new(std::slice::from_ref(kind)).matches(v.kind)
@@ -61,10 +66,15 @@ impl Matcher {
         {
             return false;
         }
-        if let Some(seq) = self.seq
-            && v.seq != Some(seq)
-        {
-            return false;
+        if let Some(seq) = self.seq {
+            let from = v
+                .channel
+                .and_then(|c| base.get(c.as_str()))
+                .copied()
+                .unwrap_or(0);
+            if v.seq != Some(from.saturating_add(seq)) {
+                return false;
+            }
         }
         if !self.fields.iter().all(|f| has_field(frame, f)) {
             return false;
@@ -163,6 +173,7 @@ mod tests {
             payload,
             fields: Vec::new(),
         };
+        let none = BTreeMap::new();
         assert!(
             m(
                 Some("entity.*"),
@@ -170,12 +181,16 @@ mod tests {
                 Some(3),
                 Some(json!({"id": 1}))
             )
-            .matches(&frame)
+            .matches(&frame, &none)
         );
-        assert!(!m(Some("chat.*"), None, None, None).matches(&frame));
-        assert!(!m(None, Some("org:8"), None, None).matches(&frame));
-        assert!(!m(None, None, Some(4), None).matches(&frame));
-        assert!(!m(None, None, None, Some(json!({"id": 2}))).matches(&frame));
+        assert!(!m(Some("chat.*"), None, None, None).matches(&frame, &none));
+        assert!(!m(None, Some("org:8"), None, None).matches(&frame, &none));
+        assert!(!m(None, None, Some(4), None).matches(&frame, &none));
+        assert!(!m(None, None, None, Some(json!({"id": 2}))).matches(&frame, &none));
+        // seq counts from where the client stood at connect.
+        let base = BTreeMap::from([("org:7".to_owned(), 2)]);
+        assert!(m(None, None, Some(1), None).matches(&frame, &base));
+        assert!(!m(None, None, Some(3), None).matches(&frame, &base));
         assert_eq!(summarize(&frame), "entity.created org:7@3 {\"id\":1}");
     }
 }

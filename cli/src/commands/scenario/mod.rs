@@ -2,6 +2,7 @@
 //! a line per step, a summary, and JUnit or JSON reports.
 
 mod format;
+mod isolate;
 mod matcher;
 mod runner;
 
@@ -99,11 +100,16 @@ async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitSta
         None
     } else {
         let target = Target::parse(&global.url)?;
-        Some(Env {
+        let mut env = Env {
             api: crate::client::Api::new(target.clone())?,
             target,
             secret: global.secret.clone(),
-        })
+            token_check: runner::DEFAULT_TOKEN_CHECK,
+        };
+        if let Some(warning) = env.read_settings().await {
+            output::warn(&warning);
+        }
+        Some(env)
     };
 
     let permits = Arc::new(Semaphore::new(usize::try_from(args.parallel).unwrap_or(1)));
@@ -163,6 +169,7 @@ impl Embedded {
         config.listen = addr;
         // Token expiry is checked often so expiry scenarios finish quickly.
         config.token_check_interval = Duration::from_millis(250);
+        let config_token_check = config.token_check_interval;
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(hrrt_server::run(listener, config, async {
             let _ = stopped.await;
@@ -173,6 +180,7 @@ impl Embedded {
                 api: crate::client::Api::new(target.clone())?,
                 target,
                 secret: Some(secret),
+                token_check: config_token_check,
             },
             stop,
             task,
@@ -225,6 +233,9 @@ fn human(outcomes: &[ScenarioOutcome]) -> String {
                     }
                 )
             );
+            if let Some(note) = &step.note {
+                let _ = writeln!(s, "          {}", paint(DIM, note));
+            }
             if let Some(error) = &step.error {
                 let _ = writeln!(s, "          {}", paint(ERROR, error));
             }

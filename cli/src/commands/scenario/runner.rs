@@ -1,6 +1,6 @@
 //! Runs one scenario against a server, step by step, and says what held.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use hrrt_protocol::auth::{Claims, Role, mint, unix_now};
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::format::{
     ClientSpec, ConnectStep, Matcher, PublishStep, RefreshStep, Scenario, Step, duration,
 };
+use super::isolate::Names;
 use super::matcher::summarize;
 use crate::client::{
     Api, ConnectOptions, Connection, Cursor, Received, Receiver, Sender, Target, TokenIn,
@@ -33,6 +34,39 @@ pub struct Env {
     /// Signs the clients' and the publisher's tokens.
     pub secret: Option<String>,
     pub api: Api,
+    /// How often the server checks token expiry, as its `/api/stats`
+    /// says: a step waiting for `token expired` waits that long.
+    pub token_check: Duration,
+}
+
+/// The server's token check when `/api/stats` does not say (its default).
+pub const DEFAULT_TOKEN_CHECK: Duration = Duration::from_secs(60);
+
+impl Env {
+    /// Reads the settings the steps depend on from the server's
+    /// `/api/stats`; keeps the defaults (and says so) if it cannot.
+    pub async fn read_settings(&mut self) -> Option<String> {
+        let secret = self.secret.as_deref()?;
+        let token = mint(
+            secret,
+            &Claims::new("hrrt-scenario", None, Role::Service, 60),
+        )
+        .ok()?;
+        match self.api.get("/api/stats", &token).await {
+            Ok((200, stats)) => {
+                if let Some(ms) = stats["settings"]["token_check_interval_ms"].as_u64() {
+                    self.token_check = Duration::from_millis(ms);
+                }
+                None
+            }
+            Ok((status, body)) => Some(format!(
+                "cannot read the server's settings (GET /api/stats answered {status}: {body}); \
+                 assuming a token check every {}",
+                humantime::format_duration(self.token_check)
+            )),
+            Err(e) => Some(format!("{e:#}")),
+        }
+    }
 }
 
 /// What became of one step.
@@ -45,6 +79,10 @@ pub struct StepOutcome {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the step had to do because of a server setting (a longer
+    /// wait), said so that a slow step is not a mystery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What became of one scenario.
@@ -85,10 +123,16 @@ struct ClientState {
     live: Option<Live>,
     /// Where it stands, for `resume: true`.
     cursor: Cursor,
+    /// Each channel's position when it first connected: a step's `seq: N`
+    /// is the Nth event after it, whatever the server held before.
+    base: BTreeMap<String, u64>,
+    /// When its current token expires (UNIX seconds), if it has one.
+    expires_at: Option<u64>,
 }
 
-pub async fn run(env: &Env, file: &str, scenario: &Scenario) -> ScenarioOutcome {
+pub async fn run(env: &Env, file: &str, written: &Scenario) -> ScenarioOutcome {
     let started = Instant::now();
+    let scenario = &Names::for_run(written, &crate::random_hex(3)).scenario(written);
     let mut clients: HashMap<String, ClientState> = scenario
         .clients
         .iter()
@@ -99,14 +143,17 @@ pub async fn run(env: &Env, file: &str, scenario: &Scenario) -> ScenarioOutcome 
                     spec: spec.clone(),
                     live: None,
                     cursor: Cursor::default(),
+                    base: BTreeMap::new(),
+                    expires_at: None,
                 },
             )
         })
         .collect();
     let mut steps = Vec::new();
     let mut failed = false;
-    for (i, step) in scenario.steps.iter().enumerate() {
-        let label = describe(step);
+    // Steps are named as written; they run with the run's own ids.
+    for (i, (step, as_written)) in scenario.steps.iter().zip(&written.steps).enumerate() {
+        let label = describe(as_written);
         if failed {
             steps.push(StepOutcome {
                 number: i + 1,
@@ -114,11 +161,13 @@ pub async fn run(env: &Env, file: &str, scenario: &Scenario) -> ScenarioOutcome 
                 millis: 0,
                 status: "skipped",
                 error: None,
+                note: None,
             });
             continue;
         }
         let t = Instant::now();
-        let result = run_step(env, &mut clients, step).await;
+        let mut note = None;
+        let result = run_step(env, &mut clients, step, &mut note).await;
         failed = result.is_err();
         steps.push(StepOutcome {
             number: i + 1,
@@ -126,6 +175,7 @@ pub async fn run(env: &Env, file: &str, scenario: &Scenario) -> ScenarioOutcome 
             millis: t.elapsed().as_millis(),
             status: if failed { "failed" } else { "passed" },
             error: result.err(),
+            note,
         });
     }
     for state in clients.values_mut() {
@@ -194,6 +244,7 @@ async fn run_step(
     env: &Env,
     clients: &mut HashMap<String, ClientState>,
     step: &Step,
+    note: &mut Option<String>,
 ) -> Result<(), String> {
     match step {
         Step::Connect(c) => connect(env, clients, c).await,
@@ -233,8 +284,26 @@ async fn run_step(
             Ok(())
         }
         Step::ExpectClose(e) => {
-            let within = duration("within", e.within.as_deref(), DEFAULT_WITHIN)?;
+            let mut within = duration("within", e.within.as_deref(), DEFAULT_WITHIN)?;
             let state = client(clients, &e.client)?;
+            // The server finds an expired token at its next check: wait
+            // for that check, and say why the step takes that long.
+            if e.reason.as_deref() == Some(hrrt_protocol::close::reason::TOKEN_EXPIRED)
+                && let Some(exp) = state.expires_at
+            {
+                let left = Duration::from_secs(exp.saturating_sub(unix_now()));
+                let needed = left + env.token_check + TOKEN_CHECK_MARGIN;
+                if needed > within {
+                    *note = Some(format!(
+                        "waited up to {} (not {}): the server checks tokens every {} \
+                         (--token-check-interval)",
+                        humantime::format_duration(round_secs(needed)),
+                        humantime::format_duration(within),
+                        humantime::format_duration(env.token_check),
+                    ));
+                    within = needed;
+                }
+            }
             expect_close(&e.client, state, e.code, e.reason.as_deref(), within).await
         }
         Step::RefreshToken(r) => refresh(env, clients, r).await,
@@ -243,6 +312,13 @@ async fn run_step(
             Ok(())
         }
     }
+}
+
+/// What a token check may take beyond its interval on a busy server.
+const TOKEN_CHECK_MARGIN: Duration = Duration::from_secs(2);
+
+fn round_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0))
 }
 
 fn client<'a>(
@@ -335,8 +411,11 @@ async fn connect(
             timeout: CONNECT_WITHIN,
             ..ConnectOptions::default()
         };
-        // A client without a token sends none (an empty one is "missing").
+        // Minted now, as the client connects: a short-lived token must not
+        // spend its life waiting for the steps before. A client without a
+        // token sends none (an empty one is "missing").
         let token = token(env, &state.spec, None, None)?.unwrap_or_default();
+        state.expires_at = expiry(&token);
         let connection = Connection::open(&env.target, &token, &options)
             .await
             .map_err(|e| format!("{name}: {e:#}"))?;
@@ -363,6 +442,9 @@ async fn connect(
         match &first {
             Frame::Server(ServerFrame::Connected { payload, .. }) => {
                 state.cursor.on_connected(payload);
+                for (channel, seq) in &payload.positions {
+                    state.base.entry(channel.clone()).or_insert(*seq);
+                }
                 if refused {
                     return Err(format!("{name} was expected to be refused but connected"));
                 }
@@ -382,6 +464,13 @@ async fn connect(
         state.live = Some(live);
     }
     Ok(())
+}
+
+/// A token's `exp`, read without checking it (the runner minted it).
+fn expiry(token: &str) -> Option<u64> {
+    let claims: Value = jsonwebtoken::dangerous::insecure_decode_claims(token).ok()?;
+    let exp = claims["exp"].as_f64()?;
+    (exp.is_finite() && exp >= 0.0).then(|| exp.ceil() as u64)
 }
 
 /// Forwards what a client receives to its inbox until the connection ends.
@@ -439,11 +528,15 @@ fn received(live: &Live) -> String {
     }
 }
 
-fn take_match(live: &mut Live, matcher: &Matcher) -> Option<ServerFrame> {
+fn take_match(
+    live: &mut Live,
+    matcher: &Matcher,
+    base: &BTreeMap<String, u64>,
+) -> Option<ServerFrame> {
     let index = live
         .buffer
         .iter()
-        .position(|f| matches!(f, Frame::Server(frame) if matcher.matches(frame)))?;
+        .position(|f| matches!(f, Frame::Server(frame) if matcher.matches(frame, base)))?;
     match live.buffer.remove(index) {
         Some(Frame::Server(frame)) => Some(frame),
         _ => None,
@@ -462,7 +555,7 @@ async fn expect(
         .as_mut()
         .ok_or_else(|| format!("{name} is not connected"))?;
     drain(live, &mut state.cursor);
-    if take_match(live, matcher).is_some() {
+    if take_match(live, matcher, &state.base).is_some() {
         return Ok(());
     }
     loop {
@@ -484,7 +577,7 @@ async fn expect(
             Ok(Some(frame)) => {
                 let closed = !matches!(frame, Frame::Server(_));
                 keep(live, &mut state.cursor, frame);
-                if take_match(live, matcher).is_some() {
+                if take_match(live, matcher, &state.base).is_some() {
                     return Ok(());
                 }
                 if closed {
@@ -510,8 +603,9 @@ async fn expect_none(
         .as_mut()
         .ok_or_else(|| format!("{name} is not connected"))?;
     drain(live, &mut state.cursor);
+    let base = &state.base;
     let found = |live: &mut Live| {
-        take_match(live, matcher).map(|v| format!("{name} got {}", summarize(&v)))
+        take_match(live, matcher, base).map(|v| format!("{name} got {}", summarize(&v)))
     };
     if let Some(e) = found(live) {
         return Err(e);
@@ -672,6 +766,7 @@ mod tests {
             target: Target::parse("http://127.0.0.1:1").unwrap(),
             secret: Some("s".into()),
             api: Api::new(Target::parse("http://127.0.0.1:1").unwrap()).unwrap(),
+            token_check: DEFAULT_TOKEN_CHECK,
         };
         let spec = |f: fn(&mut ClientSpec)| {
             let mut s = ClientSpec {
