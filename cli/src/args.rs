@@ -23,26 +23,61 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Flags every command takes.
+/// The top-level spellings of the server flags (`hrrt --url X listen`),
+/// accepted for scripts written that way; each command shows its own.
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
-    /// The server's URL; the WebSocket URL is derived from it.
-    #[arg(
-        long,
-        global = true,
-        env = "HRRT_URL",
-        default_value = "http://127.0.0.1:8000"
-    )]
+    #[arg(long, hide = true)]
+    pub url: Option<String>,
+    #[arg(long, hide = true, value_parser = non_empty_secret)]
+    pub secret: Option<String>,
+    #[arg(long, hide = true)]
+    pub token: Option<String>,
+}
+
+/// How a command reaches a server: the flags of every command that talks
+/// to one.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// The server's URL (http:// is assumed without a scheme); the
+    /// WebSocket URL is derived from it.
+    #[arg(long, env = "HRRT_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
 
     /// The server's JWT secret, so commands can mint their own tokens.
-    #[arg(long, global = true, env = "HRRT_JWT_SECRET", hide_env_values = true,
+    #[arg(long, env = "HRRT_JWT_SECRET", hide_env_values = true,
           value_parser = non_empty_secret)]
     pub secret: Option<String>,
 
     /// A token to use instead of minting one.
-    #[arg(long, global = true, env = "HRRT_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "HRRT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+}
+
+impl ServerArgs {
+    /// A top-level flag given before the command wins over the
+    /// environment the command's own flags fell back to.
+    pub fn under(mut self, top: &GlobalArgs) -> Self {
+        if let Some(url) = &top.url {
+            self.url.clone_from(url);
+        }
+        if top.secret.is_some() {
+            self.secret.clone_from(&top.secret);
+        }
+        if top.token.is_some() {
+            self.token.clone_from(&top.token);
+        }
+        self
+    }
+}
+
+/// The secret alone, for commands that mint or check tokens offline.
+#[derive(Debug, Clone, Args)]
+pub struct SecretArgs {
+    /// The server's JWT secret.
+    #[arg(long, env = "HRRT_JWT_SECRET", hide_env_values = true,
+          value_parser = non_empty_secret)]
+    pub secret: Option<String>,
 }
 
 /// An empty secret signs tokens that only a misconfigured server accepts

@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 
 /// A WebSocket connection to the server.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -79,7 +79,7 @@ pub enum TokenSource {
 impl TokenSource {
     /// What the HTTP API commands (`publish`, `stats`, `history`, …) use:
     /// `--token`, or a `service` token for `hrrt-cli` minted from `--secret`.
-    pub fn service(global: &GlobalArgs) -> anyhow::Result<Self> {
+    pub fn service(global: &ServerArgs) -> anyhow::Result<Self> {
         Self::from_args(
             global,
             Some("hrrt-cli"),
@@ -92,7 +92,7 @@ impl TokenSource {
     /// `--token` if given, else a token minted from `--secret` for `user`
     /// of `org` with `role`. `hint` says what to pass when neither is there.
     pub fn from_args(
-        global: &GlobalArgs,
+        global: &ServerArgs,
         user: Option<&str>,
         org: Option<&str>,
         role: Role,

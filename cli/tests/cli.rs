@@ -1162,3 +1162,33 @@ async fn load_names_a_worker_that_dies_and_still_reports() {
         "the report of what ran is printed: {report}"
     );
 }
+
+#[tokio::test]
+async fn server_flags_show_only_where_they_act() {
+    for (args, acts) in [
+        (&["serve", "--help"][..], false),
+        (&["completions", "--help"][..], false),
+        (&["scenario", "schema", "--help"][..], false),
+        (&["token", "mint", "--help"][..], false),
+        (&["listen", "--help"][..], true),
+        (&["publish", "--help"][..], true),
+        (&["scenario", "run", "--help"][..], true),
+    ] {
+        let out = within(Command::new(BIN).args(args).output()).await.unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert_eq!(help.contains("--url"), acts, "{args:?}: {help}");
+    }
+    // One name per setting: `serve --secret` is its --jwt-secret.
+    let out = within(
+        Command::new(BIN)
+            .args(["serve", "--secret", "", "--listen", "127.0.0.1:0"])
+            .env_remove("HRRT_JWT_SECRET")
+            .output(),
+    )
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the JWT secret is empty"), "{stderr}");
+}

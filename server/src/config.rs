@@ -9,17 +9,30 @@ use clap::Args;
 /// Flags and env variables of the server.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
-    /// Address to listen on.
-    #[arg(long, env = "HRRT_LISTEN", default_value = "127.0.0.1:8000")]
+    /// Address to listen on: host:port, where host is an IP address or a
+    /// name (`localhost:8000`, resolved once at start).
+    #[arg(long, env = "HRRT_LISTEN", default_value = "127.0.0.1:8000", value_parser = listen_addr)]
     pub listen: SocketAddr,
 
     /// The shared HS256 secret that signs every token. Required unless --dev.
-    #[arg(long, env = "HRRT_JWT_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        visible_alias = "secret",
+        env = "HRRT_JWT_SECRET",
+        hide_env_values = true
+    )]
     pub jwt_secret: Option<String>,
 
-    /// Development mode: generate a secret and print ready-to-paste commands.
+    /// Development mode: print ready-to-paste commands, and without
+    /// --jwt-secret use a secret kept in a state file
+    /// ($XDG_STATE_HOME/hrrt/dev-secret, else ~/.local/state/hrrt/dev-secret)
+    /// so that tokens stay valid across restarts.
     #[arg(long)]
     pub dev: bool,
+
+    /// With --dev: make a new secret (every token minted before is refused).
+    #[arg(long, requires = "dev", conflicts_with = "jwt_secret")]
+    pub new_secret: bool,
 
     /// Use the Redis engine at this URL instead of the embedded memory
     /// engine: redis://[user:password@]host:6379[/db], rediss://… for TLS,
@@ -160,6 +173,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
             jwt_secret: Some(secret.to_owned()),
             dev: false,
+            new_secret: false,
             redis_url: None,
             redis_ca: None,
             ping_interval: Duration::from_secs(25),
@@ -227,6 +241,35 @@ fn clock_skew(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--listen`: an address, or a name resolved now (its IPv4 address when
+/// it has one, as `localhost` has both).
+fn listen_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(format!("{s:?} has no port: give host:port, e.g. {s}:8000"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(format!(
+            "{port:?} is not a port (1-65535): give host:port, e.g. {host}:8000"
+        ));
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| {
+            format!("cannot resolve {host:?} ({e}): give an IP address, e.g. 127.0.0.1:{port}")
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| {
+            format!("{host:?} resolves to no address: give an IP address, e.g. 127.0.0.1:{port}")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -246,6 +289,24 @@ mod tests {
             .config;
         let built = Config::with_secret("s");
         assert_eq!(format!("{parsed:?}"), format!("{built:?}"));
+    }
+
+    #[test]
+    fn listen_takes_names() {
+        assert_eq!(
+            listen_addr("localhost:8000"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 8000)))
+        );
+        assert_eq!(
+            listen_addr("[::1]:0"),
+            Ok(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)))
+        );
+        assert!(listen_addr("localhost").unwrap_err().contains("no port"));
+        assert!(
+            listen_addr("localhost:http")
+                .unwrap_err()
+                .contains("not a port")
+        );
     }
 
     #[test]

@@ -45,6 +45,28 @@ pub async fn within_for<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
     }
 }
 
+/// A directory of its own for one test, removed when dropped.
+pub struct ScratchDir(pub PathBuf);
+
+impl ScratchDir {
+    /// A new empty directory under the system's temporary directory.
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("hrrt-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An in-process `hrrt-server` on `127.0.0.1:0`.
 pub struct TestServer {
     pub addr: SocketAddr,

@@ -8,13 +8,15 @@ use anyhow::bail;
 use clap::Args;
 use serde_json::{Value, json};
 
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 use crate::client::{Api, Target, TokenSource, explain};
 use crate::exit::{ExitStatus, Failed};
 use crate::output::{self, BOLD, DIM, paint};
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Print the server's answer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -22,6 +24,8 @@ pub struct StatsArgs {
 
 #[derive(Debug, Args)]
 pub struct NodesArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Print the server's answer as JSON.
     #[arg(long)]
     pub json: bool,
@@ -29,6 +33,8 @@ pub struct NodesArgs {
 
 #[derive(Debug, Args)]
 pub struct HistoryArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// The channel: org:<id> or user:<id>.
     pub channel: String,
     /// Events after this seq (default: everything retained).
@@ -44,6 +50,8 @@ pub struct HistoryArgs {
 
 #[derive(Debug, Args)]
 pub struct DisconnectArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Close every connection of this user, on every node.
     #[arg(long)]
     pub user: String,
@@ -59,7 +67,7 @@ pub struct DisconnectArgs {
     pub json: bool,
 }
 
-fn api(global: &GlobalArgs) -> anyhow::Result<(Api, String)> {
+fn api(global: &ServerArgs) -> anyhow::Result<(Api, String)> {
     let tokens = TokenSource::service(global)?;
     Ok((Api::new(Target::parse(&global.url)?)?, tokens.token()?))
 }
@@ -120,7 +128,7 @@ fn uptime(seconds: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
 }
 
-pub async fn stats(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn stats(args: StatsArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let (api, token) = api(global)?;
     let (status, body) = api.get("/api/stats", &token).await?;
     let stats = answer(status, body)?;
@@ -188,7 +196,7 @@ pub async fn stats(args: StatsArgs, global: &GlobalArgs) -> anyhow::Result<ExitS
     Ok(ExitStatus::Ok)
 }
 
-pub async fn nodes(args: NodesArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn nodes(args: NodesArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let (api, token) = api(global)?;
     let (status, body) = api.get("/api/nodes", &token).await?;
     let nodes = answer(status, body)?;
@@ -225,7 +233,7 @@ pub async fn nodes(args: NodesArgs, global: &GlobalArgs) -> anyhow::Result<ExitS
     Ok(ExitStatus::Ok)
 }
 
-pub async fn history(args: HistoryArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn history(args: HistoryArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let (api, token) = api(global)?;
     let mut query = vec![format!("channel={}", urlencode(&args.channel))];
     if let Some(since) = args.since {
@@ -265,7 +273,7 @@ pub async fn history(args: HistoryArgs, global: &GlobalArgs) -> anyhow::Result<E
     Ok(ExitStatus::Ok)
 }
 
-pub async fn disconnect(args: DisconnectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn disconnect(args: DisconnectArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let (api, token) = api(global)?;
     let mut body = json!({"user_id": args.user, "revoke": args.revoke});
     if let Some(reason) = &args.reason {

@@ -10,7 +10,7 @@ use hrrt_protocol::{Role, ServerFrame};
 use hrrt_tui::{App, Feed, NodeSnapshot, ServerStatus, StatsSnapshot};
 use tokio::sync::mpsc;
 
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 use crate::client::{
     Api, ConnectOptions, Connection, Cursor, Received, Target, TokenSource, explain,
 };
@@ -18,6 +18,8 @@ use crate::exit::ExitStatus;
 
 #[derive(Debug, Args)]
 pub struct DashArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Watch only this organisation.
     #[arg(long, conflicts_with = "all")]
     pub org: Option<String>,
@@ -31,7 +33,7 @@ const FEED_BUFFER: usize = 10_000;
 const STATS_EVERY: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-pub async fn run(args: DashArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(args: DashArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let target = Target::parse(&global.url)?;
     // An admin token names an org; the dashboard's own connection is
     // counted under this one in the orgs table.

@@ -9,13 +9,15 @@ use clap::Args;
 use hrrt_protocol::{Advice, Event, ResyncReason, Role, ServerFrame};
 use tokio::time::Instant;
 
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 use crate::client::{ConnectOptions, Connection, Cursor, Received, Target, TokenSource};
 use crate::exit::ExitStatus;
 use crate::output::{self, DIM, paint};
 
 #[derive(Debug, Args)]
 pub struct ListenArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Listen as this user (mints a token with --secret).
     #[arg(long)]
     pub user: Option<String>,
@@ -84,7 +86,7 @@ impl Stops {
     }
 }
 
-pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(args: ListenArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let mut stops = Stops {
         interrupt: crate::interrupt::Interrupt::new(),
         deadline: args.timeout.map(|t| Instant::now() + t),
@@ -107,7 +109,7 @@ pub async fn run(args: ListenArgs, global: &GlobalArgs) -> anyhow::Result<ExitSt
 /// [`Stopped`] when Ctrl-C or `--timeout` came first.
 async fn listen(
     args: &ListenArgs,
-    global: &GlobalArgs,
+    global: &ServerArgs,
     stops: &mut Stops,
     matched: &mut u64,
 ) -> anyhow::Result<ExitStatus> {

@@ -14,18 +14,43 @@ use crate::args::{Cli, Command};
 use crate::exit::ExitStatus;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    let top = &cli.global;
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
-        Command::Token(args) => token::run(args, &cli.global),
-        Command::Listen(args) => listen::run(args, &cli.global).await,
-        Command::Publish(args) => publish::run(args, &cli.global).await,
-        Command::Load(args) => load::run(args, &cli.global).await,
-        Command::Dash(args) => dash::run(args, &cli.global).await,
-        Command::Scenario(args) => scenario::run(args, &cli.global).await,
-        Command::Stats(args) => admin::stats(args, &cli.global).await,
-        Command::Nodes(args) => admin::nodes(args, &cli.global).await,
-        Command::History(args) => admin::history(args, &cli.global).await,
-        Command::Disconnect(args) => admin::disconnect(args, &cli.global).await,
+        Command::Token(args) => token::run(args, top),
+        Command::Listen(args) => {
+            let server = args.server.clone().under(top);
+            listen::run(args, &server).await
+        }
+        Command::Publish(args) => {
+            let server = args.server.clone().under(top);
+            publish::run(args, &server).await
+        }
+        Command::Load(args) => {
+            let server = args.server.clone().under(top);
+            load::run(args, &server).await
+        }
+        Command::Dash(args) => {
+            let server = args.server.clone().under(top);
+            dash::run(args, &server).await
+        }
+        Command::Scenario(args) => scenario::run(args, top).await,
+        Command::Stats(args) => {
+            let server = args.server.clone().under(top);
+            admin::stats(args, &server).await
+        }
+        Command::Nodes(args) => {
+            let server = args.server.clone().under(top);
+            admin::nodes(args, &server).await
+        }
+        Command::History(args) => {
+            let server = args.server.clone().under(top);
+            admin::history(args, &server).await
+        }
+        Command::Disconnect(args) => {
+            let server = args.server.clone().under(top);
+            admin::disconnect(args, &server).await
+        }
         Command::Completions(args) => completions::run(args),
     }
 }

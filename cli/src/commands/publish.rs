@@ -8,7 +8,7 @@ use clap::Args;
 use hrrt_protocol::ChannelName;
 use serde_json::Value;
 
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 use crate::client::{Api, Target, TokenSource, explain};
 use crate::exit::{ExitStatus, Failed};
 use crate::output::{self, DIM, paint};
@@ -16,6 +16,8 @@ use crate::output::{self, DIM, paint};
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("target").args(["org", "user"])))]
 pub struct PublishArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// The event type, e.g. entity.created.
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     pub event_type: Option<String>,
@@ -48,7 +50,7 @@ struct Ack {
     recipients: u64,
 }
 
-pub async fn run(args: PublishArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let body = match &args.file {
         Some(path) => batch(path)?,
         None => single(&args)?,

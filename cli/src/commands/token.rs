@@ -9,7 +9,7 @@ use hrrt_protocol::{OrgId, UserId};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, SecretArgs};
 use crate::exit::ExitStatus;
 use crate::output::{self, BOLD, DIM, ERROR, NOTE, paint};
 
@@ -29,6 +29,8 @@ pub enum TokenCommand {
 
 #[derive(Debug, Args)]
 pub struct MintArgs {
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// The user id (`sub`).
     #[arg(long)]
     pub user: String,
@@ -46,22 +48,25 @@ pub struct MintArgs {
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// The token; `-` reads it from stdin; defaults to --token.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// The token; `-` reads it from stdin.
+    #[arg(env = "HRRT_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(args: TokenArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub fn run(args: TokenArgs, top: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     match args.command {
-        TokenCommand::Mint(args) => mint_cmd(args, global),
-        TokenCommand::Inspect(args) => inspect(args, global),
+        TokenCommand::Mint(args) => mint_cmd(args, top),
+        TokenCommand::Inspect(args) => inspect(args, top),
     }
 }
 
-fn mint_cmd(args: MintArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let Some(secret) = &global.secret else {
+fn mint_cmd(args: MintArgs, top: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let Some(secret) = top.secret.as_ref().or(args.secret.secret.as_ref()) else {
         bail!("minting needs the server's secret: pass --secret or set HRRT_JWT_SECRET");
     };
     UserId::new(&args.user).context("invalid --user")?;
@@ -108,7 +113,8 @@ impl Verdict {
     }
 }
 
-fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+fn inspect(args: InspectArgs, top: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let secret = top.secret.as_ref().or(args.secret.secret.as_ref());
     let token = match args.token.as_deref() {
         Some("-") => {
             let mut text = String::new();
@@ -117,7 +123,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
             text.trim().to_owned()
         }
         Some(token) => token.trim().to_owned(),
-        None => match &global.token {
+        None => match &top.token {
             Some(token) => token.clone(),
             None => bail!("no token to inspect: pass it as an argument, or - for stdin"),
         },
@@ -142,7 +148,7 @@ fn inspect(args: InspectArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus>
     };
     let exp = numeric_date(&claims["exp"]);
     let now = unix_now();
-    let verdict = match &global.secret {
+    let verdict = match secret {
         Some(secret) => {
             let mut validation = Validation::new(Algorithm::HS256);
             validation.validate_exp = false;

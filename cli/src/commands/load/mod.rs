@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use self::report::{Measured, Percentiles, RunConfig, ServerSamples, Threshold, parse_thresholds};
 use self::tally::Tally;
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 use crate::client::{Api, ConnectOptions, Connection, RawReceived, Received, Target, explain};
 use crate::exit::ExitStatus;
 use crate::output;
@@ -35,6 +35,8 @@ use hrrt_protocol::Cursor;
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Connections to open.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub connections: u64,
@@ -235,7 +237,7 @@ impl Plan {
         format!("load-{}-u{i}", self.run_id)
     }
 
-    fn new(args: &LoadArgs, global: &GlobalArgs) -> anyhow::Result<Self> {
+    fn new(args: &LoadArgs, global: &ServerArgs) -> anyhow::Result<Self> {
         if !(args.rate > 0.0 && args.rate.is_finite()) {
             bail!("--rate must be a positive number of events per second");
         }
@@ -340,7 +342,7 @@ struct Published {
     seconds: f64,
 }
 
-pub async fn run(args: LoadArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     if let Some(index) = args.worker_index {
         return workers::run_worker(&args, global, index).await;
     }

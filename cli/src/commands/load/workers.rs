@@ -24,7 +24,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
 
 use super::{ConnOutcome, Connected, LoadArgs, Run, Shared, histogram, lock};
-use crate::args::GlobalArgs;
+use crate::args::ServerArgs;
 use crate::exit::ExitStatus;
 
 /// Open files a process needs beside its connections.
@@ -86,7 +86,7 @@ fn emit(line: &Value) -> anyhow::Result<()> {
 /// Runs as worker `index`: connects its share, reports, stops when told.
 pub(super) async fn run_worker(
     args: &LoadArgs,
-    global: &GlobalArgs,
+    global: &ServerArgs,
     index: u64,
 ) -> anyhow::Result<ExitStatus> {
     if index >= args.workers {

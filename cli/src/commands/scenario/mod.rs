@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 pub use self::format::{Scenario, parse_file, parse_str, schema};
 pub use self::runner::{Env, ScenarioOutcome};
-use crate::args::GlobalArgs;
+use crate::args::{GlobalArgs, ServerArgs};
 use crate::client::Target;
 use crate::exit::ExitStatus;
 use crate::output::{self, DIM, ERROR, NOTE, paint};
@@ -40,6 +40,8 @@ pub enum ScenarioCommand {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
     /// Scenario files (YAML; several scenarios per file separated by ---).
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
@@ -62,17 +64,20 @@ pub struct RunArgs {
     pub filter: Option<String>,
 }
 
-pub async fn run(args: ScenarioArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+pub async fn run(args: ScenarioArgs, top: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     match args.command {
         ScenarioCommand::Schema => {
             output::line(&serde_json::to_string_pretty(&schema())?)?;
             Ok(ExitStatus::Ok)
         }
-        ScenarioCommand::Run(args) => run_files(args, global).await,
+        ScenarioCommand::Run(args) => {
+            let server = args.server.clone().under(top);
+            run_files(args, &server).await
+        }
     }
 }
 
-async fn run_files(args: RunArgs, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+async fn run_files(args: RunArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     // Everything is parsed and checked before anything runs.
     let mut work: Vec<(String, Scenario)> = Vec::new();
     for path in &args.files {
