@@ -119,3 +119,63 @@ pub enum Command {
     /// Print shell completions.
     Completions(CompletionsArgs),
 }
+
+/// `--org`: an org id as the server takes it, refused here (with the fix)
+/// when it cannot be what was meant.
+pub fn org_id(s: &str) -> Result<String, String> {
+    id_arg("org", s).and_then(|id| {
+        hrrt_protocol::OrgId::new(&id)
+            .map(|_| id)
+            .map_err(|e| format!("{e}"))
+    })
+}
+
+/// `--user`: a user id, as [`org_id`].
+pub fn user_id(s: &str) -> Result<String, String> {
+    id_arg("user", s).and_then(|id| {
+        hrrt_protocol::UserId::new(&id)
+            .map(|_| id)
+            .map_err(|e| format!("{e}"))
+    })
+}
+
+/// A channel name (`org:7`, `user:42`).
+pub fn channel(s: &str) -> Result<String, String> {
+    hrrt_protocol::ChannelName::parse(s)
+        .map(|c| c.to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn id_arg(kind: &str, s: &str) -> Result<String, String> {
+    for prefix in ["org:", "user:"] {
+        if let Some(id) = s.strip_prefix(prefix) {
+            return Err(format!(
+                "'{s}' is a channel name; --{kind} takes the id alone: --{kind} {id}"
+            ));
+        }
+    }
+    if s == "*" {
+        return Err(format!(
+            "'*' is not {} id (every org is watched with `listen --orgs '*'` or `dash`)",
+            crate::output::article(kind)
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_checked_before_anything_is_sent() {
+        assert_eq!(org_id("7").as_deref(), Ok("7"));
+        assert!(org_id("org:7").unwrap_err().contains("--org 7"));
+        assert!(org_id("*").unwrap_err().contains("not an org id"));
+        assert!(org_id("a b").unwrap_err().contains("whitespace"));
+        assert!(user_id("user:42").unwrap_err().contains("--user 42"));
+        assert!(user_id("").is_err());
+        assert_eq!(channel("org:7").as_deref(), Ok("org:7"));
+        assert!(channel("7").is_err());
+    }
+}

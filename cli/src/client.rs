@@ -31,9 +31,22 @@ pub struct Target {
 
 impl Target {
     /// Accepts `http://`, `https://`, `ws://` or `wss://` and derives the
-    /// other scheme.
+    /// other scheme; `host:port` alone is taken as `http://host:port`.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
-        let parsed = Url::parse(url).with_context(|| format!("invalid --url '{url}'"))?;
+        let with_scheme;
+        let url = if url.contains("://") {
+            url
+        } else if let Some((scheme, rest)) = url.split_once("//") {
+            bail!("invalid --url '{url}': did you mean {scheme}://{rest}?");
+        } else {
+            with_scheme = format!("http://{url}");
+            &with_scheme
+        };
+        let parsed = Url::parse(url).map_err(|e| {
+            anyhow!(
+                "invalid --url '{url}' ({e}): give http://host:port, e.g. http://127.0.0.1:8000"
+            )
+        })?;
         let (http, ws) = match parsed.scheme() {
             "http" | "ws" => ("http", "ws"),
             "https" | "wss" => ("https", "wss"),
@@ -137,7 +150,24 @@ impl TokenSource {
     pub fn can_mint(&self) -> bool {
         matches!(self, Self::Mint { .. })
     }
+
+    /// What a refused connection means: a token minted with `--secret`
+    /// that the server calls invalid was signed with another secret.
+    pub fn explain_close(&self, close: &Close) -> String {
+        if close.code == hrrt_protocol::CloseCode::Policy
+            && close.reason == hrrt_protocol::close::reason::INVALID_TOKEN
+            && self.can_mint()
+        {
+            return format!(
+                "the server refused the token minted with --secret ({close}): {WRONG_SECRET}                  (or this machine's clock is ahead of the server's)"
+            );
+        }
+        format!("the server closed the connection: {close}")
+    }
 }
+
+/// The fix for a token minted with `--secret` that the server refuses.
+const WRONG_SECRET: &str = "--secret does not match the server's secret; pass the server's     (--secret or HRRT_JWT_SECRET; `hrrt serve --dev` prints its own)";
 
 pub use hrrt_protocol::Cursor;
 
@@ -235,12 +265,14 @@ impl Connection {
             let (ws, _) =
                 tokio_tungstenite::client_async_tls_with_config(request, stream, config, None)
                     .await
-                    .map_err(|e| anyhow!("{}", root_cause(&e)))?;
+                    .map_err(|e| {
+                        anyhow!("{}", refused_upgrade(&e).unwrap_or_else(|| root_cause(&e)))
+                    })?;
             Ok::<_, anyhow::Error>(ws)
         };
         match tokio::time::timeout(options.timeout, open).await {
             Ok(Ok(ws)) => Ok(Self { ws }),
-            Ok(Err(e)) => bail!("cannot connect to {}: {e:#}", target.ws),
+            Ok(Err(e)) => bail!("{}", unreachable(&target.ws, &format!("{e:#}"))),
             Err(_) => bail!(
                 "cannot connect to {}: no answer within {}",
                 target.ws,
@@ -485,7 +517,7 @@ impl Api {
         let response = request
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach {url}: {}", root_cause(&e)))?;
+            .map_err(|e| anyhow!("{}", unreachable(&url, &root_cause(&e))))?;
         read_json(response).await
     }
 }
@@ -500,16 +532,80 @@ impl Api {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| anyhow!("cannot reach {url}: {}", root_cause(&e)))?;
+            .map_err(|e| anyhow!("{}", unreachable(&url, &root_cause(&e))))?;
         read_json(response).await
     }
 }
 
 async fn read_json(response: reqwest::Response) -> anyhow::Result<(u16, Value)> {
     let status = response.status().as_u16();
+    let url = response.url().clone();
+    let html = response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
     let text = response.text().await.context("reading the answer")?;
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Ok((status, body))
+    match serde_json::from_str(&text) {
+        Ok(body) => Ok((status, body)),
+        // hrrt answers JSON on every API path; a web page means --url
+        // names another server (a proxy's error page, a web app).
+        Err(_) if html || text.trim_start().starts_with('<') => bail!(
+            "{} answered {status} with a web page, not hrrt's JSON: it is not an hrrt server \
+             (check --url / HRRT_URL)",
+            url.origin().ascii_serialization()
+        ),
+        Err(_) => Ok((status, Value::String(text))),
+    }
+}
+
+/// One line for a failure to reach `url`: what happened and what to do.
+fn unreachable(url: &Url, cause: &str) -> String {
+    let origin = format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or("?"),
+        url.port_or_known_default().unwrap_or(0)
+    );
+    let lower = cause.to_ascii_lowercase();
+    if lower.contains("connection refused") {
+        format!(
+            "nothing is listening at {origin} (connection refused): start a server with \
+             `hrrt serve --dev`, or point --url (HRRT_URL) at one"
+        )
+    } else if lower.contains("invalidcontenttype") || lower.contains("corrupt message") {
+        format!(
+            "{origin} does not speak TLS (it answered in plain HTTP): use {}:// instead",
+            if url.scheme() == "wss" { "ws" } else { "http" }
+        )
+    } else if lower.contains("invalid http version") || lower.contains("httparse") {
+        format!(
+            "{origin} did not answer in HTTP (is it a TLS port? then use {}://)",
+            if url.scheme() == "ws" { "wss" } else { "https" }
+        )
+    } else {
+        format!("cannot reach {origin}: {cause}")
+    }
+}
+
+/// An upgrade answered with a plain HTTP status: hrrt's JSON error, or a
+/// server that is not hrrt.
+fn refused_upgrade(e: &tokio_tungstenite::tungstenite::Error) -> Option<String> {
+    let tokio_tungstenite::tungstenite::Error::Http(response) = e else {
+        return None;
+    };
+    let status = response.status();
+    let body = response.body().as_deref().unwrap_or_default();
+    let json: Option<Value> = serde_json::from_slice(body).ok();
+    Some(
+        match json.as_ref().and_then(|v| v["error"]["message"].as_str()) {
+            Some(message) => format!("the upgrade was refused: {} {message}", status.as_u16()),
+            None => format!(
+                "the server answered the WebSocket upgrade with {status}: it is not an hrrt \
+             server, or --url has the wrong host or path"
+            ),
+        },
+    )
 }
 
 /// The innermost cause, which names what actually failed (e.g.
@@ -523,17 +619,28 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Turns an error answer into a message that says what to do.
-pub fn explain(status: u16, body: &Value, role: &str) -> String {
+/// `minted`: the token was minted from `--secret` (not a `--token`).
+pub fn explain(status: u16, body: &Value, role: &str, minted: bool) -> String {
     let message = body["error"]["message"]
         .as_str()
         .map(str::to_owned)
         .unwrap_or_else(|| body.to_string());
     match status {
+        // The server's word for a bad signature (AuthError::Invalid); a
+        // token this command minted a moment ago has nothing else wrong.
+        401 if minted && message.starts_with("invalid token: not a JWT") => {
+            format!(
+                "401 unauthorized: the server refused the token minted with --secret: {WRONG_SECRET}"
+            )
+        }
         401 => format!(
             "401 unauthorized: {message}. This needs a valid {role} token: pass --token, \
              or --secret (HRRT_JWT_SECRET) to mint one"
         ),
-        403 => format!("403 forbidden: {message} (this needs a {role} token)"),
+        403 => format!(
+            "403 forbidden: {message} (this needs {} token)",
+            crate::output::article(role)
+        ),
         _ => format!("{status}: {message}"),
     }
 }
@@ -549,6 +656,13 @@ mod tests {
         let t = Target::parse("wss://rt.example.com/base/").unwrap();
         assert_eq!(t.http.as_str(), "https://rt.example.com/base/");
         assert!(Target::parse("ftp://x").is_err());
-        assert!(Target::parse("nonsense").is_err());
+        // Without a scheme: http://.
+        let t = Target::parse("127.0.0.1:8000").unwrap();
+        assert_eq!(t.http.as_str(), "http://127.0.0.1:8000/");
+        let t = Target::parse("localhost:8000").unwrap();
+        assert_eq!(t.ws.as_str(), "ws://localhost:8000/");
+        let e = Target::parse("ws//typo").unwrap_err().to_string();
+        assert!(e.contains("did you mean ws://typo"), "{e}");
+        assert!(Target::parse("a b:80").is_err());
     }
 }

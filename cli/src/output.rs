@@ -49,3 +49,34 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
 }
+
+/// `1 recipient`, `2 recipients`: a count and its noun (plural with `s`).
+pub fn count(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
+/// `a service`, `an admin`: the article English puts before `word`.
+pub fn article(word: &str) -> String {
+    let an = word
+        .chars()
+        .next()
+        .is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {word}", if an { "an" } else { "a" })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn english() {
+        assert_eq!(count(1, "recipient"), "1 recipient");
+        assert_eq!(count(0, "recipient"), "0 recipients");
+        assert_eq!(article("admin"), "an admin");
+        assert_eq!(article("service or admin"), "a service or admin");
+    }
+}

@@ -145,7 +145,7 @@ async fn mint_listen_publish_round_trip_in_human_form() {
         .await;
     assert_eq!(code, 0);
     assert!(
-        stdout.starts_with("org:7@1  entity.created  1 recipients"),
+        stdout.starts_with("org:7@1  entity.created  1 recipient\n"),
         "{stdout}"
     );
     server
@@ -821,10 +821,10 @@ async fn stats_nodes_history_and_disconnect_from_the_command_line() {
     let page: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(page["events"].as_array().unwrap().len(), 1);
     assert_eq!(page["events"][0]["seq"], 2);
-    // A request the server refuses is a failed request (1) that says why.
+    // A channel that is none is refused before it is sent.
     let (code, _, stderr) = server.hrrt(&["history", "nonsense"]).await;
-    assert_eq!(code, 1, "{stderr}");
-    assert!(stderr.contains("400"), "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("org:<id>"), "{stderr}");
 
     let (code, stdout, stderr) = server
         .hrrt(&[
@@ -1191,4 +1191,112 @@ async fn server_flags_show_only_where_they_act() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("the JWT secret is empty"), "{stderr}");
+}
+
+/// A server that is not hrrt: every request gets a web page.
+async fn web_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        // Bounded: the test makes a handful of requests.
+        for _ in 0..16 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await;
+            let page = "<!doctype html><html><body>It works!</body></html>";
+            let answer = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                 Connection: close\r\n\r\n{page}",
+                page.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    format!("127.0.0.1:{}", addr.port())
+}
+
+#[tokio::test]
+async fn errors_name_the_cause_and_the_fix() {
+    let server = Server::start().await;
+    let wrong = "not-the-servers-secret-not-the-servers";
+    // A secret that is not the server's is named as such, by every command.
+    for args in [
+        vec!["publish", "entity.created", "--org", "7", "--secret", wrong],
+        vec!["stats", "--secret", wrong],
+        vec!["--secret", wrong, "listen", "--user", "1", "--org", "7"],
+    ] {
+        let (code, _, stderr) = server.hrrt(&args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--secret does not match the server's secret"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A URL without a scheme is http://.
+    let bare = server.url().replace("http://", "");
+    let ack = server
+        .publish(&["entity.created", "--org", "7", "--url", &bare])
+        .await;
+    assert_eq!(ack["seq"], 1);
+    // TLS to a plain port says so.
+    let tls = server.url().replace("http://", "https://");
+    let (code, _, stderr) = server.hrrt(&["stats", "--url", &tls]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("does not speak TLS") && stderr.contains("http://"),
+        "{stderr}"
+    );
+    // A server that is not hrrt is named, without its page.
+    let web = web_server().await;
+    for args in [
+        vec!["publish", "entity.created", "--org", "7", "--url", &web],
+        vec!["listen", "--user", "1", "--org", "7", "--url", &web],
+    ] {
+        let (code, _, stderr) = server.hrrt(&args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains("not an hrrt server"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("<html"), "{args:?}: {stderr}");
+    }
+    // Ids that cannot be meant are refused before anything is sent.
+    for (args, fix) in [
+        (
+            vec!["publish", "entity.created", "--org", "org:7"],
+            "--org 7",
+        ),
+        (
+            vec!["publish", "entity.created", "--org", "*"],
+            "not an org id",
+        ),
+        (vec!["listen", "--user", "1", "--org", "a b"], "whitespace"),
+        (vec!["history", "7"], "org:<id>"),
+    ] {
+        let (code, _, stderr) = server.hrrt(&args).await;
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(fix), "{args:?}: {stderr}");
+    }
+    assert_eq!(server.state.hub.len(), 0);
+    // A reused idempotency key is said, and English is English.
+    let args = [
+        "publish",
+        "entity.created",
+        "--org",
+        "8",
+        "--idempotency-key",
+        "k1",
+    ];
+    let (code, stdout, stderr) = server.hrrt(&args).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains("0 recipients") && stderr.is_empty(),
+        "{stdout}{stderr}"
+    );
+    let (code, _, stderr) = server.hrrt(&args).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("idempotency key k1 was used before on org:8"),
+        "{stderr}"
+    );
 }

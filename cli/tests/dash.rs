@@ -128,3 +128,81 @@ async fn the_dashboard_shows_the_cluster_and_a_node_that_left() {
         "{text}"
     );
 }
+
+/// A token the server refuses stops the feed with the reason (and `hrrt
+/// dash` with exit 2) instead of reconnecting for ever.
+#[tokio::test]
+async fn a_refused_token_stops_the_dashboard_with_the_reason() {
+    let server = TestServer::start().await;
+    let target = Target::parse(&server.url()).unwrap();
+    let tokens = TokenSource::Mint {
+        secret: "not-the-servers-secret-not-the-servers".into(),
+        user: "hrrt-dash".into(),
+        org: Some("hrrt-dash".into()),
+        role: Role::Admin,
+        ttl: Duration::from_secs(600),
+    };
+    let (tx, mut rx) = mpsc::channel(1000);
+    tokio::spawn(hrrt_cli::commands::dash::feed(
+        target,
+        tokens,
+        "*".into(),
+        tx,
+    ));
+    let mut app = App::new(server.url());
+    // Bounded: a stop comes after one refused connection and one stats poll.
+    for _ in 0..100 {
+        let Some(feed) = within(rx.recv()).await else {
+            break;
+        };
+        app.update(Action::Feed(feed));
+        if app.should_quit {
+            break;
+        }
+    }
+    let why = app.stopped.expect("the feed stopped the dashboard");
+    assert!(why.contains("--secret does not match"), "{why}");
+}
+
+/// `--org` filters every pane; a watcher is never an org; one memory node
+/// has no nodes pane, also after a restart (a new node id).
+#[tokio::test]
+async fn one_org_one_node_and_no_phantoms() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let (_a, _b) = (connect(&url, "1", "7").await, connect(&url, "2", "9").await);
+    let mut rx = watch_everything(&url);
+    let mut app = App::new(url.clone()).with_org(Some("7".into()));
+    while app.stats.is_none() {
+        app.update(Action::Feed(within(rx.recv()).await.unwrap()));
+    }
+    let stats = app.stats.clone().unwrap();
+    assert_eq!(stats.by_org.keys().collect::<Vec<_>>(), ["7"]);
+    assert_eq!(stats.connections, 1);
+    let text = screen(&app);
+    assert!(
+        !text.contains("hrrt-dash") && !text.contains("ops"),
+        "{text}"
+    );
+    // A restarted memory node answers another node id.
+    let node = |id: &str| hrrt_tui::NodeSnapshot {
+        node_id: id.into(),
+        ..Default::default()
+    };
+    let now = std::time::Instant::now();
+    app.on_nodes(vec![node("before")], now);
+    app.on_nodes(vec![node("after")], now + Duration::from_secs(3));
+    assert!(!app.is_cluster());
+    assert!(!screen(&app).contains("nodes ("), "{}", screen(&app));
+}
+
+async fn connect(url: &str, user: &str, org: &str) -> hrrt_cli::client::Connection {
+    let token = mint(SECRET, &Claims::new(user, Some(org), Role::User, 600)).unwrap();
+    let target = Target::parse(url).unwrap();
+    let mut c = hrrt_cli::client::Connection::open(&target, &token, &Default::default())
+        .await
+        .unwrap();
+    // Registered once it has said `connected`.
+    let _ = within(c.next()).await;
+    c
+}

@@ -170,6 +170,17 @@ pub enum ResyncReason {
     PositionAhead,
 }
 
+impl ResyncReason {
+    /// The wire name (`history_trimmed`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HistoryTrimmed => "history_trimmed",
+            Self::EpochChanged => "epoch_changed",
+            Self::PositionAhead => "position_ahead",
+        }
+    }
+}
+
 /// The payload of `resync.required`: the client must refetch the state of
 /// `channel`; what follows continues from `oldest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -486,6 +497,20 @@ mod tests {
                 seq: 42,
             }),
         ]
+    }
+
+    #[test]
+    fn resync_reasons_are_named_as_on_the_wire() {
+        for reason in [
+            ResyncReason::HistoryTrimmed,
+            ResyncReason::EpochChanged,
+            ResyncReason::PositionAhead,
+        ] {
+            assert_eq!(
+                serde_json::to_value(reason).unwrap(),
+                serde_json::Value::from(reason.as_str())
+            );
+        }
     }
 
     #[test]

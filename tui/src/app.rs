@@ -26,6 +26,9 @@ pub enum Feed {
     Stats(StatsSnapshot),
     /// `GET /api/nodes`: the live nodes of the cluster.
     Nodes(Vec<NodeSnapshot>),
+    /// The feed cannot go on (the server refused the token): the
+    /// dashboard ends and `hrrt dash` prints this.
+    Stop(String),
 }
 
 /// One node as `GET /api/nodes` lists it.
@@ -315,6 +318,10 @@ pub struct App {
     pub resyncs: u64,
     second_started: Option<Instant>,
     pub should_quit: bool,
+    /// Why the feed stopped the dashboard, if it did.
+    pub stopped: Option<String>,
+    /// `hrrt dash --org`: the one org every pane shows.
+    pub only_org: Option<String>,
 }
 
 impl App {
@@ -344,7 +351,23 @@ impl App {
             resyncs: 0,
             second_started: None,
             should_quit: false,
+            stopped: None,
+            only_org: None,
         }
+    }
+
+    /// A dashboard of one org: the orgs pane and the header count it alone.
+    #[must_use]
+    pub fn with_org(mut self, org: Option<String>) -> Self {
+        self.only_org = org;
+        self
+    }
+
+    /// Whether this is a cluster (a nodes pane): several nodes listed by a
+    /// shared engine. A memory node is alone; after a restart the one it
+    /// replaced is not a node that left.
+    pub fn is_cluster(&self) -> bool {
+        self.nodes.len() > 1 && self.stats.as_ref().is_none_or(|s| s.engine != "memory")
     }
 
     pub fn update(&mut self, action: Action) {
@@ -361,6 +384,11 @@ impl App {
             Feed::Resync(_) => self.resyncs += 1,
             Feed::Stats(stats) => self.on_stats(stats, Instant::now()),
             Feed::Nodes(nodes) => self.on_nodes(nodes, Instant::now()),
+            Feed::Stop(why) => {
+                self.status = ServerStatus::Disconnected(why.clone());
+                self.stopped = Some(why);
+                self.should_quit = true;
+            }
             Feed::Event(envelope) => {
                 let event = StreamEvent::from_event(&envelope);
                 self.total_events += 1;
@@ -426,7 +454,7 @@ impl App {
 
     /// Connections over the live nodes of a cluster (None for one node).
     pub fn cluster_connections(&self) -> Option<u64> {
-        (self.nodes.len() > 1).then(|| {
+        self.is_cluster().then(|| {
             self.nodes
                 .values()
                 .filter(|r| !r.gone)
@@ -443,6 +471,11 @@ impl App {
                 self.published_rate = delta(stats.published_total, last.published_total);
                 self.delivered_rate = delta(stats.delivered_total, last.delivered_total);
             }
+        }
+        let mut stats = stats;
+        if let Some(only) = &self.only_org {
+            stats.by_org.retain(|org, _| org == only);
+            stats.connections = stats.by_org.values().sum();
         }
         for (org, connections) in &stats.by_org {
             self.orgs

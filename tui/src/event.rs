@@ -18,8 +18,9 @@ pub const FPS: u64 = 20;
 const FEED_PER_FRAME: usize = 20_000;
 
 /// Opens the terminal, runs the dashboard until the user quits (or the
-/// feed ends), and restores the terminal, also on error or panic.
-pub async fn run(app: App, feed: mpsc::Receiver<Feed>) -> std::io::Result<()> {
+/// feed stops it), and restores the terminal, also on error or panic.
+/// Answers why the feed stopped it ([`Feed::Stop`]), if it did.
+pub async fn run(app: App, feed: mpsc::Receiver<Feed>) -> std::io::Result<Option<String>> {
     let mut terminal = ratatui::init();
     let result = run_in(&mut terminal, app, feed).await;
     ratatui::restore();
@@ -30,7 +31,7 @@ async fn run_in(
     terminal: &mut DefaultTerminal,
     mut app: App,
     mut feed: mpsc::Receiver<Feed>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<String>> {
     let mut input = EventStream::new();
     let mut frame = tokio::time::interval(Duration::from_millis(1000 / FPS));
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -80,7 +81,7 @@ async fn run_in(
             }
         }
     }
-    Ok(())
+    Ok(app.stopped)
 }
 
 /// crossterm's key, as the app knows keys.

@@ -36,6 +36,7 @@ pub struct HistoryArgs {
     #[command(flatten)]
     pub server: crate::args::ServerArgs,
     /// The channel: org:<id> or user:<id>.
+    #[arg(value_parser = crate::args::channel)]
     pub channel: String,
     /// Events after this seq (default: everything retained).
     #[arg(long)]
@@ -53,7 +54,7 @@ pub struct DisconnectArgs {
     #[command(flatten)]
     pub server: crate::args::ServerArgs,
     /// Close every connection of this user, on every node.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::user_id)]
     pub user: String,
     /// The close reason the user's tabs get (default: disconnected).
     #[arg(long)]
@@ -67,18 +68,23 @@ pub struct DisconnectArgs {
     pub json: bool,
 }
 
-fn api(global: &ServerArgs) -> anyhow::Result<(Api, String)> {
+/// The API, a service token, and whether it was minted from `--secret`.
+fn api(global: &ServerArgs) -> anyhow::Result<(Api, String, bool)> {
     let tokens = TokenSource::service(global)?;
-    Ok((Api::new(Target::parse(&global.url)?)?, tokens.token()?))
+    Ok((
+        Api::new(Target::parse(&global.url)?)?,
+        tokens.token()?,
+        tokens.can_mint(),
+    ))
 }
 
 /// 200 answers its body; a refused token is a usage error (2); anything
 /// else the server refused is a failed request (1).
-fn answer(status: u16, body: Value) -> anyhow::Result<Value> {
+fn answer(status: u16, body: Value, minted: bool) -> anyhow::Result<Value> {
     match status {
         200 => Ok(body),
-        401 | 403 => bail!("{}", explain(status, &body, "service or admin")),
-        _ => Err(Failed::new(explain(status, &body, "service or admin")).into()),
+        401 | 403 => bail!("{}", explain(status, &body, "service or admin", minted)),
+        _ => Err(Failed::new(explain(status, &body, "service or admin", minted)).into()),
     }
 }
 
@@ -129,9 +135,9 @@ fn uptime(seconds: u64) -> String {
 }
 
 pub async fn stats(args: StatsArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
-    let (api, token) = api(global)?;
+    let (api, token, minted) = api(global)?;
     let (status, body) = api.get("/api/stats", &token).await?;
-    let stats = answer(status, body)?;
+    let stats = answer(status, body, minted)?;
     if args.json {
         return print_json(&stats);
     }
@@ -197,9 +203,9 @@ pub async fn stats(args: StatsArgs, global: &ServerArgs) -> anyhow::Result<ExitS
 }
 
 pub async fn nodes(args: NodesArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
-    let (api, token) = api(global)?;
+    let (api, token, minted) = api(global)?;
     let (status, body) = api.get("/api/nodes", &token).await?;
-    let nodes = answer(status, body)?;
+    let nodes = answer(status, body, minted)?;
     if args.json {
         return print_json(&nodes);
     }
@@ -234,7 +240,7 @@ pub async fn nodes(args: NodesArgs, global: &ServerArgs) -> anyhow::Result<ExitS
 }
 
 pub async fn history(args: HistoryArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
-    let (api, token) = api(global)?;
+    let (api, token, minted) = api(global)?;
     let mut query = vec![format!("channel={}", urlencode(&args.channel))];
     if let Some(since) = args.since {
         query.push(format!("since={since}"));
@@ -245,7 +251,7 @@ pub async fn history(args: HistoryArgs, global: &ServerArgs) -> anyhow::Result<E
     let (status, body) = api
         .get(&format!("/api/history?{}", query.join("&")), &token)
         .await?;
-    let page = answer(status, body)?;
+    let page = answer(status, body, minted)?;
     if args.json {
         return print_json(&page);
     }
@@ -274,13 +280,13 @@ pub async fn history(args: HistoryArgs, global: &ServerArgs) -> anyhow::Result<E
 }
 
 pub async fn disconnect(args: DisconnectArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
-    let (api, token) = api(global)?;
+    let (api, token, minted) = api(global)?;
     let mut body = json!({"user_id": args.user, "revoke": args.revoke});
     if let Some(reason) = &args.reason {
         body["reason"] = json!(reason);
     }
     let (status, answer_body) = api.post("/api/disconnect", &token, &body).await?;
-    let done = answer(status, answer_body)?;
+    let done = answer(status, answer_body, minted)?;
     if args.json {
         return print_json(&done);
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
-use hrrt_protocol::{Role, ServerFrame};
+use hrrt_protocol::{Advice, Close, Role, ServerFrame};
 use hrrt_tui::{App, Feed, NodeSnapshot, ServerStatus, StatsSnapshot};
 use tokio::sync::mpsc;
 
@@ -21,7 +21,7 @@ pub struct DashArgs {
     #[command(flatten)]
     pub server: crate::args::ServerArgs,
     /// Watch only this organisation.
-    #[arg(long, conflicts_with = "all")]
+    #[arg(long, conflicts_with = "all", value_parser = crate::args::org_id)]
     pub org: Option<String>,
     /// Watch every organisation and user channel (the default).
     #[arg(long)]
@@ -35,8 +35,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 pub async fn run(args: DashArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let target = Target::parse(&global.url)?;
-    // An admin token names an org; the dashboard's own connection is
-    // counted under this one in the orgs table.
+    // An admin token names an org; the server counts an admin watch apart
+    // from the orgs (as a watcher), so this one never shows in a table.
     let tokens = TokenSource::from_args(
         global,
         Some("hrrt-dash"),
@@ -44,15 +44,18 @@ pub async fn run(args: DashArgs, global: &ServerArgs) -> anyhow::Result<ExitStat
         Role::Admin,
         "pass an admin --token, or --secret (HRRT_JWT_SECRET) to mint one",
     )?;
-    let orgs = args.org.unwrap_or_else(|| "*".to_owned());
+    let orgs = args.org.clone().unwrap_or_else(|| "*".to_owned());
     if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         bail!("hrrt dash needs a terminal (use hrrt listen --json for pipes)");
     }
     let (tx, rx) = mpsc::channel(FEED_BUFFER);
     let feed = tokio::spawn(feed(target.clone(), tokens, orgs, tx));
-    let result = hrrt_tui::run(App::new(target.http.as_str()), rx).await;
+    let app = App::new(target.http.as_str()).with_org(args.org);
+    let result = hrrt_tui::run(app, rx).await;
     feed.abort();
-    result?;
+    if let Some(why) = result? {
+        bail!("{why}");
+    }
     Ok(ExitStatus::Ok)
 }
 
@@ -81,8 +84,17 @@ async fn stats(api: &Api, tokens: &TokenSource, tx: &mpsc::Sender<Feed>) {
         let Ok(token) = tokens.token() else { return };
         let feed = match api.get("/api/stats", &token).await {
             Ok((200, body)) => Feed::Stats(StatsSnapshot::from_json(&body)),
+            // A token the server refuses is not cured by waiting.
             Ok((status @ (401 | 403), body)) => {
-                Feed::Status(ServerStatus::Disconnected(explain(status, &body, "admin")))
+                let _ = tx
+                    .send(Feed::Stop(explain(
+                        status,
+                        &body,
+                        "admin",
+                        tokens.can_mint(),
+                    )))
+                    .await;
+                return;
             }
             // The server being away is reported by the WebSocket side.
             _ => continue,
@@ -107,9 +119,19 @@ async fn events(target: &Target, tokens: &TokenSource, orgs: &str, tx: &mpsc::Se
     let mut backoff = Duration::from_millis(200);
     while !tx.is_closed() {
         let why = match session(target, tokens, orgs, &mut cursor, tx).await {
-            Ok(why) => {
+            Ok(Ended::Closed(close))
+                if matches!(close.advice(), Advice::NewToken | Advice::FixFrame)
+                    && !(close.is_token_expired() && tokens.can_mint()) =>
+            {
+                let _ = tx.send(Feed::Stop(tokens.explain_close(&close))).await;
+                return;
+            }
+            Ok(ended) => {
                 backoff = Duration::from_millis(200);
-                why
+                match ended {
+                    Ended::Closed(close) => format!("closed {close}"),
+                    Ended::Other(why) => why,
+                }
             }
             Err(e) => format!("{e:#}"),
         };
@@ -125,6 +147,14 @@ async fn events(target: &Target, tokens: &TokenSource, orgs: &str, tx: &mpsc::Se
     }
 }
 
+/// How a session ended.
+enum Ended {
+    /// The server closed it.
+    Closed(Close),
+    /// Lost, or the dashboard went away.
+    Other(String),
+}
+
 /// One connection; answers why it ended.
 async fn session(
     target: &Target,
@@ -132,7 +162,7 @@ async fn session(
     orgs: &str,
     cursor: &mut Cursor,
     tx: &mpsc::Sender<Feed>,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Ended> {
     let options = ConnectOptions {
         cursor: cursor.clone(),
         orgs: Some(orgs.to_owned()),
@@ -143,8 +173,8 @@ async fn session(
         let frame = match connection.next().await {
             Received::Frame { frame, .. } => frame,
             Received::Garbled { .. } => continue,
-            Received::Closed(close) => return Ok(format!("closed {close}")),
-            Received::Lost(why) => return Ok(why),
+            Received::Closed(close) => return Ok(Ended::Closed(close)),
+            Received::Lost(why) => return Ok(Ended::Other(why)),
         };
         let feed = match frame {
             ServerFrame::Connected { payload, .. } => {
@@ -163,7 +193,7 @@ async fn session(
             }
         };
         if tx.send(feed).await.is_err() {
-            return Ok("dashboard closed".to_owned());
+            return Ok(Ended::Other("dashboard closed".to_owned()));
         }
     }
 }

@@ -19,10 +19,10 @@ pub struct ListenArgs {
     #[command(flatten)]
     pub server: crate::args::ServerArgs,
     /// Listen as this user (mints a token with --secret).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::user_id)]
     pub user: Option<String>,
     /// The user's organisation.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::org_id)]
     pub org: Option<String>,
     /// Watch these orgs as an admin: `7,9` or `*` (every channel).
     #[arg(long)]
@@ -193,16 +193,7 @@ async fn listen(
                     connected_before = true;
                 }
                 ServerFrame::Ping { .. } | ServerFrame::Refreshed { .. } => {}
-                ServerFrame::Resync { payload: r, .. } => {
-                    output::warn(&format!(
-                        "resync required on {}: {} (asked from {}, oldest kept {}); \
-                         events before that are gone, refetch state",
-                        r.channel,
-                        resync_reason(r.reason),
-                        r.requested,
-                        r.oldest
-                    ));
-                }
+                ServerFrame::Resync { payload: r, .. } => output::warn(&resync_text(&r)),
                 ServerFrame::Error { payload, .. } => {
                     output::warn(&format!("server says: {}", payload.message));
                 }
@@ -232,9 +223,7 @@ async fn listen(
             match close.advice() {
                 // Not worth retrying with the same token or frames: the
                 // token (or the client) is misconfigured, a usage error.
-                Advice::NewToken | Advice::FixFrame => {
-                    bail!("the server closed the connection: {close}");
-                }
+                Advice::NewToken | Advice::FixFrame => bail!("{}", tokens.explain_close(close)),
                 Advice::Reconnect | Advice::Stop => {}
             }
         }
@@ -251,12 +240,28 @@ async fn listen(
     }
 }
 
-fn resync_reason(reason: ResyncReason) -> &'static str {
-    match reason {
-        ResyncReason::HistoryTrimmed => "history_trimmed",
-        ResyncReason::EpochChanged => "epoch_changed",
-        ResyncReason::PositionAhead => "position_ahead",
-    }
+/// What a `resync.required` means for the person listening.
+fn resync_text(r: &hrrt_protocol::frame::Resync) -> String {
+    let what = match r.reason {
+        ResyncReason::HistoryTrimmed => format!(
+            "asked from {}, but the oldest event kept is {}: the events between are gone",
+            r.requested, r.oldest
+        ),
+        ResyncReason::EpochChanged => {
+            "the server's history restarted (a new epoch): positions from before mean nothing now"
+                .to_owned()
+        }
+        ResyncReason::PositionAhead => format!(
+            "asked from {}, which the channel has not reached: the position is wrong \
+             (a typo in --since?) or from a server whose history was lost",
+            r.requested
+        ),
+    };
+    format!(
+        "resync required on {} ({}): {what}; refetch state",
+        r.channel,
+        r.reason.as_str()
+    )
 }
 
 async fn until(deadline: Option<Instant>) {

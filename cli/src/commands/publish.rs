@@ -22,10 +22,10 @@ pub struct PublishArgs {
     #[arg(required_unless_present = "file", conflicts_with = "file")]
     pub event_type: Option<String>,
     /// Publish to every connection of this organisation.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::org_id)]
     pub org: Option<String>,
     /// Publish to every connection (tab) of this user.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::user_id)]
     pub user: Option<String>,
     /// The payload: JSON, @file to read a file, or - to read stdin.
     #[arg(long, default_value = "{}")]
@@ -48,6 +48,8 @@ struct Ack {
     channel: ChannelName,
     seq: u64,
     recipients: u64,
+    #[serde(default)]
+    duplicate: bool,
 }
 
 pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
@@ -61,9 +63,11 @@ pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitS
     match status {
         200 => {}
         // The token is configuration: a usage error (2).
-        401 | 403 => bail!("{}", explain(status, &answer, "service")),
+        401 | 403 => bail!("{}", explain(status, &answer, "service", tokens.can_mint())),
         // The event was refused: the thing asked for failed (1).
-        _ => return Err(Failed::new(explain(status, &answer, "service")).into()),
+        _ => {
+            return Err(Failed::new(explain(status, &answer, "service", tokens.can_mint())).into());
+        }
     }
     if args.json {
         output::line(&answer.to_string())?;
@@ -80,11 +84,22 @@ pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitS
     .context("the server's answer is not a publish acknowledgement")?;
     for (event, ack) in events.iter().zip(&acks) {
         let kind = event.get("type").and_then(Value::as_str).unwrap_or("?");
+        if ack.duplicate {
+            output::warn(&format!(
+                "idempotency key {} was used before on {}: nothing was published now, and \
+                 this is the first publish's answer (a new event needs a new key)",
+                event
+                    .get("idempotency_key")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
+                ack.channel
+            ));
+        }
         output::line(&format!(
             "{}@{}  {kind}  {}",
             ack.channel,
             ack.seq,
-            paint(DIM, format!("{} recipients", ack.recipients))
+            paint(DIM, output::count(ack.recipients, "recipient"))
         ))?;
     }
     Ok(ExitStatus::Ok)

@@ -32,10 +32,10 @@ pub struct MintArgs {
     #[command(flatten)]
     pub secret: SecretArgs,
     /// The user id (`sub`).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::user_id)]
     pub user: String,
     /// The organisation id (`org_id`); required for user and admin tokens.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::args::org_id)]
     pub org: Option<String>,
     /// user (connects to /ws), admin (watches orgs, reads stats) or service
     /// (publishes).

@@ -94,6 +94,7 @@ mod tests {
             channel: channel.clone(),
             seq,
             recipients: 0,
+            duplicate: false,
         }
     }
 

@@ -186,6 +186,7 @@ impl MemoryEngine {
             channel: publication.channel.clone(),
             seq: publication.seq,
             recipients,
+            duplicate: false,
         }
     }
 
@@ -227,7 +228,10 @@ impl MemoryEngine {
                 continue;
             };
             if let Some(ack) = table.get(&event.channel, &key) {
-                acks.push(ack.clone());
+                acks.push(PublishAck {
+                    duplicate: true,
+                    ..ack.clone()
+                });
                 continue;
             }
             let channel = event.channel.clone();
@@ -573,7 +577,12 @@ mod tests {
             .publish(vec![event("org:1", Some("k"))])
             .await
             .unwrap();
-        assert_eq!(first, again);
+        let as_first = |acks: &[PublishAck]| PublishAck {
+            duplicate: false,
+            ..acks[0].clone()
+        };
+        assert!(again[0].duplicate && !first[0].duplicate);
+        assert_eq!(as_first(&again), first[0]);
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         let other = engine
             .publish(vec![event("org:2", Some("k"))])
@@ -592,6 +601,6 @@ mod tests {
             .publish(vec![event("org:1", Some("k"))])
             .await
             .unwrap();
-        assert_eq!(known, first);
+        assert_eq!(as_first(&known), first[0]);
     }
 }

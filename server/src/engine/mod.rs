@@ -52,6 +52,10 @@ pub struct PublishAck {
     pub seq: u64,
     /// Connections the event was handed to.
     pub recipients: usize,
+    /// The idempotency key was used before on this channel: this is the
+    /// first publish's answer, and nothing was published now.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 /// A published event as every node and every recipient sees it.

@@ -24,7 +24,7 @@ impl Widget for &App {
             Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)])
                 .areas(body);
         // A cluster adds a nodes pane above the orgs.
-        let cluster = self.nodes.len() > 1;
+        let cluster = self.is_cluster();
         let node_rows = u16::try_from(self.nodes.len()).unwrap_or(u16::MAX);
         let [nodes, orgs, types] = Layout::vertical([
             Constraint::Length(if cluster {
@@ -94,8 +94,16 @@ fn render_header(app: &App, area: Rect, buf: &mut Buffer) {
                 Some(total) => format!("{} (cluster {total})", s.connections),
                 None => s.connections.to_string(),
             }),
-            label("  users "),
-            value(s.users.to_string()),
+            label(if app.only_org.is_some() {
+                "  (this org)"
+            } else {
+                "  users "
+            }),
+            value(if app.only_org.is_some() {
+                String::new()
+            } else {
+                s.users.to_string()
+            }),
             label("  events/s in "),
             value(format!("{:.0}", app.published_rate)),
             label("  delivered/s "),

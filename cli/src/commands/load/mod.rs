@@ -870,7 +870,7 @@ async fn publish_user(
             *lock(&failures)
                 .entry(format!(
                     "user event: {}",
-                    explain(status, &answer, "service")
+                    explain(status, &answer, "service", true)
                 ))
                 .or_default() += 1;
         }
@@ -909,7 +909,7 @@ async fn publish_batch(
         }
         Ok((status, answer)) => {
             *lock(&failures)
-                .entry(explain(status, &answer, "service"))
+                .entry(explain(status, &answer, "service", true))
                 .or_default() += n;
         }
         Err(e) => *lock(&failures).entry(format!("{e:#}")).or_default() += n,

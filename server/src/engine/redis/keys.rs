@@ -53,8 +53,13 @@ pub(super) fn epoch_key() -> String {
     format!("{PREFIX}epoch")
 }
 
-/// `<channel>|<seq>|<nodes>` → an ack.
+/// `<channel>|<seq>|<nodes>` → an ack; `dup|` before it marks the
+/// stored answer to a key used before.
 pub(super) fn parse_answer(answer: &str) -> Option<PublishAck> {
+    let (duplicate, answer) = match answer.strip_prefix("dup|") {
+        Some(rest) => (true, rest),
+        None => (false, answer),
+    };
     let mut parts = answer.rsplitn(3, '|');
     let nodes = parts.next()?.parse().ok()?;
     let seq = parts.next()?.parse().ok()?;
@@ -63,6 +68,7 @@ pub(super) fn parse_answer(answer: &str) -> Option<PublishAck> {
         channel,
         seq,
         recipients: nodes,
+        duplicate,
     })
 }
 
@@ -162,7 +168,9 @@ mod tests {
 
     #[test]
     fn answers_and_messages_parse() {
+        assert!(parse_answer("dup|org:7|1|2").unwrap().duplicate);
         let ack = parse_answer("user:ann|x@y.z|12|3").unwrap();
+        assert!(!ack.duplicate);
         assert_eq!(
             (ack.channel.as_str(), ack.seq, ack.recipients),
             ("user:ann|x@y.z", 12, 3)

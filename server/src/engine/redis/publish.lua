@@ -73,7 +73,7 @@ for i = 0, n - 1 do
   local prev = false
   if idemk ~= '' then prev = redis.call('GET', idemk) end
   if prev then
-    table.insert(out, prev)
+    table.insert(out, 'dup|' .. prev)
   else
     local seq = redis.call('INCR', seqk)
     local frame = prefix .. seq .. '}'
