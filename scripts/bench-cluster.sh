@@ -144,7 +144,7 @@ one_run() {
     --nodes "$NODE_LIST" --publish-url "${URLS[0]}" \
     --connections "$CONNECTIONS" --orgs $((CONNECTIONS / 1000)) --rate "${CLUSTER_RATE:-10}" --duration "$DURATION" \
     --workers "$WORKERS" --source-ips 127.0.0.1,127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
-    --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --json "$OUT/$name.json" \
+    --connect-rate "${CLUSTER_CONNECT_RATE:-400}" --drain 10s --no-progress --report "$OUT/$name.json" \
     --per-event "$OUT/$name-events.csv" "$@" \
     >"$OUT/$name.txt" 2>"$OUT/$name.err" || true
   kill "$sampler" $probe0 $probe1 "$window" 2>/dev/null || true

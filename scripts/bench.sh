@@ -141,7 +141,7 @@ run() {
     fi
     # A failed row (loss, thresholds) is recorded, not fatal.
     HRRT_JWT_SECRET=$SECRET taskset -c "$LOAD_CPU" "$LOAD_BIN" --url "$URL" load \
-      --no-progress --server-pid "$SERVER_PID" --json "$OUT_DIR/$file.json" "$@" \
+      --no-progress --server-pid "$SERVER_PID" --report "$OUT_DIR/$file.json" "$@" \
       | tee "$OUT_DIR/$file.txt" || true
     grep -E "^cpu($SERVER_CPU|$LOAD_CPU) " /proc/stat >>"$OUT_DIR/$file.procstat"
     if [ -n "$probe_server" ]; then

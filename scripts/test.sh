@@ -31,6 +31,8 @@ HRRT_REQUIRE_REDIS=1 cargo test --workspace --locked
 # The HTTP API against its OpenAPI document, on a real server.
 cargo build --workspace --locked --bins
 scripts/schemathesis.sh
+# The scenario library against one shared server with default flags.
+scripts/scenarios-shared.sh
 # The Python publisher (clients/python) against a real server.
 PYVENV=target/python-venv
 if [ ! -x "$PYVENV/bin/pytest" ]; then

@@ -418,7 +418,7 @@ async fn bad_inputs_get_one_clear_line() {
     }
 
     // A report file that cannot be written stops `load` before it connects.
-    for flag in ["--json", "--per-event"] {
+    for flag in ["--report", "--per-event"] {
         let (code, stdout, stderr) = server
             .hrrt(&[
                 "load",
@@ -639,7 +639,7 @@ async fn load_reports_every_delivery_and_passes() {
             "5",
             "--fail-on",
             "lost=0,duplicated=0",
-            "--json",
+            "--report",
             report.to_str().unwrap(),
             "--per-event",
             events.to_str().unwrap(),
@@ -747,7 +747,7 @@ async fn load_against_a_server_that_is_gone_fails_clearly() {
             "5",
             "--duration",
             "1s",
-            "--json",
+            "--report",
             old.to_str().unwrap(),
         ])
         .await;
@@ -1054,7 +1054,7 @@ async fn load_with_workers_reports_one_run_and_refuses_what_the_fd_limit_cannot_
             "10",
             "--drain",
             "3s",
-            "--json",
+            "--report",
             report.to_str().unwrap(),
         ])
         .await;
@@ -1299,4 +1299,25 @@ async fn errors_name_the_cause_and_the_fix() {
         stderr.contains("idempotency key k1 was used before on org:8"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn load_json_is_a_switch_and_the_file_is_report() {
+    let server = Server::start().await;
+    let (code, stdout, stderr) = server
+        .hrrt(&[
+            "load",
+            "--connections",
+            "2",
+            "--rate",
+            "10",
+            "--duration",
+            "1s",
+            "--no-progress",
+            "--json",
+        ])
+        .await;
+    assert_eq!(code, 0, "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("stdout is the JSON report");
+    assert!(report.is_object(), "{report}");
 }

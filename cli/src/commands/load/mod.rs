@@ -104,9 +104,12 @@ pub struct LoadArgs {
     /// The server's process id: report its RSS per connection and CPU time.
     #[arg(long)]
     pub server_pid: Option<u32>,
-    /// Write the full report as JSON to this file.
+    /// Print the full report as JSON on stdout instead of the summary.
     #[arg(long)]
-    pub json: Option<PathBuf>,
+    pub json: bool,
+    /// Also write the full report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
     /// Write one CSV line per event to this file: its number, org, when it
     /// was published (ms into the publish phase, and Unix ms), how long its
     /// publish request took to be answered and how long its last recipient
@@ -350,7 +353,7 @@ pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStat
     // A report file that cannot be written is found now, not after the run;
     // opened without truncating, so a run that then fails leaves the last
     // report as it was.
-    for path in [&args.json, &args.per_event].into_iter().flatten() {
+    for path in [&args.report, &args.per_event].into_iter().flatten() {
         std::fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -439,10 +442,14 @@ pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStat
         },
     };
     let report = report::build(measured, &run.plan.thresholds);
-    output::line(&report.human())?;
-    if let Some(path) = &args.json {
-        let text = serde_json::to_string_pretty(&report).context("encoding the report")?;
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    let json = || serde_json::to_string_pretty(&report).context("encoding the report");
+    if args.json {
+        output::line(&json()?)?;
+    } else {
+        output::line(&report.human())?;
+    }
+    if let Some(path) = &args.report {
+        std::fs::write(path, json()?).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.per_event {
         std::fs::write(
