@@ -894,7 +894,7 @@ async fn load_spreads_over_nodes_and_names_a_node_that_refuses() {
             .stdin(Stdio::null())
             .kill_on_drop(true);
         if let Some(json) = json {
-            cmd.arg("--json").arg(json);
+            cmd.arg("--report").arg(json);
         }
         let out = within(cmd.output()).await.unwrap();
         (
@@ -989,7 +989,9 @@ async fn load_counts_what_a_resync_covers_as_not_lost_and_catches_a_real_loss() 
                 Command::new(BIN)
                     .args(["--url", &url, "--secret", SECRET, "load"])
                     .args(["--connections", "20", "--rate", "300", "--duration", "1s"])
-                    .args(["--batch", "10", "--churn", "30", "--drain", "2s", "--json"])
+                    .args([
+                        "--batch", "10", "--churn", "30", "--drain", "2s", "--report",
+                    ])
                     .arg(&json)
                     .args(extra)
                     .env_remove("HRRT_JWT_SECRET")

@@ -100,7 +100,7 @@ fn a_wrong_scenario_fails_and_says_what_it_got() {
         "later steps are skipped: {stdout}"
     );
     assert!(
-        stdout.ends_with("0 passed, 1 failed (1 scenarios, 4 steps)\n"),
+        stdout.ends_with("0 passed, 1 failed (1 scenario, 4 steps)\n"),
         "{stdout}"
     );
 }

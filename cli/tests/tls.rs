@@ -92,7 +92,7 @@ async fn load(url: &str, trust_test_ca: bool, report: Option<&PathBuf>) -> (i32,
         .stdin(Stdio::null())
         .kill_on_drop(true);
     if let Some(report) = report {
-        cmd.arg("--json").arg(report);
+        cmd.arg("--report").arg(report);
     }
     if trust_test_ca {
         cmd.env("SSL_CERT_FILE", fixture("ca.pem"));

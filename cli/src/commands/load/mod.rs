@@ -545,9 +545,9 @@ impl<'a> Run<'a> {
         };
         let count = mine.len() as u64;
         self.say(format!(
-            "connecting {} connections over {} orgs to {} ({}/s)",
-            args.connections,
-            args.orgs,
+            "connecting {} over {} to {} ({}/s)",
+            output::count(args.connections, "connection"),
+            output::count(args.orgs, "org"),
             self.plan
                 .targets
                 .iter()

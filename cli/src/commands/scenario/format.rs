@@ -322,7 +322,13 @@ pub fn parse_str(origin: &str, text: &str) -> Result<Vec<Scenario>, String> {
                 .location()
                 .map(|l| format!("{origin}:{}:{}", l.line(), l.column()))
                 .unwrap_or_else(|| origin.to_owned());
-            format!("{at}: {}{}", e, suggestion(&e.to_string()))
+            let message = e.to_string();
+            // The location is already in front.
+            let message = match message.rsplit_once(" at line ") {
+                Some((before, _)) if e.location().is_some() => before.to_owned(),
+                _ => message,
+            };
+            format!("{at}: {}{}", count_from_one(&message), suggestion(&message))
         })?;
         validate(&scenario).map_err(|e| format!("{origin}: scenario '{}': {e}", scenario.name))?;
         scenarios.push(scenario);
@@ -331,6 +337,42 @@ pub fn parse_str(origin: &str, text: &str) -> Result<Vec<Scenario>, String> {
         return Err(format!("{origin}: no scenario in the file"));
     }
     Ok(scenarios)
+}
+
+/// serde's paths count from 0 (`steps[1]`); people count steps from 1, as
+/// the run's output does (`step 2`).
+fn count_from_one(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('[') {
+        let (before, after) = rest.split_at(open);
+        let Some(close) = after.find(']') else { break };
+        let inner = &after[1..close];
+        match inner.parse::<u64>() {
+            Ok(n) => {
+                let name = before
+                    .rsplit(|c: char| !c.is_alphanumeric() && c != '_')
+                    .next();
+                match name {
+                    Some(plural @ ("steps" | "events" | "clients")) => {
+                        out.push_str(&before[..before.len() - plural.len()]);
+                        out.push_str(&format!("{} {}", &plural[..plural.len() - 1], n + 1));
+                    }
+                    _ => {
+                        out.push_str(before);
+                        out.push_str(&format!(" #{}", n + 1));
+                    }
+                }
+            }
+            Err(_) => {
+                out.push_str(before);
+                out.push_str(&after[..=close]);
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// For serde's "unknown field `x`, expected one of `a`, `b`": the closest
@@ -518,6 +560,16 @@ steps:
                 .unwrap_err()
                 .contains("exactly one")
         );
+    }
+
+    #[test]
+    fn positions_count_from_one() {
+        assert_eq!(count_from_one("steps[0]: bad"), "step 1: bad");
+        assert_eq!(
+            count_from_one("steps[1].publish.events[2]: x"),
+            "step 2.publish.event 3: x"
+        );
+        assert_eq!(count_from_one("a[b] [7]"), "a[b]  #8");
     }
 
     #[test]

@@ -264,10 +264,11 @@ fn human(outcomes: &[ScenarioOutcome]) -> String {
     let steps: usize = outcomes.iter().map(|o| o.steps.len()).sum();
     let _ = write!(
         s,
-        "{} passed, {} failed ({} scenarios, {steps} steps)",
+        "{} passed, {} failed ({}, {})",
         outcomes.len() - failed.len(),
         failed.len(),
-        outcomes.len()
+        output::count(outcomes.len() as u64, "scenario"),
+        output::count(steps as u64, "step")
     );
     s
 }
