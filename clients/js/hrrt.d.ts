@@ -33,7 +33,7 @@ export type Status =
   | { state: 'closed' };
 
 export interface Options {
-  /** The server: `https://hrrt.example.com` (ws/wss is derived). */
+  /** The WebSocket endpoint (`wss://rt.example.com/ws`), or the server's base (`https://rt.example.com`; `/ws` is added). */
   url: string;
   /** A fresh token, asked at the start, after a 1008 close, and before expiry. Answer nothing to stop. */
   getToken: () => string | null | undefined | Promise<string | null | undefined>;
@@ -42,8 +42,11 @@ export interface Options {
   onStatus?: (status: Status) => void;
   /** A WebSocket implementation (default: the browser's). */
   WebSocket?: typeof WebSocket;
+  /** Reconnect backoff: `minBackoffMs` (250) doubling to `maxBackoffMs` (30 000), jittered. */
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** The backoff starts again once a connection stayed up this long (30 000 ms) or an event arrived. */
+  stableMs?: number;
 }
 
 export interface Connection {
@@ -54,3 +57,9 @@ export interface Connection {
 }
 
 export function connect(options: Options): Connection;
+
+/** The WebSocket endpoint of `url`: as given when it ends in `/ws`, else with `/ws` added. */
+export function endpoint(url: string): string;
+
+/** What the client does at each close code (codes not listed: stop); hrrt-protocol's `CloseCode::advice`. */
+export const CLOSE_ADVICE: Readonly<Record<number, 'reconnect' | 'new_token' | 'fix_frame'>>;

@@ -95,8 +95,9 @@ impl CloseCode {
     pub const fn advice(self) -> Advice {
         match self {
             Self::GoingAway | Self::Internal | Self::TryAgainLater => Advice::Reconnect,
-            // 1006: the connection dropped without a close frame.
-            Self::Other(1006) => Advice::Reconnect,
+            // 1006: the connection dropped without a close frame; 1012: a
+            // proxy or server restarting.
+            Self::Other(1006 | 1012) => Advice::Reconnect,
             Self::Policy => Advice::NewToken,
             Self::TooBig => Advice::FixFrame,
             Self::Other(_) => Advice::Stop,
@@ -160,5 +161,39 @@ mod tests {
         assert_eq!(expired.to_string(), "1008 token expired");
         assert!(!Close::new(1008, reason::REVOKED).is_token_expired());
         assert_eq!(Close::new(1005, "").to_string(), "1005");
+    }
+
+    /// clients/js/hrrt.js carries the same table (CLOSE_ADVICE): a browser
+    /// tab and `hrrt listen` must do the same at every code.
+    #[test]
+    fn the_js_client_advises_as_this_crate_does() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../clients/js/hrrt.js");
+        let js = std::fs::read_to_string(path).expect("clients/js/hrrt.js");
+        let start = js
+            .find("export const CLOSE_ADVICE = Object.freeze({")
+            .expect("hrrt.js exports CLOSE_ADVICE");
+        let table = &js[start..];
+        let table = &table[table.find('{').unwrap_or(0) + 1..table.find("});").unwrap_or(0)];
+        let mut listed = Vec::new();
+        for line in table.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            let (code, advice) = line.split_once(':').expect("code: 'advice'");
+            let code: u16 = code.trim().parse().expect("a close code");
+            let advice = advice.trim().trim_end_matches(',').trim_matches('\'');
+            let expected = match CloseCode::from_u16(code).advice() {
+                Advice::Reconnect => "reconnect",
+                Advice::NewToken => "new_token",
+                Advice::FixFrame => "fix_frame",
+                Advice::Stop => "stop",
+            };
+            assert_eq!(advice, expected, "close code {code}");
+            listed.push(code);
+        }
+        // Every code this crate does not stop at is in the JS table (the JS
+        // stops at a code it does not list).
+        for code in 1000..=4999 {
+            if CloseCode::from_u16(code).advice() != Advice::Stop {
+                assert!(listed.contains(&code), "hrrt.js CLOSE_ADVICE lacks {code}");
+            }
+        }
     }
 }

@@ -236,3 +236,38 @@ test('a 1009 close stops the client and reports a bug instead of retrying', asyn
     await exited;
   }
 });
+
+test('the WebSocket endpoint as url (wss://host/ws) connects as the base does', async () => {
+  await page.evaluate((url) => window.start('frank', url), `ws://127.0.0.1:${hrrtPort}/ws`);
+  await until(() => window.runs.frank.statuses.includes('live'));
+  const { seq } = await publish({ type: 'share.created', user_id: 'frank', payload: { share_id: 1 } });
+  await until((s) => window.runs.frank.events.some((e) => e.seq === s), seq);
+  await page.evaluate(() => window.runs.frank.live.close());
+});
+
+test('back online: a client waiting out a long backoff reconnects at once', async () => {
+  const port = await freePort();
+  let server = await spawnHrrt(port);
+  const stop = async () => {
+    const exited = new Promise((r) => server.once('exit', r));
+    server.kill('SIGTERM');
+    await exited;
+  };
+  try {
+    // A backoff far longer than the test: only the online event can bring
+    // it back in time.
+    await page.evaluate(
+      (url) => window.start('gina', url, { minBackoffMs: 60000, maxBackoffMs: 60000 }),
+      `http://127.0.0.1:${port}`,
+    );
+    await until(() => window.runs.gina.statuses.includes('live'));
+    await stop();
+    await until(() => window.runs.gina.statuses.at(-1) === 'reconnecting');
+    server = await spawnHrrt(port);
+    await page.evaluate(() => window.dispatchEvent(new Event('online')));
+    await until(() => window.runs.gina.statuses.at(-1) === 'live', null, 10000);
+  } finally {
+    await page.evaluate(() => window.runs.gina?.live.close());
+    await stop();
+  }
+});
