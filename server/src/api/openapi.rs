@@ -55,6 +55,8 @@ impl ToSchema for Id {}
 pub(crate) enum PublishBody {
     One(super::publish::EventIn),
     Batch(Vec<super::publish::EventIn>),
+    /// A batch under one idempotency key.
+    KeyedBatch(super::publish::KeyedBatchIn),
 }
 
 /// The answer to one event, or one per event of a batch, in order.

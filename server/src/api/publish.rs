@@ -54,26 +54,54 @@ pub(crate) struct EventIn {
     idempotency_key: Option<String>,
 }
 
+/// A batch under one idempotency key: a retry of the whole batch publishes
+/// nothing again and answers the first answers.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyedBatchIn {
+    /// One key for the batch: it takes one slot of `--idempotency-keys`.
+    #[schema(max_length = 128)]
+    idempotency_key: String,
+    /// The events, published all or nothing, in order.
+    events: Vec<EventIn>,
+}
+
 /// What a publish request holds, validated whole.
 #[derive(Debug)]
 pub struct Batch {
     pub events: Vec<NewEvent>,
-    /// Whether the body was a JSON array (answered with an array).
+    /// Whether the body was a batch (answered with an array).
     pub is_batch: bool,
+    /// The batch's own idempotency key (`{"idempotency_key", "events"}`).
+    pub batch_key: Option<String>,
 }
 
-/// Parses and validates a `POST /api/events` body: one event object or an
-/// array of them. Any bad event fails the whole body. Pure, for the fuzzer.
+/// Parses and validates a `POST /api/events` body: one event object, an
+/// array of them, or `{"idempotency_key": K, "events": [...]}`. Any bad
+/// event fails the whole body. Pure, for the fuzzer.
 pub fn parse_events(body: &[u8], max_payload: usize) -> Result<Batch, ApiError> {
     let is_batch = body
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'[');
+    // A keyed batch is an object with `events`; an event never has one.
+    let keyed = !is_batch && body.windows(8).any(|w| w == b"\"events\"");
+    let mut batch_key = None;
     let raw: Vec<EventIn> = if is_batch {
         parse_json(body)?
+    } else if keyed {
+        let batch: KeyedBatchIn = parse_json(body)?;
+        if batch.idempotency_key.is_empty() || batch.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(ApiError::bad_event(format!(
+                "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
+            )));
+        }
+        batch_key = Some(batch.idempotency_key);
+        batch.events
     } else {
         vec![parse_json(body)?]
     };
+    let is_batch = is_batch || keyed;
     if raw.is_empty() {
         return Err(ApiError::bad_event("the batch is empty"));
     }
@@ -95,7 +123,11 @@ pub fn parse_events(body: &[u8], max_payload: usize) -> Result<Batch, ApiError> 
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Batch { events, is_batch })
+    Ok(Batch {
+        events,
+        is_batch,
+        batch_key,
+    })
 }
 
 /// Publishes one event, or a batch all-or-nothing.
@@ -123,7 +155,11 @@ pub async fn publish(
 ) -> Result<Response, ApiError> {
     let body = read_body(&state, body, MAX_BODY_BYTES).await?;
     let max_payload = usize::try_from(state.config.max_message_bytes).unwrap_or(usize::MAX);
-    let Batch { events, is_batch } = parse_events(&body, max_payload)?;
+    let Batch {
+        events,
+        is_batch,
+        batch_key,
+    } = parse_events(&body, max_payload)?;
 
     if let Err(wait) =
         state
@@ -137,7 +173,10 @@ pub async fn publish(
         .retry_after(std::time::Duration::from_secs_f64(wait.clamp(0.0, 3600.0))));
     }
     let types: Vec<_> = events.iter().map(|e| e.event_type.clone()).collect();
-    let acks = state.engine.publish(events).await?;
+    let acks = match &batch_key {
+        Some(key) => state.engine.publish_batch(key, events).await?,
+        None => state.engine.publish(events).await?,
+    };
     for event_type in &types {
         state.metrics.published(event_type.as_str());
     }

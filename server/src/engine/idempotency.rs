@@ -16,14 +16,22 @@ use crate::protocol::ChannelName;
 
 type Key = (ChannelName, Arc<str>);
 
-/// First answers by (channel, key), oldest first for cheap expiry. About
-/// 150 bytes per key plus the key itself.
+/// One slot of the table: an event's key on its channel, or a batch's key.
+#[derive(Debug, Clone)]
+enum Slot {
+    Event(Key),
+    Batch(Arc<str>),
+}
+
+/// First answers by (channel, key), and batches' answers by their key,
+/// oldest first for cheap expiry. About 150 bytes per key plus the key.
 #[derive(Debug)]
 pub struct IdempotencyTable {
     capacity: usize,
     answers: HashMap<Key, PublishAck>,
-    /// Keys in the order they were stored.
-    order: VecDeque<(Instant, Key)>,
+    batches: HashMap<Arc<str>, Vec<PublishAck>>,
+    /// Slots in the order they were stored.
+    order: VecDeque<(Instant, Slot)>,
 }
 
 impl IdempotencyTable {
@@ -31,6 +39,7 @@ impl IdempotencyTable {
         Self {
             capacity: capacity.max(1),
             answers: HashMap::new(),
+            batches: HashMap::new(),
             order: VecDeque::new(),
         }
     }
@@ -41,8 +50,14 @@ impl IdempotencyTable {
             if now.saturating_duration_since(*at) < IDEMPOTENCY_WINDOW {
                 break;
             }
-            if let Some((_, key)) = self.order.pop_front() {
-                self.answers.remove(&key);
+            match self.order.pop_front() {
+                Some((_, Slot::Event(key))) => {
+                    self.answers.remove(&key);
+                }
+                Some((_, Slot::Batch(key))) => {
+                    self.batches.remove(&key);
+                }
+                None => {}
             }
         }
     }
@@ -57,7 +72,7 @@ impl IdempotencyTable {
     /// Whether `new_keys` more keys fit now; if not, how long until the
     /// oldest expires.
     pub fn room_for(&self, new_keys: usize, now: Instant) -> Result<(), Duration> {
-        if self.answers.len().saturating_add(new_keys) <= self.capacity {
+        if self.len().saturating_add(new_keys) <= self.capacity {
             return Ok(());
         }
         let oldest = self.order.front().map_or(now, |(at, _)| *at);
@@ -68,7 +83,20 @@ impl IdempotencyTable {
     pub fn insert(&mut self, channel: ChannelName, key: &str, ack: PublishAck, now: Instant) {
         let key = (channel, Arc::from(key));
         if self.answers.insert(key.clone(), ack).is_none() {
-            self.order.push_back((now, key));
+            self.order.push_back((now, Slot::Event(key)));
+        }
+    }
+
+    /// The answers of the batch stored under `key`, if it is remembered.
+    pub fn batch(&self, key: &str) -> Option<&[PublishAck]> {
+        self.batches.get(key).map(Vec::as_slice)
+    }
+
+    /// Remembers a batch's answers under its key.
+    pub fn insert_batch(&mut self, key: &str, acks: Vec<PublishAck>, now: Instant) {
+        let key: Arc<str> = Arc::from(key);
+        if self.batches.insert(key.clone(), acks).is_none() {
+            self.order.push_back((now, Slot::Batch(key)));
         }
     }
 
@@ -77,11 +105,11 @@ impl IdempotencyTable {
     }
 
     pub fn len(&self) -> usize {
-        self.answers.len()
+        self.answers.len() + self.batches.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.answers.is_empty()
+        self.len() == 0
     }
 }
 

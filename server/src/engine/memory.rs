@@ -205,6 +205,42 @@ impl MemoryEngine {
         let now = Instant::now();
         let mut table = lock(&self.idempotency);
         table.expire(now);
+        self.publish_keyed_in(&mut table, events, 0, now)
+    }
+
+    /// A batch under its own key: the stored answers if the key is known,
+    /// else the batch published (its events' keys honoured) and stored.
+    fn publish_batch_keyed(
+        &self,
+        key: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PublishAck>, EngineError> {
+        let now = Instant::now();
+        let mut table = lock(&self.idempotency);
+        table.expire(now);
+        if let Some(acks) = table.batch(key) {
+            return Ok(acks
+                .iter()
+                .map(|ack| PublishAck {
+                    duplicate: true,
+                    ..ack.clone()
+                })
+                .collect());
+        }
+        let acks = self.publish_keyed_in(&mut table, events, 1, now)?;
+        table.insert_batch(key, acks.clone(), Instant::now());
+        Ok(acks)
+    }
+
+    /// Publishes under the table's lock; `more_keys` slots beyond the
+    /// events' own are needed (a batch's key).
+    fn publish_keyed_in(
+        &self,
+        table: &mut IdempotencyTable,
+        events: Vec<NewEvent>,
+        more_keys: usize,
+        now: Instant,
+    ) -> Result<Vec<PublishAck>, EngineError> {
         let mut new_keys: Vec<(&ChannelName, &str)> = Vec::new();
         for event in &events {
             if let Some(key) = event.idempotency_key.as_deref()
@@ -215,7 +251,7 @@ impl MemoryEngine {
             }
         }
         // The whole batch or nothing: checked before the first publish.
-        if let Err(retry_after) = table.room_for(new_keys.len(), now) {
+        if let Err(retry_after) = table.room_for(new_keys.len() + more_keys, now) {
             return Err(EngineError::IdempotencyFull {
                 capacity: table.capacity(),
                 retry_after,
@@ -321,6 +357,14 @@ impl Engine for MemoryEngine {
             return self.publish_keyed(events);
         }
         Ok(events.into_iter().map(|e| self.publish_one(e)).collect())
+    }
+
+    async fn publish_batch(
+        &self,
+        key: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PublishAck>, EngineError> {
+        self.publish_batch_keyed(key, events)
     }
 
     async fn history(

@@ -226,6 +226,15 @@ pub trait Engine: Send + Sync + 'static {
     /// Publishes events in order and answers one ack per event.
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishAck>, EngineError>;
 
+    /// [`Engine::publish`] under one idempotency key for the whole batch
+    /// (one slot of `--idempotency-keys`): within the window, the same key
+    /// publishes nothing and answers the first answers, marked duplicate.
+    async fn publish_batch(
+        &self,
+        key: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PublishAck>, EngineError>;
+
     /// Up to `limit` retained events of `channel` with seq > `since`.
     async fn history(
         &self,

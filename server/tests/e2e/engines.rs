@@ -296,6 +296,50 @@ async fn idempotency(maker: &dyn Maker, prefix: &str) {
     );
 }
 
+/// A batch under its own key: one slot of the table, a retry answers the
+/// first answers (duplicate) and publishes nothing. The maker's table
+/// holds 5.
+async fn batch_keys(maker: &dyn Maker, prefix: &str) {
+    let engine = maker
+        .make(
+            100,
+            Duration::from_secs(3600),
+            Arc::new(Recorder::default()),
+        )
+        .await;
+    let (org, user) = (format!("org:{prefix}b7"), format!("user:{prefix}u1"));
+    let events = || vec![event(&org, None), event(&org, None), event(&user, None)];
+    let first = engine.publish_batch("b1", events()).await.unwrap();
+    let seqs = |acks: &[hrrt_server::engine::PublishAck]| {
+        acks.iter()
+            .map(|a| (a.channel.to_string(), a.seq))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        seqs(&first),
+        [(org.clone(), 1), (org.clone(), 2), (user.clone(), 1)]
+    );
+    assert!(first.iter().all(|a| !a.duplicate));
+    let again = engine.publish_batch("b1", events()).await.unwrap();
+    assert_eq!(seqs(&again), seqs(&first));
+    assert!(again.iter().all(|a| a.duplicate), "{again:?}");
+    assert_eq!(engine.latest(&[ch(&org)]).await.unwrap(), [2]);
+    // One slot: four event keys still fit, then another batch key does not.
+    for key in ["a", "b", "c", "d"] {
+        engine.publish(vec![event(&org, Some(key))]).await.unwrap();
+    }
+    let full = engine.publish_batch("b2", events()).await;
+    assert!(
+        matches!(
+            full,
+            Err(hrrt_server::engine::EngineError::IdempotencyFull { .. })
+        ),
+        "{full:?}"
+    );
+    assert_eq!(engine.latest(&[ch(&org)]).await.unwrap(), [6]);
+    assert!(engine.publish_batch("b1", events()).await.unwrap()[0].duplicate);
+}
+
 #[tokio::test]
 async fn the_memory_engine_keeps_the_contract() {
     let maker = Memory {
@@ -304,6 +348,13 @@ async fn the_memory_engine_keeps_the_contract() {
     conformance(&maker, "m").await;
     retention(&maker, "m").await;
     idempotency(
+        &Memory {
+            idempotency_keys: 5,
+        },
+        "m",
+    )
+    .await;
+    batch_keys(
         &Memory {
             idempotency_keys: 5,
         },
@@ -329,4 +380,9 @@ async fn the_redis_engine_keeps_the_contract() {
         idempotency_keys: 5,
     };
     idempotency(&small, "r").await;
+    let batches = Redis {
+        url: format!("{}2", redis.url()),
+        idempotency_keys: 5,
+    };
+    batch_keys(&batches, "r").await;
 }

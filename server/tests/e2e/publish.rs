@@ -252,3 +252,43 @@ async fn publish_rate_answers_429_with_retry_after() {
         .await;
     assert_eq!(history["latest"], 3, "the refused pair was not published");
 }
+
+#[tokio::test]
+async fn a_batch_under_one_key_is_published_once_and_answered_again() {
+    let server = Server::start().await;
+    let mut client = server.connect("1", "7").await;
+    let body = json!({"idempotency_key": "batch-1", "events": [
+        {"type": "entity.created", "org_id": "7", "payload": {"n": 1}},
+        {"type": "entity.updated", "org_id": "7", "payload": {"n": 2}},
+    ]});
+    let (status, first) = server.publish(body.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(
+        (first[0]["seq"].as_u64(), first[1]["seq"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert!(first[0].get("duplicate").is_none(), "{first}");
+    let (status, again) = server.publish(body).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again[0]["seq"].as_u64(), again[1]["seq"].as_u64()),
+        (Some(1), Some(2))
+    );
+    assert_eq!(
+        (&again[0]["duplicate"], &again[1]["duplicate"]),
+        (&json!(true), &json!(true))
+    );
+    let marker = server.publish_org("7", "test.marker", json!({})).await;
+    assert_eq!(marker, 3, "the retry published nothing");
+    for seq in 1..=3 {
+        assert_eq!(client.next_event().await["seq"], seq);
+    }
+    for bad in [
+        json!({"idempotency_key": "", "events": [{"type": "entity.created", "org_id": "7"}]}),
+        json!({"idempotency_key": "k", "events": []}),
+        json!({"idempotency_key": "k", "events": [{"type": "entity.created", "org_id": "7"}], "x": 1}),
+    ] {
+        let (status, answer) = server.publish(bad.clone()).await;
+        assert_eq!(status, 400, "{bad}: {answer}");
+    }
+}

@@ -45,6 +45,13 @@ pub(super) fn idempotency_key(channel: &ChannelName, key: &str) -> String {
     format!("{PREFIX}idem:{}:{channel}:{key}", channel.as_str().len())
 }
 
+/// A batch's own idempotency key: the publish script's batch token, so a
+/// retried batch answers its first answers (publish.lua knows it by this
+/// prefix).
+pub(super) fn batch_idempotency_key(key: &str) -> String {
+    format!("{PREFIX}idem-batch:{key}")
+}
+
 /// The live idempotency keys by when they expire (ms), cluster-wide: the
 /// bound of `--idempotency-keys`.
 pub(super) const IDEMPOTENCY_INDEX: &str = "hrrt:idem-index";

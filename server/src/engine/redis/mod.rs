@@ -219,6 +219,69 @@ pub struct RedisEngine {
 }
 
 impl RedisEngine {
+    /// Runs the publish script with `done` as the batch token: a request's
+    /// own (random), or a keyed batch's (`hrrt:idem-batch:…`, one slot of
+    /// `--idempotency-keys`, answered again as duplicates).
+    async fn publish_as(
+        &self,
+        done: String,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PublishAck>, EngineError> {
+        let mut invocation = self.publish.prepare_invoke();
+        invocation.key(epoch_key());
+        invocation.key(done);
+        invocation.key(IDEMPOTENCY_INDEX);
+        invocation
+            .arg(crate::random_hex(8))
+            .arg(self.history_size)
+            .arg(
+                u64::try_from(self.shared.history_ttl.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .arg(now_ms())
+            .arg(u64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(300_000))
+            .arg(self.idempotency_keys);
+        for event in &events {
+            invocation.key(seq_key(&event.channel));
+            invocation.key(stream_key(&event.channel));
+            invocation.key(
+                event
+                    .idempotency_key
+                    .as_ref()
+                    .map_or_else(String::new, |k| idempotency_key(&event.channel, k)),
+            );
+            invocation
+                .arg(encode_event_prefix(
+                    &event.event_type,
+                    &event.payload,
+                    &event.channel,
+                ))
+                .arg(event.event_type.as_str())
+                .arg(pubsub_channel(&event.channel))
+                .arg(event.channel.as_str());
+        }
+        let reply = self.invoke_publish(&invocation).await?;
+        let mut parts = reply.into_iter();
+        let epoch = parts
+            .next()
+            .ok_or_else(|| unavailable("empty publish reply"))?;
+        if epoch == "!full" {
+            let wait_ms = parts
+                .next()
+                .and_then(|w| w.parse::<u64>().ok())
+                .unwrap_or(1000);
+            return Err(EngineError::IdempotencyFull {
+                capacity: self.idempotency_keys,
+                retry_after: Duration::from_millis(wait_ms),
+            });
+        }
+        self.shared.observe_epoch(&epoch);
+        parts
+            .map(|answer| parse_answer(&answer).ok_or_else(|| unavailable("bad publish reply")))
+            .collect()
+    }
+
     /// Connects to Redis at `url`. Its subscriber is one of
     /// [`Engine::background_tasks`], which the node runs (and restarts).
     pub async fn connect(
@@ -309,59 +372,17 @@ impl Engine for RedisEngine {
     }
 
     async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<PublishAck>, EngineError> {
-        let mut invocation = self.publish.prepare_invoke();
-        invocation.key(epoch_key());
-        invocation.key(format!("{PREFIX}pub:{}", crate::random_hex(16)));
-        invocation.key(IDEMPOTENCY_INDEX);
-        invocation
-            .arg(crate::random_hex(8))
-            .arg(self.history_size)
-            .arg(
-                u64::try_from(self.shared.history_ttl.as_millis())
-                    .unwrap_or(u64::MAX)
-                    .max(1),
-            )
-            .arg(now_ms())
-            .arg(u64::try_from(IDEMPOTENCY_WINDOW.as_millis()).unwrap_or(300_000))
-            .arg(self.idempotency_keys);
-        for event in &events {
-            invocation.key(seq_key(&event.channel));
-            invocation.key(stream_key(&event.channel));
-            invocation.key(
-                event
-                    .idempotency_key
-                    .as_ref()
-                    .map_or_else(String::new, |k| idempotency_key(&event.channel, k)),
-            );
-            invocation
-                .arg(encode_event_prefix(
-                    &event.event_type,
-                    &event.payload,
-                    &event.channel,
-                ))
-                .arg(event.event_type.as_str())
-                .arg(pubsub_channel(&event.channel))
-                .arg(event.channel.as_str());
-        }
-        let reply = self.invoke_publish(&invocation).await?;
-        let mut parts = reply.into_iter();
-        let epoch = parts
-            .next()
-            .ok_or_else(|| unavailable("empty publish reply"))?;
-        if epoch == "!full" {
-            let wait_ms = parts
-                .next()
-                .and_then(|w| w.parse::<u64>().ok())
-                .unwrap_or(1000);
-            return Err(EngineError::IdempotencyFull {
-                capacity: self.idempotency_keys,
-                retry_after: Duration::from_millis(wait_ms),
-            });
-        }
-        self.shared.observe_epoch(&epoch);
-        parts
-            .map(|answer| parse_answer(&answer).ok_or_else(|| unavailable("bad publish reply")))
-            .collect()
+        // A token of this request alone: a retry of a lost reply answers it.
+        let done = format!("{PREFIX}pub:{}", crate::random_hex(16));
+        self.publish_as(done, events).await
+    }
+
+    async fn publish_batch(
+        &self,
+        key: &str,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<PublishAck>, EngineError> {
+        self.publish_as(batch_idempotency_key(key), events).await
     }
 
     async fn history(
