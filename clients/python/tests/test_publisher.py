@@ -17,11 +17,18 @@ from websockets.sync.client import connect
 from hrrt_client import (
     AsyncPublisher,
     BadRequest,
+    BadRequestError,
     Forbidden,
+    ForbiddenError,
+    HrrtError,
     Publisher,
+    RateLimitedError,
     TooLarge,
+    TooLargeError,
     Unauthorized,
+    UnauthorizedError,
     Unavailable,
+    UnavailableError,
 )
 from hrrt_client import compat
 from hrrt_client._publisher import _Core
@@ -32,10 +39,9 @@ from conftest import SECRET
 class Listener:
     """A real WebSocket client of hrrt, as the browser is."""
 
-    def __init__(self, server, user: str, org: str):
-        self._connection = connect(
-            f"ws://127.0.0.1:{server.port}/ws?token={server.token(user, org)}"
-        )
+    def __init__(self, server, user: str, org: str, token: str = None):
+        token = token or server.token(user, org)
+        self._connection = connect(f"ws://127.0.0.1:{server.port}/ws?token={token}")
         self.ws = self._connection.__enter__()
         connected = self.next()
         assert connected["type"] == "connected", connected
@@ -277,3 +283,90 @@ def test_a_503_while_redis_is_away_is_retried_until_it_is_back(tmp_path):
         server.stop()
         r.terminate()
         r.wait(timeout=10)
+
+
+def test_errors_end_in_error_under_one_base_and_the_old_names_remain(server):
+    for new, old in [
+        (BadRequestError, BadRequest),
+        (UnauthorizedError, Unauthorized),
+        (ForbiddenError, Forbidden),
+        (TooLargeError, TooLarge),
+        (UnavailableError, Unavailable),
+    ]:
+        assert new is old and issubclass(new, HrrtError)
+    assert issubclass(RateLimitedError, HrrtError)
+    hrrt = Publisher(server.url, SECRET)
+    assert hrrt._core.retries == 3, "SPEC: 3 retries by default"
+    hrrt.close()
+
+
+@pytest.fixture()
+def small_table_server():
+    from conftest import Server
+
+    s = Server("--idempotency-keys", "3")
+    yield s
+    s.stop()
+
+
+def test_a_batch_takes_one_slot_and_a_full_table_is_rate_limited_with_retry_after(small_table_server):
+    server = small_table_server
+    listener = Listener(server, "46", "14")
+    with Publisher(server.url, SECRET) as hrrt:
+        events = [{"type": "entity.created", "org_id": 14, "payload": {"n": n}} for n in range(10)]
+        # Ten events, one key: a table of three takes three such batches.
+        for _ in range(3):
+            acks = hrrt.publish_batch(events)
+            assert len(acks) == 10 and not any(a.duplicate for a in acks)
+        started = time.monotonic()
+        with pytest.raises(RateLimitedError) as e:
+            hrrt.publish_batch(events)
+        assert e.value.status == 429 and e.value.retry_after is not None
+        assert 1 <= e.value.retry_after <= 300
+        assert time.monotonic() - started < 2, "a Retry-After past max_wait is said at once"
+    seqs = [listener.next()["seq"] for _ in range(30)]
+    assert seqs == list(range(1, 31))
+    assert listener.nothing_more(), "the refused batch published nothing"
+    listener.close()
+
+
+def test_a_retried_batch_is_delivered_once(server):
+    listener = Listener(server, "47", "15")
+    proxy = SlowProxy(server.port, delay=1.5)
+    events = [{"type": "entity.created", "org_id": 15, "payload": {"n": n}} for n in range(3)]
+    with Publisher(f"http://127.0.0.1:{proxy.port}", SECRET, timeout=0.5, retries=3) as hrrt:
+        acks = hrrt.publish_batch(events)
+    assert proxy.connections >= 2, "the first attempt timed out and was retried"
+    assert [a.duplicate for a in acks] == [True, True, True], "the retry got the stored answers"
+    got = [listener.next()["payload"]["n"] for _ in range(3)]
+    assert got == [0, 1, 2]
+    assert listener.nothing_more(), "delivered once"
+    proxy.close()
+    listener.close()
+
+
+def test_the_backend_calls_history_stats_nodes_disconnect_and_user_token(server):
+    with Publisher(server.url, SECRET) as hrrt:
+        token = hrrt.user_token(48, 16, ttl=60)
+        listener = Listener(server, "48", "16", token=token)
+        first = hrrt.publish("entity.created", org_id=16, payload={"id": 1})
+        hrrt.publish("entity.updated", org_id=16, payload={"id": 1})
+        page = hrrt.history("org:16", since=first.seq)
+        assert [e["type"] for e in page["events"]] == ["entity.updated"]
+        assert [e["seq"] for e in hrrt.history("org:16", limit=1)["events"]] == [first.seq]
+        stats = hrrt.stats()
+        assert stats["connections"]["by_org"]["16"] == 1
+        assert len(hrrt.nodes()) == 1
+        answer = hrrt.disconnect(48, reason="access changed", revoke=True)
+        assert answer["closed"] == 1 and "tokens_valid_from" in answer
+        frames = []
+        try:
+            while True:
+                frames.append(listener.next(timeout=5))
+        except Exception as e:  # the close
+            close = getattr(e, "rcvd", None)
+        assert close is not None and (close.code, close.reason) == (1008, "access changed"), frames
+        with pytest.raises(BadRequestError):
+            hrrt.history("not-a-channel")
+        with pytest.raises(ValueError):
+            hrrt.user_token(1, 1, ttl=0)
