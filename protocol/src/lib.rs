@@ -19,8 +19,11 @@
 //!   command lines.
 //! - [`ws`]: the WebSocket framing of what a server sends, encoded once per
 //!   frame.
+//! - [`api`]: the answers of the HTTP API (stats, nodes, history, publish
+//!   acks, errors), which the server returns and clients read.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod api;
 pub mod auth;
 pub mod close;
 pub mod cursor;

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use hrrt_protocol::api::{NodeInfo, Stats};
 use hrrt_protocol::{Event, Resync, ServerFrame};
 use serde_json::Value;
 
@@ -41,24 +42,15 @@ pub struct NodeSnapshot {
     pub delivered_total: u64,
 }
 
-impl NodeSnapshot {
-    /// Reads `GET /api/nodes`; entries without a node id are skipped.
-    pub fn list_from_json(v: &Value) -> Vec<Self> {
-        let u = |v: &Value| v.as_u64().unwrap_or(0);
-        v.as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|n| {
-                Some(Self {
-                    node_id: n["node_id"].as_str()?.to_owned(),
-                    connections: u(&n["connections"]),
-                    users: u(&n["users"]),
-                    last_seen: n["last_seen"].as_str().unwrap_or("").to_owned(),
-                    delivered_total: u(&n["delivered_total"]),
-                })
-            })
-            .collect()
+impl From<&NodeInfo> for NodeSnapshot {
+    fn from(n: &NodeInfo) -> Self {
+        Self {
+            node_id: n.node_id.clone(),
+            connections: n.connections as u64,
+            users: n.users as u64,
+            last_seen: n.last_seen.clone(),
+            delivered_total: n.delivered_total,
+        }
     }
 }
 
@@ -96,23 +88,23 @@ pub struct StatsSnapshot {
     pub slow_consumer_closes: u64,
 }
 
-impl StatsSnapshot {
-    /// Reads the JSON of `GET /api/stats`; missing fields stay zero.
-    pub fn from_json(v: &Value) -> Self {
-        let u = |v: &Value| v.as_u64().unwrap_or(0);
+impl From<&Stats> for StatsSnapshot {
+    fn from(s: &Stats) -> Self {
         Self {
-            node_id: v["node_id"].as_str().unwrap_or("?").to_owned(),
-            engine: v["engine"].as_str().unwrap_or("?").to_owned(),
-            uptime_seconds: u(&v["uptime_seconds"]),
-            connections: u(&v["connections"]["total"]),
-            users: u(&v["users"]),
-            by_org: v["connections"]["by_org"]
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), u(v))).collect())
-                .unwrap_or_default(),
-            published_total: u(&v["events"]["published_total"]),
-            delivered_total: u(&v["events"]["delivered_total"]),
-            slow_consumer_closes: u(&v["slow_consumer_closes"]),
+            node_id: s.node_id.clone(),
+            engine: s.engine.clone(),
+            uptime_seconds: s.uptime_seconds,
+            connections: s.connections.total as u64,
+            users: s.users as u64,
+            by_org: s
+                .connections
+                .by_org
+                .iter()
+                .map(|(org, n)| (org.clone(), *n as u64))
+                .collect(),
+            published_total: s.events.published_total,
+            delivered_total: s.events.delivered_total,
+            slow_consumer_closes: s.slow_consumer_closes,
         }
     }
 }
@@ -738,7 +730,7 @@ pub(crate) fn envelope(v: &Value) -> Feed {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use serde_json::json;
 
     use super::*;
@@ -871,13 +863,34 @@ mod tests {
         assert_eq!(app.orgs["7"].connections, 3);
     }
 
+    /// A node's stats as the server answers them, for tests.
+    pub(crate) fn stats_of(engine: &str, by_org: &[(&str, usize)], users: usize) -> Stats {
+        Stats {
+            node_id: "ab12".into(),
+            engine: engine.into(),
+            epoch: "e".into(),
+            uptime_seconds: 75,
+            connections: hrrt_protocol::api::Connections {
+                total: by_org.iter().map(|(_, n)| n).sum(),
+                by_org: by_org.iter().map(|(o, n)| ((*o).to_owned(), *n)).collect(),
+                watchers: 0,
+            },
+            users,
+            events: hrrt_protocol::api::Events {
+                published_total: 4,
+                delivered_total: 9,
+                ..Default::default()
+            },
+            slow_consumer_closes: 1,
+            closes: BTreeMap::new(),
+            history_events: 0,
+            settings: hrrt_protocol::api::Settings::default(),
+        }
+    }
+
     #[test]
-    fn stats_json_is_read() {
-        let s = StatsSnapshot::from_json(&json!({
-            "node_id": "n1", "engine": "memory", "uptime_seconds": 5,
-            "connections": {"total": 3, "by_org": {"7": 2, "8": 1}}, "users": 2,
-            "events": {"published_total": 4, "delivered_total": 9}, "slow_consumer_closes": 1,
-        }));
+    fn stats_are_read() {
+        let s = StatsSnapshot::from(&stats_of("memory", &[("7", 2), ("8", 1)], 2));
         assert_eq!((s.connections, s.by_org["7"], s.delivered_total), (3, 2, 9));
     }
 }

@@ -4,9 +4,12 @@
 //! from `--secret` as the other commands do; the same exit codes (2 for a
 //! token the server refuses or no server, 1 for a request it refused).
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
+
+use hrrt_protocol::ServerFrame;
+use hrrt_protocol::api::{Disconnected, HistoryAnswer, NodeInfo, Stats};
 
 use crate::args::ServerArgs;
 use crate::client::{Api, Target, TokenSource, explain};
@@ -80,16 +83,22 @@ fn api(global: &ServerArgs) -> anyhow::Result<(Api, String, bool)> {
 
 /// 200 answers its body; a refused token is a usage error (2); anything
 /// else the server refused is a failed request (1).
-fn answer(status: u16, body: Value, minted: bool) -> anyhow::Result<Value> {
+fn answer<T: serde::de::DeserializeOwned>(
+    status: u16,
+    body: Value,
+    minted: bool,
+) -> anyhow::Result<T> {
     match status {
-        200 => Ok(body),
+        200 => serde_json::from_value(body).context(
+            "the server's answer is not hrrt's (is --url an hrrt server of this version?)",
+        ),
         401 | 403 => bail!("{}", explain(status, &body, "service or admin", minted)),
         _ => Err(Failed::new(explain(status, &body, "service or admin", minted)).into()),
     }
 }
 
-fn print_json(value: &Value) -> anyhow::Result<ExitStatus> {
-    output::line(&value.to_string())?;
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<ExitStatus> {
+    output::line(&serde_json::to_string(value)?)?;
     Ok(ExitStatus::Ok)
 }
 
@@ -122,14 +131,6 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    }
-}
-
 fn uptime(seconds: u64) -> String {
     humantime::format_duration(std::time::Duration::from_secs(seconds)).to_string()
 }
@@ -137,65 +138,48 @@ fn uptime(seconds: u64) -> String {
 pub async fn stats(args: StatsArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let (api, token, minted) = api(global)?;
     let (status, body) = api.get("/api/stats", &token).await?;
-    let stats = answer(status, body, minted)?;
+    let stats: Stats = answer(status, body, minted)?;
     if args.json {
         return print_json(&stats);
     }
     output::line(&format!(
         "{} {}  engine {}  epoch {}  up {}",
         paint(BOLD, "node"),
-        text(&stats["node_id"]),
-        text(&stats["engine"]),
-        text(&stats["epoch"]),
-        uptime(stats["uptime_seconds"].as_u64().unwrap_or(0)),
+        stats.node_id,
+        stats.engine,
+        stats.epoch,
+        uptime(stats.uptime_seconds),
     ))?;
     output::line(&format!(
-        "connections {} (watchers {})  users {}  history {} events  slow-consumer closes {}",
-        text(&stats["connections"]["total"]),
-        stats["connections"]["watchers"].as_u64().unwrap_or(0),
-        text(&stats["users"]),
-        text(&stats["history_events"]),
-        text(&stats["slow_consumer_closes"]),
+        "connections {} (watchers {})  users {}  history {}  slow-consumer closes {}",
+        stats.connections.total,
+        stats.connections.watchers,
+        stats.users,
+        output::count(stats.history_events, "event"),
+        stats.slow_consumer_closes,
     ))?;
-    let mut orgs: Vec<(String, u64)> = stats["connections"]["by_org"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(o, n)| (o.clone(), n.as_u64().unwrap_or(0)))
-                .collect()
-        })
-        .unwrap_or_default();
-    orgs.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    let mut orgs: Vec<(&String, &usize)> = stats.connections.by_org.iter().collect();
+    orgs.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
     if !orgs.is_empty() {
         output::line("")?;
         let rows: Vec<Vec<String>> = orgs
             .into_iter()
-            .map(|(o, n)| vec![o, n.to_string()])
+            .map(|(o, n)| vec![o.clone(), n.to_string()])
             .collect();
         table(&["ORG", "CONNECTIONS"], &rows)?;
     }
-    let published = stats["events"]["published"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
-    let delivered = stats["events"]["delivered"]
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let (published, delivered) = (&stats.events.published, &stats.events.delivered);
     let mut types: Vec<&String> = published.keys().chain(delivered.keys()).collect();
     types.sort();
     types.dedup();
     if !types.is_empty() {
         output::line("")?;
+        let count = |m: &std::collections::BTreeMap<String, u64>, t: &String| {
+            m.get(t).copied().unwrap_or(0).to_string()
+        };
         let rows: Vec<Vec<String>> = types
             .into_iter()
-            .map(|t| {
-                vec![
-                    t.clone(),
-                    published.get(t).map_or("0".to_owned(), text),
-                    delivered.get(t).map_or("0".to_owned(), text),
-                ]
-            })
+            .map(|t| vec![t.clone(), count(published, t), count(delivered, t)])
             .collect();
         table(&["TYPE", "PUBLISHED", "DELIVERED"], &rows)?;
     }
@@ -205,23 +189,20 @@ pub async fn stats(args: StatsArgs, global: &ServerArgs) -> anyhow::Result<ExitS
 pub async fn nodes(args: NodesArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let (api, token, minted) = api(global)?;
     let (status, body) = api.get("/api/nodes", &token).await?;
-    let nodes = answer(status, body, minted)?;
+    let nodes: Vec<NodeInfo> = answer(status, body, minted)?;
     if args.json {
         return print_json(&nodes);
     }
     let rows: Vec<Vec<String>> = nodes
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
         .iter()
         .map(|n| {
             vec![
-                text(&n["node_id"]),
-                text(&n["engine"]),
-                text(&n["connections"]),
-                text(&n["users"]),
-                uptime(n["uptime_s"].as_u64().unwrap_or(0)),
-                text(&n["last_seen"]),
+                n.node_id.clone(),
+                n.engine.clone(),
+                n.connections.to_string(),
+                n.users.to_string(),
+                uptime(n.uptime_s),
+                n.last_seen.clone(),
             ]
         })
         .collect();
@@ -251,30 +232,32 @@ pub async fn history(args: HistoryArgs, global: &ServerArgs) -> anyhow::Result<E
     let (status, body) = api
         .get(&format!("/api/history?{}", query.join("&")), &token)
         .await?;
-    let page = answer(status, body, minted)?;
+    let page: HistoryAnswer = answer(status, body, minted)?;
     if args.json {
         return print_json(&page);
     }
-    let events = page["events"].as_array().cloned().unwrap_or_default();
     output::line(&paint(
         DIM,
         format!(
             "{}  epoch {}  retained {}..{}  {} shown",
-            text(&page["channel"]),
-            text(&page["epoch"]),
-            text(&page["oldest"]),
-            text(&page["latest"]),
-            events.len()
+            page.channel,
+            page.epoch,
+            page.oldest,
+            page.latest,
+            page.events.len()
         ),
     ))?;
-    for e in &events {
-        output::line(&format!(
-            "{:>6}  {}  {}  {}",
-            text(&e["seq"]),
-            paint(DIM, text(&e["timestamp"])),
-            paint(BOLD, text(&e["type"])),
-            e["payload"]
-        ))?;
+    for raw in &page.events {
+        match ServerFrame::decode(raw.get()) {
+            Ok(ServerFrame::Event(e)) => output::line(&format!(
+                "{:>6}  {}  {}  {}",
+                e.seq,
+                paint(DIM, &e.timestamp),
+                paint(BOLD, e.event_type.as_str()),
+                e.payload.get()
+            ))?,
+            _ => output::warn(&format!("not an event in the history: {}", raw.get())),
+        }
     }
     Ok(ExitStatus::Ok)
 }
@@ -286,12 +269,12 @@ pub async fn disconnect(args: DisconnectArgs, global: &ServerArgs) -> anyhow::Re
         body["reason"] = json!(reason);
     }
     let (status, answer_body) = api.post("/api/disconnect", &token, &body).await?;
-    let done = answer(status, answer_body, minted)?;
+    let done: Disconnected = answer(status, answer_body, minted)?;
     if args.json {
         return print_json(&done);
     }
-    let closed = done["closed"].as_u64().unwrap_or(0);
-    let revoked = match done["tokens_valid_from"].as_str() {
+    let closed = done.closed;
+    let revoked = match done.tokens_valid_from.as_deref() {
         Some(from) if args.revoke => format!(
             "; tokens issued before {from} (or without iat) are refused: \
              mint the user's next token from then on"
@@ -299,8 +282,8 @@ pub async fn disconnect(args: DisconnectArgs, global: &ServerArgs) -> anyhow::Re
         _ => String::new(),
     };
     output::line(&format!(
-        "closed {closed} connection{} of user {}{revoked}",
-        if closed == 1 { "" } else { "s" },
+        "closed {} of user {}{revoked}",
+        output::count(closed as u64, "connection"),
         args.user,
     ))?;
     Ok(ExitStatus::Ok)

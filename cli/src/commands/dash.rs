@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 use clap::Args;
+use hrrt_protocol::api::{NodeInfo, Stats};
 use hrrt_protocol::{Advice, Close, Role, ServerFrame};
 use hrrt_tui::{App, Feed, NodeSnapshot, ServerStatus, StatsSnapshot};
 use tokio::sync::mpsc;
@@ -83,7 +84,12 @@ async fn stats(api: &Api, tokens: &TokenSource, tx: &mpsc::Sender<Feed>) {
         tick.tick().await;
         let Ok(token) = tokens.token() else { return };
         let feed = match api.get("/api/stats", &token).await {
-            Ok((200, body)) => Feed::Stats(StatsSnapshot::from_json(&body)),
+            Ok((200, body)) => match serde_json::from_value::<Stats>(body) {
+                Ok(stats) => Feed::Stats(StatsSnapshot::from(&stats)),
+                Err(e) => Feed::Status(ServerStatus::Disconnected(format!(
+                    "the server's /api/stats is not hrrt's: {e}"
+                ))),
+            },
             // A token the server refuses is not cured by waiting.
             Ok((status @ (401 | 403), body)) => {
                 let _ = tx
@@ -104,8 +110,9 @@ async fn stats(api: &Api, tokens: &TokenSource, tx: &mpsc::Sender<Feed>) {
         }
         // The cluster's nodes, for the nodes pane (one node: no pane).
         if let Ok((200, body)) = api.get("/api/nodes", &token).await
+            && let Ok(nodes) = serde_json::from_value::<Vec<NodeInfo>>(body)
             && tx
-                .send(Feed::Nodes(NodeSnapshot::list_from_json(&body)))
+                .send(Feed::Nodes(nodes.iter().map(NodeSnapshot::from).collect()))
                 .await
                 .is_err()
         {

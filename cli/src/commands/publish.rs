@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use hrrt_protocol::ChannelName;
+use hrrt_protocol::api::PublishAnswer;
 use serde_json::Value;
 
 use crate::args::ServerArgs;
@@ -42,16 +42,6 @@ pub struct PublishArgs {
     pub json: bool,
 }
 
-/// One answer of `POST /api/events`.
-#[derive(Debug, serde::Deserialize)]
-struct Ack {
-    channel: ChannelName,
-    seq: u64,
-    recipients: u64,
-    #[serde(default)]
-    duplicate: bool,
-}
-
 pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
     let body = match &args.file {
         Some(path) => batch(path)?,
@@ -77,11 +67,9 @@ pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitS
         Value::Array(events) => events.clone(),
         one => vec![one.clone()],
     };
-    let acks: Vec<Ack> = match answer {
-        Value::Array(_) => serde_json::from_value(answer),
-        one => serde_json::from_value(one).map(|ack| vec![ack]),
-    }
-    .context("the server's answer is not a publish acknowledgement")?;
+    let acks = serde_json::from_value::<PublishAnswer>(answer)
+        .context("the server's answer is not a publish acknowledgement")?
+        .into_acks();
     for (event, ack) in events.iter().zip(&acks) {
         let kind = event.get("type").and_then(Value::as_str).unwrap_or("?");
         if ack.duplicate {
@@ -99,7 +87,7 @@ pub async fn run(args: PublishArgs, global: &ServerArgs) -> anyhow::Result<ExitS
             "{}@{}  {kind}  {}",
             ack.channel,
             ack.seq,
-            paint(DIM, output::count(ack.recipients, "recipient"))
+            paint(DIM, output::count(ack.recipients as u64, "recipient"))
         ))?;
     }
     Ok(ExitStatus::Ok)

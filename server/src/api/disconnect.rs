@@ -6,7 +6,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{ServiceCaller, parse_json, read_body};
 use crate::app::AppState;
@@ -15,6 +15,7 @@ use crate::error::ApiError;
 use crate::hub::CloseReason;
 use crate::protocol::unix_to_rfc3339;
 use crate::protocol::{IdValue, UserId, close};
+use hrrt_protocol::api::Disconnected;
 
 /// A WebSocket close reason is at most 123 bytes.
 pub const MAX_REASON_BYTES: usize = 123;
@@ -32,19 +33,6 @@ pub(crate) struct DisconnectIn {
     /// --revocation-ttl.
     #[serde(default)]
     revoke: bool,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Disconnected {
-    /// Connections closed.
-    pub closed: usize,
-    /// With `revoke`: the first moment (RFC 3339, a whole second) from
-    /// which a token's `iat` is accepted again. Tokens issued before it,
-    /// or without `iat`, are refused for --revocation-ttl. It lies
-    /// --clock-skew after the revocation, so that a token minted on a
-    /// clock that runs ahead cannot dodge it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tokens_valid_from: Option<String>,
 }
 
 /// Closes every connection of a user (1008), optionally revoking their

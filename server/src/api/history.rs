@@ -4,13 +4,14 @@
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::ServiceCaller;
 use crate::app::AppState;
 use crate::error::ApiError;
 use crate::protocol::ChannelName;
+use hrrt_protocol::api::HistoryAnswer;
 
 /// The page size when `limit` is not given.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -24,19 +25,6 @@ pub struct HistoryParams {
     pub since: Option<u64>,
     /// At most this many events (default 100, at most --history-size).
     pub limit: Option<usize>,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct HistoryAnswer {
-    #[schema(value_type = String, example = "org:7")]
-    channel: ChannelName,
-    epoch: String,
-    /// The seq of the oldest retained event (`latest + 1` when none is).
-    oldest: u64,
-    latest: u64,
-    /// Envelopes exactly as connections received them, oldest first.
-    #[schema(value_type = Vec<Object>)]
-    events: Vec<Box<RawValue>>,
 }
 
 /// Retained events of a channel after `since`, oldest first.

@@ -3,9 +3,10 @@
 //! they read and answer, so the document cannot drift from what is served.
 //! `scripts/test.sh` runs schemathesis against it on a real server.
 //!
-//! The types here exist only for the document: they describe bodies whose
-//! real parsing is hand-written (a publish body is one event or an array,
-//! ids are strings or integers, errors are built by [`ApiError`]).
+//! The answers are hrrt-protocol's `api` types, which the handlers return.
+//! What is here describes bodies whose parsing is hand-written: a publish
+//! body (one event, an array, or a keyed batch) and ids (strings or
+//! integers).
 
 use axum::http::header;
 use axum::response::IntoResponse;
@@ -14,8 +15,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::engine::PublishAck;
 use crate::error::ApiError;
+pub(crate) use hrrt_protocol::api::{ErrorBody, Healthy, PublishAnswer, Ready};
 
 /// An id: a string or an integer (normalised to a string).
 /// A string of 1 to 128 characters (no comma, whitespace or control
@@ -57,52 +58,6 @@ pub(crate) enum PublishBody {
     Batch(Vec<super::publish::EventIn>),
     /// A batch under one idempotency key.
     KeyedBatch(super::publish::KeyedBatchIn),
-}
-
-/// The answer to one event, or one per event of a batch, in order.
-#[derive(serde::Serialize, ToSchema)]
-#[serde(untagged)]
-#[allow(dead_code)]
-pub(crate) enum PublishAnswer {
-    One(PublishAck),
-    Batch(Vec<PublishAck>),
-}
-
-/// Every error answer: a stable `code` for programs and a `message` for
-/// people.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct ErrorDetail {
-    /// `bad_json`, `bad_event`, `bad_request`, `unauthorized`, `forbidden`,
-    /// `too_large`, `rate_limited`, `idempotency_table_full`, `timeout`,
-    /// `not_found`, `method_not_allowed` or `unavailable`.
-    #[schema(example = "bad_event")]
-    code: String,
-    message: String,
-}
-
-/// `GET /healthz`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct Healthy {
-    #[schema(example = "ok")]
-    status: String,
-}
-
-/// `GET /readyz` when ready.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub(crate) struct Ready {
-    #[schema(example = "ready")]
-    status: String,
-    /// `memory` or `redis`.
-    engine: String,
 }
 
 struct Bearer;

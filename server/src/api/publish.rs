@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::protocol::{
     self, ChannelKind, ChannelName, EventType, IdValue, OrgId, UserId, seed_target,
 };
+use hrrt_protocol::api::PublishAnswer;
 
 /// The largest request body accepted, in bytes.
 pub const MAX_BODY_BYTES: usize = 4 << 20;
@@ -180,14 +181,15 @@ pub async fn publish(
     for event_type in &types {
         state.metrics.published(event_type.as_str());
     }
-    Ok(if is_batch {
-        Json(acks).into_response()
+    let answer = if is_batch {
+        PublishAnswer::Batch(acks)
     } else {
         match acks.into_iter().next() {
-            Some(ack) => Json(ack).into_response(),
+            Some(ack) => PublishAnswer::One(ack),
             None => return Err(ApiError::unavailable("the engine answered nothing")),
         }
-    })
+    };
+    Ok(Json(answer).into_response())
 }
 
 fn validate(event: EventIn, max_payload: usize) -> Result<NewEvent, ApiError> {

@@ -4,68 +4,10 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::State;
-use serde::Serialize;
 
 use super::ServiceCaller;
 use crate::app::AppState;
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Stats {
-    pub node_id: String,
-    /// `memory` or `redis`.
-    #[schema(value_type = String)]
-    pub engine: &'static str,
-    pub epoch: String,
-    pub uptime_seconds: u64,
-    pub connections: Connections,
-    /// Distinct users with at least one connection.
-    pub users: usize,
-    pub events: Events,
-    /// Connections closed with 1013 because their send queue was full.
-    pub slow_consumer_closes: u64,
-    /// Closes by code, either side.
-    pub closes: BTreeMap<String, u64>,
-    /// Events held in history by the engine.
-    pub history_events: u64,
-    /// The node's settings a client's behaviour depends on (a scenario
-    /// waits for the token check it needs, say).
-    pub settings: Settings,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Connections {
-    /// Every WebSocket connection, watchers included.
-    pub total: usize,
-    /// Per org, watchers left out.
-    pub by_org: BTreeMap<String, usize>,
-    /// Admin watch connections (`orgs=`, such as `hrrt dash`).
-    pub watchers: usize,
-}
-
-/// Flags of this node, in milliseconds.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Settings {
-    /// `--token-check-interval`: how often token expiry is checked.
-    pub token_check_interval_ms: u64,
-    /// `--ping-interval`.
-    pub ping_interval_ms: u64,
-    /// `--clock-skew`.
-    pub clock_skew_ms: u64,
-    /// `--history-size`.
-    pub history_size: u64,
-    /// `--history-ttl`.
-    pub history_ttl_ms: u64,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Events {
-    /// Events published through this node, per type.
-    pub published: BTreeMap<String, u64>,
-    /// Event frames handed to this node's connections, per type.
-    pub delivered: BTreeMap<String, u64>,
-    pub published_total: u64,
-    pub delivered_total: u64,
-}
+use hrrt_protocol::api::{Connections, Events, Settings, Stats};
 
 /// What this node is doing.
 #[utoipa::path(
@@ -99,7 +41,7 @@ pub async fn stats(
         .collect();
     Json(Stats {
         node_id: state.node_id.clone(),
-        engine: state.engine.kind(),
+        engine: state.engine.kind().to_owned(),
         epoch: state.engine.epoch().to_string(),
         uptime_seconds: state.started.elapsed().as_secs(),
         connections: Connections {

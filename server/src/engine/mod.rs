@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::value::RawValue;
 use tungstenite::Utf8Bytes;
+
+pub use hrrt_protocol::api::{NodeInfo, PublishAck};
 
 use crate::protocol::{self, ChannelName, EventType, UserId};
 
@@ -42,21 +43,6 @@ pub struct NewEvent {
 
 /// How long an idempotency key is remembered.
 pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
-
-/// The answer to one published event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct PublishAck {
-    /// `org:<id>` or `user:<id>`.
-    #[schema(value_type = String, example = "org:7")]
-    pub channel: ChannelName,
-    pub seq: u64,
-    /// Connections the event was handed to.
-    pub recipients: usize,
-    /// The idempotency key was used before on this channel: this is the
-    /// first publish's answer, and nothing was published now.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub duplicate: bool,
-}
 
 /// A published event as every node and every recipient sees it.
 #[derive(Debug)]
@@ -188,23 +174,6 @@ impl EngineError {
 /// A long-running task of an engine, made afresh for every (re)start.
 pub type BackgroundTask =
     Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-/// One node of the cluster as `GET /api/nodes` lists it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-pub struct NodeInfo {
-    pub node_id: String,
-    /// `memory` or `redis`.
-    pub engine: String,
-    pub connections: usize,
-    pub users: usize,
-    pub uptime_s: u64,
-    /// When the node last said it was alive (RFC 3339).
-    pub last_seen: String,
-    /// Event frames handed to this node's connections since it started
-    /// (the dashboard's events/s per node).
-    #[serde(default)]
-    pub delivered_total: u64,
-}
 
 /// The contract every engine keeps:
 ///

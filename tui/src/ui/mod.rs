@@ -416,11 +416,11 @@ mod tests {
         let t0 = Instant::now();
         app.update(Action::Tick(t0));
         app.update(Action::Feed(Feed::Status(ServerStatus::Connected)));
-        let stats = StatsSnapshot::from_json(&json!({
-            "node_id": "ab12", "engine": "memory", "uptime_seconds": 75,
-            "connections": {"total": 3, "by_org": {"7": 2, "8": 1}}, "users": 3,
-            "events": {"published_total": 2, "delivered_total": 3}, "slow_consumer_closes": 0,
-        }));
+        let mut raw = crate::app::tests::stats_of("memory", &[("7", 2), ("8", 1)], 3);
+        raw.events.published_total = 2;
+        raw.events.delivered_total = 3;
+        raw.slow_consumer_closes = 0;
+        let stats = StatsSnapshot::from(&raw);
         app.on_stats(stats, t0);
         for (kind, channel, seq, payload) in [
             (

@@ -53,12 +53,17 @@ impl Env {
         )
         .ok()?;
         match self.api.get("/api/stats", &token).await {
-            Ok((200, stats)) => {
-                if let Some(ms) = stats["settings"]["token_check_interval_ms"].as_u64() {
-                    self.token_check = Duration::from_millis(ms);
+            Ok((200, stats)) => match serde_json::from_value::<hrrt_protocol::api::Stats>(stats) {
+                Ok(stats) => {
+                    self.token_check =
+                        Duration::from_millis(stats.settings.token_check_interval_ms);
+                    None
                 }
-                None
-            }
+                Err(e) => Some(format!(
+                    "the server's /api/stats is not this hrrt's ({e}); assuming a token check every {}",
+                    humantime::format_duration(self.token_check)
+                )),
+            },
             Ok((status, body)) => Some(format!(
                 "cannot read the server's settings (GET /api/stats answered {status}: {body}); \
                  assuming a token check every {}",
