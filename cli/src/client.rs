@@ -520,9 +520,7 @@ impl Api {
             .map_err(|e| anyhow!("{}", unreachable(&url, &root_cause(&e))))?;
         read_json(response).await
     }
-}
 
-impl Api {
     /// GETs a JSON endpoint with a bearer token.
     pub async fn get(&self, path: &str, token: &str) -> anyhow::Result<(u16, Value)> {
         let url = self.target.endpoint(path)?;

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod protocol;
 pub mod session;
+mod sync;
 pub mod tasks;
 
 pub use app::{AppState, ServerError, router, run, serve};

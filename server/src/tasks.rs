@@ -17,6 +17,7 @@ use tokio::task::AbortHandle;
 use crate::app::AppState;
 use crate::auth::unix_now;
 use crate::protocol;
+use crate::sync::lock;
 
 /// How long a dead task waits before its first restart, doubling up to
 /// [`RESTART_MAX`] while it keeps dying within [`HEALTHY_RUN`].
@@ -336,10 +337,6 @@ async fn heartbeat(state: AppState) {
 /// The engine's housekeeping.
 async fn sweep(state: AppState) {
     every(&state, SWEEP_PERIOD, || state.engine.sweep()).await;
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -33,10 +33,7 @@ impl PublishLimiter {
             return Ok(());
         }
         let wanted = events as f64;
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut buckets = crate::sync::lock(&self.buckets);
         if buckets.len() >= MAX_PUBLISHERS && !buckets.contains_key(publisher) {
             let rate = self.rate;
             buckets.retain(|_, (tokens, at)| {

@@ -28,6 +28,7 @@ use super::idempotency::IdempotencyTable;
 use super::revocation::Revocations;
 use super::{Deliver, Engine, EngineError, Epoch, HistoryPage, NewEvent, Publication, PublishAck};
 use crate::protocol::{ChannelName, UserId, encode_event};
+use crate::sync::{lock, read, write};
 
 /// The sizes and lifetimes the memory engine keeps to.
 #[derive(Debug, Clone, Copy)]
@@ -456,21 +457,6 @@ impl Engine for MemoryEngine {
     fn revoked_at(&self, user: &UserId) -> Option<u64> {
         self.revocations.revoked_at(user, Instant::now())
     }
-}
-
-// A poisoned lock means a panic elsewhere while it was held; the data it
-// guards is still consistent (every critical section above is panic-free
-// by construction), so carry on rather than take the server down.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -54,9 +54,7 @@ impl Revocations {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, (u64, Instant)>> {
-        self.users
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.users)
     }
 }
 

@@ -97,10 +97,7 @@ struct Shared {
 
 impl Shared {
     fn conn(&self) -> ConnectionManager {
-        self.conn
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.conn).clone()
     }
 
     /// Whether the command link answers, and from the master.
@@ -118,19 +115,13 @@ impl Shared {
     /// A new command link to wherever the master is now.
     async fn rebuild_conn(&self) -> Result<(), EngineError> {
         let conn = command_link(&self.target).await?;
-        *self
-            .conn
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = conn;
+        *crate::sync::write(&self.conn) = conn;
         tracing::info!("redis command link rebuilt");
         Ok(())
     }
 
     fn current_epoch(&self) -> Epoch {
-        self.epoch
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.epoch).clone()
     }
 
     /// Adopts the epoch Redis reports; when it changed, every node's
@@ -140,10 +131,7 @@ impl Shared {
         if *self.current_epoch() == *epoch {
             return;
         }
-        *self
-            .epoch
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::from(epoch);
+        *crate::sync::write(&self.epoch) = Arc::from(epoch);
         tracing::warn!(
             epoch,
             "redis history was reset (new epoch); connections resync in band"
