@@ -407,10 +407,10 @@ async fn tcp(host: &str, port: u16, source: Option<IpAddr>) -> anyhow::Result<Tc
     .map_err(|e| anyhow!("socket: {e}"))?;
     // A `bind(addr, 0)` reserves an ephemeral port at once, and the
     // kernel's search for a free one walks the ports already bound to that
-    // address: at 80,000 connections `hrrt load`'s core spent 85 % of its
-    // time there and connected 237 a second (docs/benchmarks.md, the
-    // cluster row). With this option the port is picked at `connect`, per
-    // destination, which is cheap and lets one port serve every node.
+    // address, which dominates at tens of thousands of connections
+    // (docs/dev/benchmark-notes.md, the cluster row). With this option the
+    // port is picked at `connect`, per destination, which is cheap and lets
+    // one port serve every node.
     // Best effort: without it the connection still works, only slower.
     #[cfg(target_os = "linux")]
     let _ = nix::sys::socket::setsockopt(

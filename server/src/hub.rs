@@ -262,9 +262,8 @@ struct Inner {
     closed: bool,
 }
 
-/// The most recipients of one event written directly by the fan-out
-/// (about 10 ms of `send`s at the floor probe's ~10 µs each, docs/
-/// benchmarks.md); the rest are queued. One event for a huge org then
+/// The most recipients of one event written directly by the fan-out (some
+/// milliseconds of `send`s); the rest are queued. One event for a huge org then
 /// holds the publishing thread in system calls for a bounded time, and
 /// the remaining writes go to the sessions, spread over the runtime's
 /// workers.

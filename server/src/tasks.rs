@@ -31,21 +31,17 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// own time) after it outlived `--history-ttl`.
 pub const SWEEP_PERIOD: Duration = Duration::from_secs(1);
 
-/// How often the load watcher samples how busy the node was. Until its
-/// first sample after the load rises, direct writes fall behind (at the
-/// batch row of docs/benchmarks.md, 1.4 cores' worth of `send`s), and the
-/// backlog drains only after the switch.
+/// How often the load watcher samples how busy the node was: until the
+/// first sample after the load rises, direct writes fall behind
+/// (docs/architecture.md, the path of one event).
 const LOAD_PERIOD: Duration = Duration::from_millis(50);
 
 /// The fan-out queues every event (coalescing) once a runtime worker, or
 /// the fan-out itself, was busy this share of a [`LOAD_PERIOD`], and its
-/// deliveries, written directly, take at least [`LOAD_DIRECT`] of a core.
-/// Measured in docs/benchmarks.md: a direct write costs the kernel's
-/// `send` per frame (~10 µs here), so on a saturated core direct writes
-/// fall behind where queued frames, several per `send`, keep up. A core
-/// saturated by anything else (or a thread preempted mid-poll on a busy
-/// machine, which tokio counts as busy) is not helped by queueing the few
-/// events there are.
+/// deliveries, written directly, take at least [`LOAD_DIRECT`] of a core:
+/// a direct write is one `send` per frame, so on a saturated core it falls
+/// behind where queued frames, several per `send`, keep up. A core busy
+/// with anything else is not helped by queueing the few events there are.
 pub const LOAD_COALESCE: f64 = 0.9;
 
 /// Coalescing ends once direct writes would fit again: the deliveries of
@@ -56,17 +52,17 @@ pub const LOAD_COALESCE: f64 = 0.9;
 /// burst goes back at once, and a saturated one stays. Well below
 /// [`LOAD_COALESCE`]: a direct write costs less when its reader is busy
 /// (no wake-up to send), so near saturation the estimate runs low, and a
-/// closer threshold made the fanout-200 row switch 60 times in 20 s.
+/// closer threshold flaps.
 pub const LOAD_DIRECT: f64 = 0.6;
 
 /// Samples in a row that must find direct writes fitting before coalescing
-/// ends: one 50 ms sample sees the publishers' own jitter (at the
-/// fanout-200 row, a sample of 3,000 deliveries among ones of 10,000), and
-/// the exit it caused was undone by the next sample, 20 times in 20 s.
+/// ends: one 50 ms sample sees the publishers' own jitter, and an exit on
+/// it is undone by the next sample.
 const DIRECT_SAMPLES: u32 = 4;
 
 /// What a delivery costs the fan-out with direct writes until one was
-/// measured: the floor probe's `send` on this machine (docs/benchmarks.md).
+/// measured: about one loopback `send` (the floor probe of
+/// docs/benchmarks.md).
 const DIRECT_COST_FIRST: Duration = Duration::from_micros(10);
 
 /// Which supervised tasks run, for `/readyz`.
@@ -179,9 +175,9 @@ async fn every(state: &AppState, period: Duration, mut tick: impl FnMut()) {
 /// connection once per interval; two unanswered close it.
 ///
 /// A round is spread over up to [`MAX_PING_SLICES`] ticks, one slice of the
-/// connections each: pinging a node's every connection in one tick made
-/// each round a burst of pings out and pongs in that held events up by
-/// ~2 s at 100,000 connections (docs/benchmarks.md, the cluster row).
+/// connections each: pinging every connection in one tick makes each
+/// round a burst of pings and pongs that holds events up (docs/
+/// benchmarks.md, the cluster row).
 async fn keepalive(state: AppState) {
     let slices = ping_slices(state.config.ping_interval);
     let mut slice = 0;

@@ -5,7 +5,7 @@
 //! client frame, takes a finished replay page, and writes as much as the
 //! socket accepts. Nothing a client sends waits for the queue to drain: a
 //! Pong, an `auth.refresh` or a close frame is read on the next turn while
-//! a stream of events is being written (SPEC §8). A client that floods
+//! a stream of events is being written. A client that floods
 //! frames gets one read per turn and the task yields every [`TURNS`]
 //! turns, so it cannot starve the other connections.
 //!

@@ -130,13 +130,11 @@ const EVENT_TYPE: &str = "load.tick";
 const USER_EVENT_TYPE: &str = "share.created";
 /// Shards of the latency histogram, so connections rarely share a lock.
 const SHARDS: usize = 16;
-/// tungstenite's read buffer per load connection. tungstenite zero-fills
-/// this much before every read of the socket, so at 200,000 frames a second
-/// a 16 KiB buffer cost the load core ~10 % in `memset` alone (a profile of
-/// the fanout-200 row; with 4 KiB that row's load user CPU went from
-/// 12.0-12.3 s to 11.1 s), and it is held per connection once used; 4 KiB
-/// still takes a burst of ~15 events per read, and a larger frame grows it
-/// as needed.
+/// tungstenite's read buffer per load connection: it is zero-filled before
+/// every read of the socket and held per connection once used, so a small
+/// one keeps the load generator's own CPU down (docs/dev/benchmark-notes.md);
+/// 4 KiB still takes a burst of ~15 events per read, and a larger frame
+/// grows it as needed.
 const LOAD_READ_BUFFER: usize = 4 * 1024;
 /// How long one connection may take to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -31,7 +31,7 @@ use crate::exit::ExitStatus;
 const SPARE_FILES: u64 = 64;
 
 /// Refuses, before anything is opened, a run whose per-process share of
-/// connections is over this machine's open-file limit.
+/// connections is over the process's open-file limit.
 pub(super) fn check_open_files(args: &LoadArgs) -> anyhow::Result<()> {
     let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) else {
         return Ok(());
