@@ -98,6 +98,13 @@ struct Queue {
     ping: Option<Bytes>,
 }
 
+/// Frames and bytes queued for a connection and not yet written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub frames: usize,
+    pub bytes: usize,
+}
+
 /// The write side of one connection. The queue is a `VecDeque` under a
 /// `std` mutex plus a `Notify`, not a tokio channel: an idle connection
 /// then costs a few dozen bytes instead of a channel's first block
@@ -328,10 +335,13 @@ impl Outbox {
         self.lock().ping.take()
     }
 
-    /// Frames and bytes not yet written.
-    pub fn backlog(&self) -> (usize, usize) {
+    /// What is not yet written.
+    pub fn backlog(&self) -> Backlog {
         let queue = self.lock();
-        (queue.frames, queue.bytes)
+        Backlog {
+            frames: queue.frames,
+            bytes: queue.bytes,
+        }
     }
 
     /// The last seq written on the channel at `slot` (see `positions`).
@@ -432,12 +442,12 @@ mod tests {
         server.try_write(&first.wire).unwrap();
         out.set_position(0, 1);
         assert!(out.release((1, first.wire.len())));
-        assert_eq!(out.backlog(), (0, 0));
+        assert_eq!(out.backlog(), Backlog::default());
 
         // Idle: written by the fan-out, nothing queued.
         let second = publication(2, 10);
         assert_eq!(out.offer(&second, Some(0), Some(0)), Offered::Written);
-        assert_eq!(out.backlog(), (0, 0));
+        assert_eq!(out.backlog(), Backlog::default());
         // A duplicate of what was written is left to the session.
         assert_eq!(
             out.offer(&publication(2, 10), Some(0), Some(0)),
@@ -457,7 +467,7 @@ mod tests {
             .collect();
         assert!(offered.iter().all(|o| *o == Offered::Queued), "{offered:?}");
         assert!(out.is_pending());
-        let (frames, bytes) = out.backlog();
+        let Backlog { frames, bytes } = out.backlog();
         assert_eq!(frames, 5);
         assert!(bytes < big.iter().map(|p| p.wire.len()).sum::<usize>());
 

@@ -560,7 +560,7 @@ impl Live {
         let (code, by) = match ending {
             Ending::Close(reason) => {
                 if reason == CloseReason::SLOW_CONSUMER {
-                    let (frames, bytes) = conn.backlog();
+                    let crate::outbox::Backlog { frames, bytes } = conn.backlog();
                     tracing::warn!(conn = conn.id.0, user = %conn.user, org = %conn.org, frames, bytes, "closing slow consumer");
                     state.metrics.slow_consumer();
                 }
