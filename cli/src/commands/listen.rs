@@ -114,30 +114,7 @@ async fn listen(
     matched: &mut u64,
 ) -> anyhow::Result<ExitStatus> {
     let target = Target::parse(&global.url)?;
-    let role = if args.orgs.is_some() {
-        Role::Admin
-    } else {
-        Role::User
-    };
-    let org = match (&args.org, &args.orgs) {
-        (Some(org), _) => Some(org.as_str()),
-        // An admin token still names an org; any will do for watching.
-        (None, Some(_)) => Some("admin"),
-        (None, None) => None,
-    };
-    if global.token.is_none() && (args.user.is_none() || org.is_none()) {
-        bail!(
-            "listen needs --user and --org (with --secret or HRRT_JWT_SECRET to mint a token), \
-             or --token"
-        );
-    }
-    let tokens = TokenSource::from_args(
-        global,
-        args.user.as_deref(),
-        org,
-        role,
-        "pass --token, or --secret (HRRT_JWT_SECRET) with --user and --org",
-    )?;
+    let tokens = token_source(args, global)?;
     let mut options = ConnectOptions {
         orgs: args.orgs.clone(),
         ..ConnectOptions::default()
@@ -215,29 +192,73 @@ async fn listen(
             }
         };
 
-        if let Some(close) = &ended {
-            if close.is_token_expired() && tokens.can_mint() {
-                output::note("token expired; reconnecting with a fresh one");
-                continue;
-            }
-            match close.advice() {
-                // Not worth retrying with the same token or frames: the
-                // token (or the client) is misconfigured, a usage error.
-                Advice::NewToken | Advice::FixFrame => bail!("{}", tokens.explain_close(close)),
-                Advice::Reconnect | Advice::Stop => {}
-            }
-        }
-        let why = match &ended {
-            Some(close) => format!("connection closed ({close})"),
-            None => "connection lost".to_owned(),
+        let Some(why) = after_end(ended.as_ref(), &tokens, args.no_reconnect)? else {
+            continue;
         };
-        if args.no_reconnect {
-            bail!("{why}");
-        }
         output::note(&format!("{why}; reconnecting in {}", show(backoff)));
         stops.race(tokio::time::sleep(backoff)).await?;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// The tokens `listen` connects with: `--token`, or minted from
+/// `--secret` for `--user` of `--org` (an admin for `--orgs`).
+fn token_source(args: &ListenArgs, global: &ServerArgs) -> anyhow::Result<TokenSource> {
+    let role = if args.orgs.is_some() {
+        Role::Admin
+    } else {
+        Role::User
+    };
+    let org = match (&args.org, &args.orgs) {
+        (Some(org), _) => Some(org.as_str()),
+        // An admin token still names an org; any will do for watching.
+        (None, Some(_)) => Some("admin"),
+        (None, None) => None,
+    };
+    if global.token.is_none() && (args.user.is_none() || org.is_none()) {
+        bail!(
+            "listen needs --user and --org (with --secret or HRRT_JWT_SECRET to mint a token), \
+             or --token"
+        );
+    }
+    TokenSource::from_args(
+        global,
+        args.user.as_deref(),
+        org,
+        role,
+        "pass --token, or --secret (HRRT_JWT_SECRET) with --user and --org",
+    )
+}
+
+/// What to do once a connection ended (`ended`: how the server closed
+/// it, if it did): an error when it cannot go on, `None` to reconnect at
+/// once (a fresh token for an expired one), else why, to say before the
+/// backoff.
+fn after_end(
+    ended: Option<&hrrt_protocol::Close>,
+    tokens: &TokenSource,
+    no_reconnect: bool,
+) -> anyhow::Result<Option<String>> {
+    if let Some(close) = ended {
+        if close.is_token_expired() && tokens.can_mint() {
+            output::note("token expired; reconnecting with a fresh one");
+            return Ok(None);
+        }
+        match close.advice() {
+            // Not worth retrying with the same token or frames: the
+            // token (or the client) is misconfigured, a usage error.
+            Advice::NewToken | Advice::FixFrame => bail!("{}", tokens.explain_close(close)),
+            Advice::Reconnect | Advice::Stop => {}
+        }
+    }
+    let why = match ended {
+        Some(close) => format!("connection closed ({close})"),
+        None => "connection lost".to_owned(),
+    };
+    if no_reconnect {
+        bail!("{why}");
+    }
+    Ok(Some(why))
 }
 
 /// What a `resync.required` means for the person listening.

@@ -148,28 +148,7 @@ fn inspect(args: InspectArgs, top: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     };
     let exp = numeric_date(&claims["exp"]);
     let now = unix_now();
-    let verdict = match secret {
-        Some(secret) => {
-            let mut validation = Validation::new(Algorithm::HS256);
-            validation.validate_exp = false;
-            validation.required_spec_claims.clear();
-            let signed = jsonwebtoken::decode::<Value>(
-                &token,
-                &DecodingKey::from_secret(secret.as_bytes()),
-                &validation,
-            )
-            .is_ok();
-            match (signed, Verifier::new(secret).verify(&token)) {
-                (false, _) => Verdict::BadSignature,
-                (true, Ok(_)) => Verdict::Valid,
-                (true, Err(AuthError::Expired)) => Verdict::Expired,
-                (true, Err(AuthError::FromTheFuture)) => Verdict::FromTheFuture,
-                (true, Err(_)) => Verdict::Refused,
-            }
-        }
-        None if exp.is_none_or(|exp| exp <= now) => Verdict::Expired,
-        None => Verdict::Unverified,
-    };
+    let verdict = judge(&token, secret.map(String::as_str), exp, now);
 
     if args.json {
         let out = serde_json::json!({
@@ -180,53 +159,93 @@ fn inspect(args: InspectArgs, top: &GlobalArgs) -> anyhow::Result<ExitStatus> {
         });
         output::line(&out.to_string())?;
     } else {
-        output::line(&format!("{}  {:?}", paint(DIM, "alg      "), header.alg))?;
-        if let Some(map) = claims.as_object() {
-            for (key, value) in map {
-                let shown = match (key.as_str(), numeric_date(value)) {
-                    ("exp" | "iat" | "nbf", Some(t)) => {
-                        format!("{t}  {}", paint(DIM, when(t, now)))
-                    }
-                    _ => match value {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    },
-                };
-                output::line(&format!("{}  {shown}", paint(DIM, format!("{key:<9}"))))?;
-            }
-        }
-        let style = match verdict {
-            Verdict::Valid => NOTE,
-            Verdict::Unverified => BOLD,
-            _ => ERROR,
-        };
-        let detail = match (verdict, exp) {
-            (Verdict::Unverified, _) => {
-                " (signature not checked: pass --secret to check it)".to_owned()
-            }
-            (Verdict::Valid | Verdict::Expired, Some(exp)) => format!(" ({})", when(exp, now)),
-            (Verdict::FromTheFuture, _) => format!(
-                " ({})",
-                AuthError::FromTheFuture
-                    .detail()
-                    .trim_start_matches("invalid token: ")
-            ),
-            (Verdict::Refused, _) => {
-                " (the server would refuse it: needs sub, exp, and org_id unless role is service)"
-                    .to_owned()
-            }
-            _ => String::new(),
-        };
-        output::line(&format!(
-            "{}  {}{detail}",
-            paint(DIM, "status   "),
-            paint(style, verdict.as_str())
-        ))?;
+        print_human(&header, &claims, verdict, exp, now)?;
     }
     Ok(match verdict {
         Verdict::Valid | Verdict::Unverified => ExitStatus::Ok,
         _ => ExitStatus::Failed,
     })
+}
+
+/// The verdict on `token`: checked against `secret` when there is one,
+/// else only its expiry.
+fn judge(token: &str, secret: Option<&str>, exp: Option<u64>, now: u64) -> Verdict {
+    let Some(secret) = secret else {
+        return if exp.is_none_or(|exp| exp <= now) {
+            Verdict::Expired
+        } else {
+            Verdict::Unverified
+        };
+    };
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.required_spec_claims.clear();
+    let signed = jsonwebtoken::decode::<Value>(
+        token,
+        &DecodingKey::from_secret(secret.as_bytes()),
+        &validation,
+    )
+    .is_ok();
+    match (signed, Verifier::new(secret).verify(token)) {
+        (false, _) => Verdict::BadSignature,
+        (true, Ok(_)) => Verdict::Valid,
+        (true, Err(AuthError::Expired)) => Verdict::Expired,
+        (true, Err(AuthError::FromTheFuture)) => Verdict::FromTheFuture,
+        (true, Err(_)) => Verdict::Refused,
+    }
+}
+
+/// The claims a line each, times with how far from now, and the verdict.
+fn print_human(
+    header: &jsonwebtoken::Header,
+    claims: &Value,
+    verdict: Verdict,
+    exp: Option<u64>,
+    now: u64,
+) -> anyhow::Result<()> {
+    output::line(&format!("{}  {:?}", paint(DIM, "alg      "), header.alg))?;
+    if let Some(map) = claims.as_object() {
+        for (key, value) in map {
+            let shown = match (key.as_str(), numeric_date(value)) {
+                ("exp" | "iat" | "nbf", Some(t)) => {
+                    format!("{t}  {}", paint(DIM, when(t, now)))
+                }
+                _ => match value {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                },
+            };
+            output::line(&format!("{}  {shown}", paint(DIM, format!("{key:<9}"))))?;
+        }
+    }
+    let style = match verdict {
+        Verdict::Valid => NOTE,
+        Verdict::Unverified => BOLD,
+        _ => ERROR,
+    };
+    let detail = match (verdict, exp) {
+        (Verdict::Unverified, _) => {
+            " (signature not checked: pass --secret to check it)".to_owned()
+        }
+        (Verdict::Valid | Verdict::Expired, Some(exp)) => format!(" ({})", when(exp, now)),
+        (Verdict::FromTheFuture, _) => format!(
+            " ({})",
+            AuthError::FromTheFuture
+                .detail()
+                .trim_start_matches("invalid token: ")
+        ),
+        (Verdict::Refused, _) => {
+            " (the server would refuse it: needs sub, exp, and org_id unless role is service)"
+                .to_owned()
+        }
+        _ => String::new(),
+    };
+    output::line(&format!(
+        "{}  {}{detail}",
+        paint(DIM, "status   "),
+        paint(style, verdict.as_str())
+    ))?;
+    Ok(())
 }
 
 /// A NumericDate claim (a JSON number, maybe with a fraction) in whole
