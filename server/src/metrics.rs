@@ -140,12 +140,37 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("hrrt");
-        let connections = Gauge::default();
-        let connections_by_org = Family::<OrgLabel, Gauge>::default();
-        let connections_opened = Counter::default();
-        let published_family = Family::<TypeLabel, Counter>::default();
-        let delivered_family = Family::<TypeLabel, Counter>::default();
+        let mut r = Registry::with_prefix("hrrt");
+        let connections = registered(
+            &mut r,
+            "connections",
+            "Live WebSocket connections",
+            Gauge::default(),
+        );
+        let connections_by_org = registered(
+            &mut r,
+            "org_connections",
+            "Live WebSocket connections per organisation",
+            Family::<OrgLabel, Gauge>::default(),
+        );
+        let connections_opened = registered(
+            &mut r,
+            "connections_opened",
+            "WebSocket connections accepted",
+            Counter::default(),
+        );
+        let published_family = registered(
+            &mut r,
+            "events_published",
+            "Events published through this node, by type (seed types, else other)",
+            Family::<TypeLabel, Counter>::default(),
+        );
+        let delivered_family = registered(
+            &mut r,
+            "events_delivered",
+            "Event frames handed to connections of this node, by type (seed types, else other)",
+            Family::<TypeLabel, Counter>::default(),
+        );
         // One counter per label, created up front: the hot path indexes
         // an array instead of hashing a label set.
         let label = |i: usize| TypeLabel {
@@ -155,21 +180,67 @@ impl Metrics {
             std::array::from_fn(|i| published_family.get_or_create(&label(i)).clone());
         let delivered: [Counter; LABELLED_TYPES.len() + 1] =
             std::array::from_fn(|i| delivered_family.get_or_create(&label(i)).clone());
-        let task_restarts = Counter::default();
-        let direct_writes = Counter::default();
-        let coalescing = Gauge::default();
-        // 50 µs to ~26 s: loopback deliveries through multi-second stalls.
-        let delivery_latency = Histogram::new(exponential_buckets(0.000_05, 2.0, 20));
-        let closes = Family::<CloseLabel, Counter>::default();
-        let slow_consumer_closes = Counter::default();
-        let history_events = Gauge::default();
-        let watchers = Gauge::default();
-        registry.register(
+        let task_restarts = registered(
+            &mut r,
+            "task_restarts",
+            "Background tasks that ended unexpectedly and were restarted",
+            Counter::default(),
+        );
+        // Registered without a unit: the `# UNIT` line of OpenMetrics trips
+        // up classic Prometheus-text parsers; the name carries the unit.
+        // Buckets from 50 µs to ~26 s: loopback deliveries through
+        // multi-second stalls.
+        let delivery_latency = registered(
+            &mut r,
+            "delivery_latency_seconds",
+            "Time from an event reaching this node to its frame being flushed to a socket",
+            Histogram::new(exponential_buckets(0.000_05, 2.0, 20)),
+        );
+        let direct_writes = registered(
+            &mut r,
+            "direct_writes",
+            "Event frames the fan-out wrote straight to an idle socket, without queueing \
+             them for the connection's session",
+            Counter::default(),
+        );
+        let coalescing = registered(
+            &mut r,
+            "fanout_coalescing",
+            "1 while the node is saturated and queues every event for the sessions to write \
+             several frames per send, 0 while it writes to idle sockets directly",
+            Gauge::default(),
+        );
+        let closes = registered(
+            &mut r,
+            "closes",
+            "WebSocket connections closed, by close code and side",
+            Family::<CloseLabel, Counter>::default(),
+        );
+        let slow_consumer_closes = registered(
+            &mut r,
+            "slow_consumer_closes",
+            "Connections closed with 1013 because their send queue was full",
+            Counter::default(),
+        );
+        let history_events = registered(
+            &mut r,
+            "history_events",
+            "Events held in history by the engine",
+            Gauge::default(),
+        );
+        let watchers = registered(
+            &mut r,
             "watchers",
             "Admin watch connections (orgs=, such as hrrt dash), counted apart from the orgs",
-            watchers.clone(),
+            Gauge::default(),
         );
-        let write_timeouts_family = Family::<KindLabel, Counter>::default();
+        let write_timeouts_family = registered(
+            &mut r,
+            "write_timeouts",
+            "Connections closed because the client took none of the server's bytes for \
+             --write-timeout, by kind (http, websocket)",
+            Family::<KindLabel, Counter>::default(),
+        );
         // One statement each: `get_or_create` answers a read guard, and a
         // second call while it is held would wait for it for ever.
         let http = write_timeouts_family
@@ -178,79 +249,8 @@ impl Metrics {
         let websocket = write_timeouts_family
             .get_or_create(&KindLabel { kind: "websocket" })
             .clone();
-        let write_timeouts = [http, websocket];
-        registry.register(
-            "write_timeouts",
-            "Connections closed because the client took none of the server's bytes for \
-             --write-timeout, by kind (http, websocket)",
-            write_timeouts_family,
-        );
-        registry.register(
-            "connections",
-            "Live WebSocket connections",
-            connections.clone(),
-        );
-        registry.register(
-            "org_connections",
-            "Live WebSocket connections per organisation",
-            connections_by_org.clone(),
-        );
-        registry.register(
-            "connections_opened",
-            "WebSocket connections accepted",
-            connections_opened.clone(),
-        );
-        registry.register(
-            "events_published",
-            "Events published through this node, by type (seed types, else other)",
-            published_family,
-        );
-        registry.register(
-            "events_delivered",
-            "Event frames handed to connections of this node, by type (seed types, else other)",
-            delivered_family,
-        );
-        registry.register(
-            "task_restarts",
-            "Background tasks that ended unexpectedly and were restarted",
-            task_restarts.clone(),
-        );
-        // Registered without a unit: the `# UNIT` line of OpenMetrics trips
-        // up classic Prometheus-text parsers; the name carries the unit.
-        registry.register(
-            "delivery_latency_seconds",
-            "Time from an event reaching this node to its frame being flushed to a socket",
-            delivery_latency.clone(),
-        );
-        registry.register(
-            "direct_writes",
-            "Event frames the fan-out wrote straight to an idle socket, without queueing \
-             them for the connection's session",
-            direct_writes.clone(),
-        );
-        registry.register(
-            "fanout_coalescing",
-            "1 while the node is saturated and queues every event for the sessions to write \
-             several frames per send, 0 while it writes to idle sockets directly",
-            coalescing.clone(),
-        );
-        registry.register(
-            "closes",
-            "WebSocket connections closed, by close code and side",
-            closes.clone(),
-        );
-        registry.register(
-            "slow_consumer_closes",
-            "Connections closed with 1013 because their send queue was full",
-            slow_consumer_closes.clone(),
-        );
-        registry.register(
-            "history_events",
-            "Events held in history by the engine",
-            history_events.clone(),
-        );
         Self {
-            registry,
+            registry: r,
             connections,
             connections_by_org,
             connections_opened,
@@ -262,7 +262,7 @@ impl Metrics {
             task_restarts,
             closes,
             slow_consumer_closes,
-            write_timeouts,
+            write_timeouts: [http, websocket],
             history_events,
             watchers,
             by_type: Mutex::default(),
@@ -416,6 +416,16 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// Registers `metric` under `name` and answers it (the registry holds a
+/// handle to the same metric).
+fn registered<M>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M
+where
+    M: prometheus_client::registry::Metric + Clone,
+{
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 #[cfg(test)]
