@@ -471,16 +471,16 @@ impl Report {
     /// The report as a person reads it.
     pub fn human(&self) -> String {
         let mut s = String::new();
+        self.human_connections(&mut s);
+        self.human_deliveries(&mut s);
+        self.human_churn_and_nodes(&mut s);
+        self.human_verdict(&mut s);
+        s
+    }
+
+    /// The run's title and its connections.
+    fn human_connections(&self, s: &mut String) {
         let c = &self.connections;
-        let e = &self.events;
-        let l = &self.latency_ms;
-        let bad = |n: u64| {
-            if n == 0 {
-                paint(NOTE, n)
-            } else {
-                paint(ERROR, n)
-            }
-        };
         let _ = writeln!(s, "{}", paint(BOLD, format!("hrrt load — {}", self.url)));
         let _ = writeln!(
             s,
@@ -499,6 +499,12 @@ impl Report {
         for (why, n) in &c.closed_early {
             let _ = writeln!(s, "             {} closed early: {why}", paint(ERROR, n));
         }
+    }
+
+    /// What was published and what arrived, how fast.
+    fn human_deliveries(&self, s: &mut String) {
+        let e = &self.events;
+        let l = &self.latency_ms;
         let _ = writeln!(
             s,
             "events       {} published ({} errors) at {:.0}/s over {:.1} s",
@@ -543,6 +549,10 @@ impl Report {
                 u.latency_ms.max
             );
         }
+    }
+
+    /// Churn's resumes and replays, and each node's share.
+    fn human_churn_and_nodes(&self, s: &mut String) {
         if let Some(churn) = &self.churn {
             let resyncs: Vec<String> = churn
                 .resyncs
@@ -577,6 +587,10 @@ impl Report {
                 bad(n.lost)
             );
         }
+    }
+
+    /// Throughput, the server's costs, the thresholds and the result.
+    fn human_verdict(&self, s: &mut String) {
         let _ = writeln!(
             s,
             "throughput   {:.0} deliveries/s",
@@ -619,7 +633,15 @@ impl Report {
                 paint(ERROR, "FAIL")
             }
         );
-        s
+    }
+}
+
+/// A count that should be 0: green when it is, red when not.
+fn bad(n: u64) -> String {
+    if n == 0 {
+        paint(NOTE, n)
+    } else {
+        paint(ERROR, n)
     }
 }
 
