@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 
 use hrrt_server::AppState;
-use hrrt_server::hub::CloseReason;
+use hrrt_server::CloseReason;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpListener;
@@ -212,7 +212,7 @@ async fn json_output_is_exactly_what_the_server_sent() {
             .state
             .engine
             .history(
-                &hrrt_server::protocol::ChannelName::parse(channel).unwrap(),
+                &hrrt_protocol::ChannelName::parse(channel).unwrap(),
                 seq - 1,
                 1,
             )

@@ -4,45 +4,41 @@
 //! channel, keeps a short history, and pushes them over WebSockets to every
 //! connection that may see them, in order, resumable after a reconnect.
 //!
-//! # Layout
+//! # Its face
 //!
-//! - [`config`]: flags and env variables.
-//! - [`app`]: shared state, the router, and [`run`], the entry point.
-//! - [`auth`]: tokens, roles, verification.
-//! - [`protocol`]: ids, channels, event types, frames, close codes.
-//! - [`hub`]: the live connections of this node, by channel and user.
-//! - [`outbox`]: a connection's way to its socket: an event written
-//!   straight to an idle socket by the fan-out, else queued for the session.
-//! - [`session`]: one WebSocket connection from handshake to close: the
-//!   upgrade, reading the client, writing what the outbox queued.
-//! - [`engine`]: sequence numbers, history and fan-out between nodes
-//!   ([`engine::memory`] in one process).
-//! - [`api`]: the HTTP endpoints; [`error`]: their JSON errors.
-//! - [`listener`]: accepting and serving HTTP with timeouts and a bounded
-//!   shutdown; [`tasks`]: the supervised background tasks.
+//! - [`run`] / [`serve`]: the server on a listener until a shutdown
+//!   future resolves; [`Config`]: its flags; [`AppState`]: what a running
+//!   server holds, for tests that look inside.
 //! - [`launch`]: what the binaries run: secrets, `--dev`, signals.
+//! - [`auth`]: tokens, roles, verification (clients mint with it).
+//! - [`engine`]: the `Engine` trait and its two engines, for the engines'
+//!   conformance tests.
 //! - [`fuzz`]: the entry points of the fuzz targets (`fuzz/`).
+//!
+//! Inside (docs/architecture.md): `config`, `app`, `hub`, `outbox`,
+//! `session`, `api`, `listener`, `tasks`, `metrics`.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod api;
-pub mod app;
+mod api;
+mod app;
 pub mod auth;
-pub mod config;
+mod config;
 pub mod engine;
-pub mod error;
+mod error;
 pub mod fuzz;
-pub mod hub;
+mod hub;
 pub mod launch;
-pub mod listener;
-pub mod metrics;
-pub mod outbox;
-pub mod protocol;
-pub mod session;
+mod listener;
+mod metrics;
+mod outbox;
+mod protocol;
+mod session;
 mod sync;
-pub mod tasks;
+mod tasks;
 
 pub use app::{AppState, ServerError, router, run, serve};
 pub use config::Config;
+pub use hub::CloseReason;
 
 /// `bytes` random bytes as lowercase hex, for epochs, node ids and `--dev`
 /// secrets. Falls back to the clock if the OS has no randomness to give,

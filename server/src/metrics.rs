@@ -5,7 +5,7 @@
 //! event or per socket flush, never once per delivered frame.
 //!
 //! Cardinality is bounded whatever publishers and clients do: event types
-//! are labelled with the six seed types or `other` ([`type_label`]), and
+//! are labelled with the six seed types or `other` ([`LABELLED_TYPES`]), and
 //! per-org connection gauges are written at scrape time for the
 //! [`METRIC_ORGS`] orgs with the most connections only. `/api/stats` keeps
 //! every org, and up to [`STATS_TYPES`] event types (then `other`).
@@ -41,16 +41,6 @@ pub const LABELLED_TYPES: [&str; 6] = [
     "share.created",
     "share.revoked",
 ];
-
-/// The `type` label of an event type: itself if it is a seed type, else
-/// `other`.
-pub fn type_label(event_type: &str) -> &'static str {
-    LABELLED_TYPES
-        .iter()
-        .find(|t| **t == event_type)
-        .copied()
-        .unwrap_or("other")
-}
 
 /// Index into the per-type counter arrays: the seed types, then `other`.
 fn type_index(event_type: &str) -> usize {

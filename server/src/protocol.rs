@@ -13,9 +13,7 @@ use tungstenite::Utf8Bytes;
 
 pub use hrrt_protocol::close;
 pub use hrrt_protocol::cursor::parse_cursor;
-pub use hrrt_protocol::frame::{
-    ClientFrame, Connected, ErrorPayload, Refreshed, Resync, ResyncReason, error_code, kind,
-};
+pub use hrrt_protocol::frame::{ClientFrame, Connected, Resync, ResyncReason, error_code};
 pub use hrrt_protocol::ids::*;
 pub use hrrt_protocol::time::{timestamp, unix_to_rfc3339};
 

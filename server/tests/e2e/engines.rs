@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hrrt_protocol::{ChannelName, EventType, UserId};
 use hrrt_server::engine::memory::MemoryLimits;
 use hrrt_server::engine::{Deliver, Engine, MemoryEngine, NewEvent, Publication, RedisEngine};
-use hrrt_server::protocol::{ChannelName, EventType, UserId};
 use serde_json::value::RawValue;
 use tokio::sync::Notify;
 
