@@ -98,6 +98,7 @@ impl AppState {
             .ok_or(ConfigError::MissingSecret)?;
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
+        hub.allow_direct(config.fanout_direct == crate::config::FanoutDirect::Auto);
         let history_size = usize::try_from(config.history_size).unwrap_or(usize::MAX);
         let node_id = crate::random_hex(4);
         let idempotency_keys = usize::try_from(config.idempotency_keys).unwrap_or(usize::MAX);

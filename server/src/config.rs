@@ -6,6 +6,13 @@ use std::time::Duration;
 
 use clap::Args;
 
+/// `--fanout-direct`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FanoutDirect {
+    Auto,
+    Off,
+}
+
 /// Flags and env variables of the server.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
@@ -122,6 +129,13 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1024..=(1 << 32)))]
     pub send_queue_bytes: u64,
 
+    /// `auto`: the fan-out writes an event straight to an idle socket, and
+    /// queues for the sessions while the node is saturated; `off`: every
+    /// event is queued for the sessions to write (more CPU per delivery
+    /// at low load, the same at saturation).
+    #[arg(long, env = "HRRT_FANOUT_DIRECT", value_enum, default_value_t = FanoutDirect::Auto)]
+    pub fanout_direct: FanoutDirect,
+
     /// How long `POST /api/disconnect` with `"revoke": true` keeps refusing
     /// the user's tokens issued up to then (longer than any token lives).
     #[arg(long, env = "HRRT_REVOCATION_TTL", default_value = "24h", value_parser = positive_duration)]
@@ -190,6 +204,7 @@ impl Config {
             write_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
             send_queue_bytes: 1 << 20,
+            fanout_direct: FanoutDirect::Auto,
             revocation_ttl: Duration::from_secs(24 * 3600),
             idempotency_keys: 1_000_000,
             clock_skew: Duration::from_secs(5),

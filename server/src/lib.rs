@@ -37,7 +37,7 @@ mod sync;
 mod tasks;
 
 pub use app::{AppState, ServerError, router, run, serve};
-pub use config::Config;
+pub use config::{Config, FanoutDirect};
 pub use hub::CloseReason;
 
 /// `bytes` random bytes as lowercase hex, for epochs, node ids and `--dev`

@@ -98,6 +98,18 @@ struct Queue {
     ping: Option<Bytes>,
 }
 
+/// How the fan-out hands one event to one connection: the hub decides
+/// (docs/architecture.md, the path of one event), the outbox follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Write it to the socket at once if the socket is idle; `now` is the
+    /// hub's clock (µs), for the burst gap.
+    Direct { now: u64 },
+    /// Queue it for the session: the node is coalescing, direct writes are
+    /// off (`--fanout-direct off`), or the event is past its direct cap.
+    Queue,
+}
+
 /// Frames and bytes queued for a connection and not yet written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -155,21 +167,22 @@ impl Outbox {
         }
     }
 
-    /// Hands `publication` to the connection: written now if the socket is
-    /// idle and takes it, else queued. `now` is the hub's clock (µs), or
-    /// `None` when the hub wants every event queued. `slot` is the
-    /// publication's channel in the connection's channel list; without one
-    /// (a watcher of every channel) the event is always queued, as is a
-    /// resync marker, which the session must see.
+    /// Hands `publication` to the connection: with [`Route::Direct`],
+    /// written now if the socket is idle and takes it, else queued. `slot`
+    /// is the publication's channel in the connection's channel list;
+    /// without one (a watcher of every channel) the event is always queued,
+    /// as is a resync marker, which the session must see.
     pub fn offer(
         &self,
         publication: &Arc<Publication>,
         slot: Option<usize>,
-        now: Option<u64>,
+        route: Route,
     ) -> Offered {
-        let (Some(socket), Some(position), Some(now)) =
-            (&self.socket, slot.and_then(|s| self.positions.get(s)), now)
-        else {
+        let (Some(socket), Some(position), Route::Direct { now }) = (
+            &self.socket,
+            slot.and_then(|s| self.positions.get(s)),
+            route,
+        ) else {
             return self.push(publication);
         };
         if publication.event_type.is_resync_marker() || !self.begin_direct_write() {
@@ -431,7 +444,7 @@ mod tests {
         let out = Outbox::new(Some(server.clone()), 1, limits());
         // Until the session first goes idle, everything queues.
         assert_eq!(
-            out.offer(&publication(1, 10), Some(0), Some(0)),
+            out.offer(&publication(1, 10), Some(0), Route::Direct { now: 0 }),
             Offered::Queued
         );
         let mut taken = VecDeque::new();
@@ -446,11 +459,14 @@ mod tests {
 
         // Idle: written by the fan-out, nothing queued.
         let second = publication(2, 10);
-        assert_eq!(out.offer(&second, Some(0), Some(0)), Offered::Written);
+        assert_eq!(
+            out.offer(&second, Some(0), Route::Direct { now: 0 }),
+            Offered::Written
+        );
         assert_eq!(out.backlog(), Backlog::default());
         // A duplicate of what was written is left to the session.
         assert_eq!(
-            out.offer(&publication(2, 10), Some(0), Some(0)),
+            out.offer(&publication(2, 10), Some(0), Route::Direct { now: 0 }),
             Offered::Queued
         );
         let mut dup = VecDeque::new();
@@ -463,7 +479,7 @@ mod tests {
         let big: Vec<_> = (3..8).map(|seq| publication(seq, 40_000)).collect();
         let offered: Vec<_> = big
             .iter()
-            .map(|p| out.offer(p, Some(0), Some(BURST_GAP_US)))
+            .map(|p| out.offer(p, Some(0), Route::Direct { now: BURST_GAP_US }))
             .collect();
         assert!(offered.iter().all(|o| *o == Offered::Queued), "{offered:?}");
         assert!(out.is_pending());
@@ -515,17 +531,29 @@ mod tests {
         assert!(out.release((0, 0)));
         let t = 5_000;
         assert_eq!(
-            out.offer(&publication(1, 1), Some(0), Some(t)),
+            out.offer(&publication(1, 1), Some(0), Route::Direct { now: t }),
             Offered::Written
         );
         // The next within the gap waits for the session, and so does
         // everything after it until the session has written it.
         assert_eq!(
-            out.offer(&publication(2, 1), Some(0), Some(t + BURST_GAP_US - 1)),
+            out.offer(
+                &publication(2, 1),
+                Some(0),
+                Route::Direct {
+                    now: t + BURST_GAP_US - 1
+                }
+            ),
             Offered::Queued
         );
         assert_eq!(
-            out.offer(&publication(3, 1), Some(0), Some(t + 10 * BURST_GAP_US)),
+            out.offer(
+                &publication(3, 1),
+                Some(0),
+                Route::Direct {
+                    now: t + 10 * BURST_GAP_US
+                }
+            ),
             Offered::Queued
         );
         let mut taken = VecDeque::new();
@@ -536,11 +564,17 @@ mod tests {
         assert!(out.release((2, taken.iter().map(|p| p.wire.len()).sum())));
         // Past the gap, and when the hub asks for no direct writes.
         assert_eq!(
-            out.offer(&publication(4, 1), Some(0), Some(t + 10 * BURST_GAP_US)),
+            out.offer(
+                &publication(4, 1),
+                Some(0),
+                Route::Direct {
+                    now: t + 10 * BURST_GAP_US
+                }
+            ),
             Offered::Written
         );
         assert_eq!(
-            out.offer(&publication(5, 1), Some(0), None),
+            out.offer(&publication(5, 1), Some(0), Route::Queue),
             Offered::Queued
         );
     }
@@ -558,15 +592,15 @@ mod tests {
         assert!(out.acquire());
         assert!(out.release((0, 0)));
         assert_eq!(
-            out.offer(&publication(1, 1), Some(0), Some(0)),
+            out.offer(&publication(1, 1), Some(0), Route::Direct { now: 0 }),
             Offered::Queued
         );
         assert_eq!(
-            out.offer(&publication(2, 1), None, Some(0)),
+            out.offer(&publication(2, 1), None, Route::Direct { now: 0 }),
             Offered::Queued
         );
         assert_eq!(
-            out.offer(&publication(3, 1), None, Some(0)),
+            out.offer(&publication(3, 1), None, Route::Direct { now: 0 }),
             Offered::Refused
         );
     }
@@ -591,7 +625,7 @@ mod tests {
         assert!(out.acquire());
         // While the session holds it, events queue.
         assert_eq!(
-            out.offer(&publication(1, 1), Some(0), Some(0)),
+            out.offer(&publication(1, 1), Some(0), Route::Direct { now: 0 }),
             Offered::Queued
         );
         assert!(

@@ -76,12 +76,12 @@ impl Conn {
     /// a queue over its frame or byte bound closes the connection as a
     /// slow consumer. `slot` is the event's channel in
     /// `interest.channels`, if the connection reads it by name.
-    /// `now` as [`Outbox::offer`] takes it.
-    pub fn offer(&self, item: &Arc<Publication>, slot: Option<usize>, now: Option<u64>) -> Offered {
+    /// `route` as [`Outbox::offer`] takes it.
+    pub fn offer(&self, item: &Arc<Publication>, slot: Option<usize>, route: Route) -> Offered {
         if self.close_reason.get().is_some() {
             return Offered::Refused;
         }
-        let offered = self.out.offer(item, slot, now);
+        let offered = self.out.offer(item, slot, route);
         if offered == Offered::Refused {
             self.close(CloseReason::SLOW_CONSUMER);
         }
@@ -91,7 +91,7 @@ impl Conn {
     /// Queues an event for the session (never written directly); returns
     /// whether it was queued.
     pub fn push(&self, item: Arc<Publication>) -> bool {
-        self.offer(&item, None, None) != Offered::Refused
+        self.offer(&item, None, Route::Queue) != Offered::Refused
     }
 
     /// Where `channel` is in `interest.channels`.

@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use crate::engine::{Deliver, Publication};
 use crate::metrics::Metrics;
 pub use crate::outbox::QueueLimits;
-use crate::outbox::{Offered, Outbox};
+use crate::outbox::{Offered, Outbox, Route};
 use crate::protocol::close::{self, reason};
 use crate::protocol::{ChannelName, EventType, OrgId, Resync, ResyncReason, UserId};
 
@@ -129,6 +129,8 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Set while the node is saturated ([`Hub::set_coalescing`]).
     coalescing: AtomicBool,
+    /// `--fanout-direct auto`: the fan-out may write to idle sockets.
+    direct_allowed: AtomicBool,
     /// Recipients the fan-out handed events to, written or queued, and
     /// those it wrote to directly.
     fanout_deliveries: AtomicU64,
@@ -149,6 +151,7 @@ impl Hub {
             inner: RwLock::default(),
             metrics,
             coalescing: AtomicBool::new(false),
+            direct_allowed: AtomicBool::new(true),
             fanout_deliveries: AtomicU64::new(0),
             fanout_direct: AtomicU64::new(0),
             fanout_nanos: AtomicU64::new(0),
@@ -161,6 +164,11 @@ impl Hub {
     /// `send` per frame, and the sessions' queues fill while they wait to
     /// run, so each of their writes carries several frames. Set by the
     /// load watcher (`tasks::load_watch`).
+    /// `--fanout-direct off`: every event is queued for the sessions.
+    pub fn allow_direct(&self, allowed: bool) {
+        self.direct_allowed.store(allowed, Ordering::Relaxed);
+    }
+
     pub fn set_coalescing(&self, on: bool) {
         if self.coalescing.swap(on, Ordering::Relaxed) != on {
             self.metrics.set_coalescing(on);
@@ -394,15 +402,22 @@ impl Deliver for Hub {
             targets
         };
         let start = Instant::now();
-        let mut now = (!self.coalescing.load(Ordering::Relaxed)).then(|| {
-            u64::try_from(start.duration_since(self.started).as_micros()).unwrap_or(u64::MAX)
-        });
+        let mut route = if self.coalescing.load(Ordering::Relaxed)
+            || !self.direct_allowed.load(Ordering::Relaxed)
+        {
+            Route::Queue
+        } else {
+            Route::Direct {
+                now: u64::try_from(start.duration_since(self.started).as_micros())
+                    .unwrap_or(u64::MAX),
+            }
+        };
         let (mut recipients, mut direct) = (0, 0);
         for (conn, slot) in &targets {
             if direct == MAX_DIRECT_PER_EVENT {
-                now = None;
+                route = Route::Queue;
             }
-            match conn.offer(publication, *slot, now) {
+            match conn.offer(publication, *slot, route) {
                 Offered::Written => {
                     recipients += 1;
                     direct += 1;

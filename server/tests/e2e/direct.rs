@@ -155,3 +155,20 @@ async fn a_batch_for_the_same_connections_leaves_in_few_writes() {
         CLIENTS * EVENTS
     );
 }
+
+/// `--fanout-direct off`: every event goes through the session, none is
+/// written by the fan-out, and every one still arrives in order.
+#[tokio::test]
+async fn with_fanout_direct_off_every_event_is_written_by_its_session() {
+    let server = Server::with(|c| c.fanout_direct = hrrt_server::FanoutDirect::Off).await;
+    let mut client = server.connect("1", "7").await;
+    let before = server.metric(DIRECT).await;
+    for n in 1..=10u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let seq = server
+            .publish_org("7", "entity.created", json!({"n": n}))
+            .await;
+        assert_eq!(client.next_event().await["seq"].as_u64(), Some(seq));
+    }
+    assert_eq!(server.metric(DIRECT).await - before, 0.0);
+}
