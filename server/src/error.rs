@@ -4,6 +4,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::config::ConfigError;
 use crate::engine::EngineError;
 
 /// An error answer of the HTTP API. Client errors keep their message;
@@ -127,5 +128,66 @@ impl IntoResponse for ApiError {
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
         }
         response
+    }
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot use Redis at {url}: {reason}")]
+    Redis { url: String, reason: String },
+    #[error("cannot read --redis-ca {path}: {source}")]
+    RedisCa {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A Redis URL without its credentials (the user info, and the query's
+/// `sentinel_password`), for messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let (url, query) = url.split_once('?').unwrap_or((url, ""));
+    let base = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://…@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    };
+    if query.is_empty() {
+        return base;
+    }
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.contains("password") => format!("{key}=…"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_reach_a_message() {
+        assert_eq!(redact_url("redis://u:secret@h:1/0"), "redis://…@h:1/0");
+        assert_eq!(
+            redact_url("redis+sentinel://:pw@h1,h2/m?sentinel_password=x&a=b"),
+            "redis+sentinel://…@h1,h2/m?sentinel_password=…&a=b"
+        );
+        assert_eq!(redact_url("redis://h:1/"), "redis://h:1/");
     }
 }

@@ -33,6 +33,7 @@ mod metrics;
 mod outbox;
 mod protocol;
 mod session;
+mod state;
 mod sync;
 mod tasks;
 

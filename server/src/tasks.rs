@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::AbortHandle;
 
-use crate::app::AppState;
 use crate::auth::unix_now;
 use crate::protocol;
+use crate::state::AppState;
 use crate::sync::lock;
 
 /// How long a dead task waits before its first restart, doubling up to

@@ -9,12 +9,12 @@ use axum::extract::State;
 use serde::Deserialize;
 
 use super::{ServiceCaller, parse_json, read_body};
-use crate::app::AppState;
 use crate::auth::unix_now_f64;
 use crate::error::ApiError;
 use crate::hub::CloseReason;
 use crate::protocol::unix_to_rfc3339;
 use crate::protocol::{IdValue, UserId, close};
+use crate::state::AppState;
 use hrrt_protocol::api::Disconnected;
 
 /// A WebSocket close reason is at most 123 bytes.

@@ -5,8 +5,8 @@ use axum::Json;
 use axum::extract::State;
 use hrrt_protocol::api::{Healthy, Ready};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The process runs.
 #[utoipa::path(get, path = "/healthz", tag = "meta",

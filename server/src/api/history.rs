@@ -8,9 +8,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::ServiceCaller;
-use crate::app::AppState;
 use crate::error::ApiError;
 use crate::protocol::ChannelName;
+use crate::state::AppState;
 use hrrt_protocol::api::HistoryAnswer;
 
 /// The page size when `limit` is not given.

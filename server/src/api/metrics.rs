@@ -4,8 +4,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Prometheus scrape (OpenMetrics text).
 #[utoipa::path(get, path = "/metrics", tag = "meta",

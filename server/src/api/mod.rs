@@ -16,10 +16,10 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use crate::app::AppState;
+use crate::auth::bearer;
 use crate::auth::{Identity, Role};
 use crate::error::ApiError;
-use crate::session::bearer;
+use crate::state::AppState;
 
 /// Reads a request body of at most `limit` bytes (413 over it) within
 /// `--handshake-timeout` (408 past it): a publisher that sends half a body

@@ -5,9 +5,9 @@ use axum::Json;
 use axum::extract::State;
 
 use super::ServiceCaller;
-use crate::app::AppState;
 use crate::engine::NodeInfo;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The live nodes of the cluster.
 #[utoipa::path(

@@ -11,12 +11,12 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{ServiceCaller, parse_json, read_body};
-use crate::app::AppState;
 use crate::engine::NewEvent;
 use crate::error::ApiError;
 use crate::protocol::{
     self, ChannelKind, ChannelName, EventType, IdValue, OrgId, UserId, seed_target,
 };
+use crate::state::AppState;
 use hrrt_protocol::api::PublishAnswer;
 
 /// The largest request body accepted, in bytes.

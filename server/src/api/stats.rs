@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 
 use super::ServiceCaller;
-use crate::app::AppState;
+use crate::state::AppState;
 use hrrt_protocol::api::{Connections, Events, Settings, Stats};
 
 /// What this node is doing.

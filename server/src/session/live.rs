@@ -38,7 +38,6 @@ use tungstenite::Message;
 
 use super::socket::Socket;
 use super::{Sent, Start, Subscription, policy, refresh};
-use crate::app::AppState;
 use crate::auth::Identity;
 use crate::engine::Publication;
 use crate::engine::{Engine, EngineError, HistoryPage};
@@ -47,6 +46,7 @@ use crate::metrics::ClosedBy;
 use crate::protocol::{
     self, ChannelName, ClientFrame, Resync, ResyncReason, WIRE_PING, error_code, wire_text,
 };
+use crate::state::AppState;
 
 /// Turns of the loop in one poll before the task yields to others.
 const TURNS: usize = 32;

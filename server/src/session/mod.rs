@@ -33,8 +33,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
-use crate::app::AppState;
-use crate::auth::{AuthError, Identity, Role};
+use crate::auth::{AuthError, Identity, Role, bearer};
 use crate::config::ENVELOPE_OVERHEAD;
 use crate::engine::{EngineError, Publication};
 use crate::error::ApiError;
@@ -43,6 +42,7 @@ use crate::hub::{
 };
 use crate::metrics::ClosedBy;
 use crate::protocol::{self, ChannelName, Connected, OrgId, Resync, ResyncReason, close};
+use crate::state::AppState;
 
 use live::{Live, Replay, ReplayChannel};
 use socket::Socket;
@@ -152,16 +152,6 @@ fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
     };
     let origin = origin.trim_end_matches('/');
     allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
-}
-
-/// The token of an `Authorization: Bearer …` header.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
-        .filter(|t| !t.is_empty())
 }
 
 /// Sets the session up within `--handshake-timeout`; a connection that
