@@ -211,9 +211,10 @@ async fn load_watch(state: AppState) {
             direct,
         }
     };
-    let mut watch = LoadWatch::default();
+    let policy = FanoutPolicy::default();
+    let mut watch = LoadWatch::new(policy);
     let mut last = sample();
-    every(&state, LOAD_PERIOD, || {
+    every(&state, policy.period, || {
         let now = sample();
         let hub = &state.hub;
         hub.set_coalescing(watch.step(hub.is_coalescing(), &last, &now));
@@ -235,9 +236,40 @@ pub struct LoadSample {
     pub direct: u64,
 }
 
+/// When the fan-out stops writing directly and queues every event for
+/// the sessions (coalescing), and when it goes back: the load watcher's
+/// thresholds in one place. The defaults are the constants above.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FanoutPolicy {
+    /// How often the node's load is sampled ([`LOAD_PERIOD`]).
+    pub period: Duration,
+    /// The busiest share of a core that starts coalescing ([`LOAD_COALESCE`]).
+    pub coalesce: f64,
+    /// The share of a core direct writes would take, above which they do
+    /// not fit ([`LOAD_DIRECT`]).
+    pub direct: f64,
+    /// Samples in a row that must fit before coalescing ends ([`DIRECT_SAMPLES`]).
+    pub direct_samples: u32,
+    /// A delivery's cost before one was measured ([`DIRECT_COST_FIRST`]).
+    pub direct_cost_first: Duration,
+}
+
+impl Default for FanoutPolicy {
+    fn default() -> Self {
+        Self {
+            period: LOAD_PERIOD,
+            coalesce: LOAD_COALESCE,
+            direct: LOAD_DIRECT,
+            direct_samples: DIRECT_SAMPLES,
+            direct_cost_first: DIRECT_COST_FIRST,
+        }
+    }
+}
+
 /// The fan-out's mode from one sample to the next.
 #[derive(Debug)]
 pub struct LoadWatch {
+    policy: FanoutPolicy,
     /// What a delivery cost the fan-out, the last time it wrote directly.
     direct_cost: Duration,
     /// Samples in a row, while coalescing, in which direct writes would
@@ -247,14 +279,19 @@ pub struct LoadWatch {
 
 impl Default for LoadWatch {
     fn default() -> Self {
-        Self {
-            direct_cost: DIRECT_COST_FIRST,
-            fitting: 0,
-        }
+        Self::new(FanoutPolicy::default())
     }
 }
 
 impl LoadWatch {
+    pub fn new(policy: FanoutPolicy) -> Self {
+        Self {
+            policy,
+            direct_cost: policy.direct_cost_first,
+            fitting: 0,
+        }
+    }
+
     /// Whether the fan-out should coalesce after the interval from
     /// `before` to `after`, given whether it did through it.
     pub fn step(&mut self, coalescing: bool, before: &LoadSample, after: &LoadSample) -> bool {
@@ -268,12 +305,12 @@ impl LoadWatch {
         // a core.
         let direct_share = |cost: Duration| deliveries as f64 * cost.as_secs_f64() / wall;
         if coalescing {
-            self.fitting = if direct_share(self.direct_cost) < LOAD_DIRECT {
+            self.fitting = if direct_share(self.direct_cost) < self.policy.direct {
                 self.fitting + 1
             } else {
                 0
             };
-            return self.fitting < DIRECT_SAMPLES;
+            return self.fitting < self.policy.direct_samples;
         }
         self.fitting = 0;
         // A cost per delivery worth keeping: enough deliveries, nearly all
@@ -292,7 +329,7 @@ impl LoadWatch {
             .chain([fanout])
             .map(|busy| busy.as_secs_f64() / wall)
             .fold(0.0, f64::max);
-        busiest >= LOAD_COALESCE && direct_share(self.direct_cost) >= LOAD_DIRECT
+        busiest >= self.policy.coalesce && direct_share(self.direct_cost) >= self.policy.direct
     }
 }
 
