@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::oneshot;
@@ -59,15 +58,50 @@ fn pairs(h: &Histogram<u64>) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn from_pairs(pairs: &Value) -> Histogram<u64> {
+fn from_pairs(pairs: &[(u64, u64)]) -> Histogram<u64> {
     let mut h = histogram()
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_histogram()));
-    for pair in pairs.as_array().map(Vec::as_slice).unwrap_or_default() {
-        if let (Some(v), Some(n)) = (pair[0].as_u64(), pair[1].as_u64()) {
-            let _ = h.record_n(v.max(1), n);
-        }
+    for (v, n) in pairs {
+        let _ = h.record_n((*v).max(1), *n);
     }
     h
+}
+
+/// A histogram as (value, count) pairs, for the pipe.
+type Pairs = Vec<(u64, u64)>;
+
+/// What a worker tells its parent, one JSON line each
+/// (`{"connected": {…}}`).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WorkerMsg {
+    /// Its share is open (or failed).
+    Connected {
+        opened: u64,
+        failures: BTreeMap<String, u64>,
+        per_org: Vec<u64>,
+        per_node: Vec<u64>,
+        seconds: f64,
+        connect: Pairs,
+    },
+    /// Every 250 ms: what arrived so far.
+    Progress { received: u64, latency: Pairs },
+    /// After the stop: every connection's outcome and the histograms.
+    Done {
+        outcomes: Vec<ConnOutcome>,
+        latency: Pairs,
+        node_latency: Vec<Pairs>,
+        user_latency: Pairs,
+        replayed_latency: Pairs,
+        last_recipient: Vec<(usize, u64)>,
+    },
+}
+
+/// What the parent tells a worker: stop, with the user events published
+/// to each of its connections (by connection index).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct StopMsg {
+    user_published: Vec<(usize, u64)>,
 }
 
 /// `Histogram::new(3)` cannot fail (3 significant figures is valid); this
@@ -76,8 +110,9 @@ fn unreachable_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 2, 0).unwrap_or_else(|_| unreachable_histogram())
 }
 
-fn emit(line: &Value) -> anyhow::Result<()> {
+fn emit(message: &WorkerMsg) -> anyhow::Result<()> {
     use std::io::Write;
+    let line = serde_json::to_string(message).context("encoding a report for the parent")?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{line}").context("writing to the parent")?;
     out.flush().context("writing to the parent")
@@ -99,14 +134,14 @@ pub(super) async fn run_worker(
     super::raise_open_files(args.connections.div_ceil(args.workers));
     let mut run = Run::new(args, plan)?;
     let mut connected = run.connect().await?;
-    emit(&json!({"connected": {
-        "opened": connected.opened,
-        "failures": connected.failures,
-        "per_org": connected.per_org,
-        "per_node": connected.per_node,
-        "seconds": connected.seconds,
-        "connect": pairs(&lock(&run.shared.connect)),
-    }}))?;
+    emit(&WorkerMsg::Connected {
+        opened: connected.opened,
+        failures: connected.failures.clone(),
+        per_org: connected.per_org.clone(),
+        per_node: connected.per_node.clone(),
+        seconds: connected.seconds,
+        connect: pairs(&lock(&run.shared.connect)),
+    })?;
     // Churn runs in the workers (they hold the connections), from now on.
     let churn = super::churner(run.shared.clone(), args.churn);
     // Progress until the parent says stop (or goes away).
@@ -122,10 +157,10 @@ pub(super) async fn run_worker(
             for shard in &shared.latency {
                 let _ = h.add(&*lock(shard));
             }
-            let line = json!({"progress": {
-                "received": shared.received.load(Ordering::Relaxed),
-                "latency": pairs(&h),
-            }});
+            let line = WorkerMsg::Progress {
+                received: shared.received.load(Ordering::Relaxed),
+                latency: pairs(&h),
+            };
             if emit(&line).is_err() {
                 return;
             }
@@ -137,20 +172,18 @@ pub(super) async fn run_worker(
         std::io::stdin().read_line(&mut line).map(|_| line)
     })
     .await;
-    let stop: Value = match line {
-        Ok(Ok(line)) => serde_json::from_str(&line).unwrap_or(Value::Null),
-        _ => Value::Null,
+    let stop: StopMsg = match line {
+        Ok(Ok(line)) => serde_json::from_str(&line).unwrap_or_default(),
+        _ => StopMsg::default(),
     };
     progress.abort();
     if let Some(churn) = churn {
         churn.abort();
     }
-    let user: BTreeMap<u64, u64> = stop["user_published"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?)))
+    let user: BTreeMap<u64, u64> = stop
+        .user_published
+        .into_iter()
+        .map(|(k, n)| (k as u64, n))
         .collect();
     let mut outcomes = connected.stop(&run.shared).await;
     for outcome in &mut outcomes {
@@ -173,14 +206,19 @@ pub(super) async fn run_worker(
             (us > 0).then_some((n, us))
         })
         .collect();
-    emit(&json!({"done": {
-        "outcomes": outcomes,
-        "latency": merged(&run.shared.latency),
-        "node_latency": run.shared.node_latency.iter().map(|h| pairs(&lock(h))).collect::<Vec<_>>(),
-        "user_latency": pairs(&lock(&run.shared.user_latency)),
-        "replayed_latency": pairs(&lock(&run.shared.replayed_latency)),
-        "last_recipient": last_recipient,
-    }}))?;
+    emit(&WorkerMsg::Done {
+        outcomes,
+        latency: merged(&run.shared.latency),
+        node_latency: run
+            .shared
+            .node_latency
+            .iter()
+            .map(|h| pairs(&lock(h)))
+            .collect(),
+        user_latency: pairs(&lock(&run.shared.user_latency)),
+        replayed_latency: pairs(&lock(&run.shared.replayed_latency)),
+        last_recipient,
+    })?;
     Ok(ExitStatus::Ok)
 }
 
@@ -191,7 +229,7 @@ pub(super) struct Worker {
     stdin: Option<ChildStdin>,
     /// Its connections that opened (taken back if it dies).
     opened: u64,
-    done: Option<oneshot::Receiver<Value>>,
+    done: Option<oneshot::Receiver<WorkerMsg>>,
 }
 
 impl Run<'_> {
@@ -249,39 +287,37 @@ impl Run<'_> {
             };
             let mut lines = BufReader::new(stdout).lines();
             let first = tokio::time::timeout_at(deadline, lines.next_line()).await;
-            let report: Value = match first {
-                Ok(Ok(Some(line))) => serde_json::from_str(&line).unwrap_or(Value::Null),
-                _ => Value::Null,
+            let report = match first {
+                Ok(Ok(Some(line))) => serde_json::from_str::<WorkerMsg>(&line).ok(),
+                _ => None,
             };
-            let c = &report["connected"];
-            if c.is_null() {
+            let Some(WorkerMsg::Connected {
+                opened,
+                failures,
+                per_org,
+                per_node,
+                connect: connect_pairs,
+                ..
+            }) = report
+            else {
                 let status = child.try_wait().ok().flatten();
                 *connected
                     .failures
                     .entry(format!("worker {index} did not start ({})", ended(status)))
                     .or_default() += args.connections.div_ceil(args.workers);
                 continue;
-            }
-            let opened = c["opened"].as_u64().unwrap_or(0);
+            };
             connected.opened += opened;
-            for (why, n) in c["failures"].as_object().into_iter().flatten() {
-                *connected.failures.entry(why.clone()).or_default() += n.as_u64().unwrap_or(0);
+            for (why, n) in failures {
+                *connected.failures.entry(why).or_default() += n;
             }
-            for (slot, n) in connected
-                .per_org
-                .iter_mut()
-                .zip(c["per_org"].as_array().into_iter().flatten())
-            {
-                *slot += n.as_u64().unwrap_or(0);
+            for (slot, n) in connected.per_org.iter_mut().zip(per_org) {
+                *slot += n;
             }
-            for (slot, n) in connected
-                .per_node
-                .iter_mut()
-                .zip(c["per_node"].as_array().into_iter().flatten())
-            {
-                *slot += n.as_u64().unwrap_or(0);
+            for (slot, n) in connected.per_node.iter_mut().zip(per_node) {
+                *slot += n;
             }
-            let _ = connect.add(from_pairs(&c["connect"]));
+            let _ = connect.add(from_pairs(&connect_pairs));
             // Its progress feeds the drain and the live line; its last
             // line is the outcome.
             let (done_tx, done_rx) = oneshot::channel();
@@ -321,25 +357,28 @@ async fn read_progress(
     mut lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     shared: Arc<Shared>,
     slot: usize,
-    done: oneshot::Sender<Value>,
+    done: oneshot::Sender<WorkerMsg>,
 ) {
     let mut received = 0u64;
     while let Ok(Some(line)) = lines.next_line().await {
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if let Some(p) = v.get("progress") {
-            let now = p["received"].as_u64().unwrap_or(received);
-            shared
-                .received
-                .fetch_add(now.saturating_sub(received), Ordering::Relaxed);
-            received = now;
-            if let Some(h) = lock(&shared.remote_latency).get_mut(slot) {
-                *h = from_pairs(&p["latency"]);
+        match serde_json::from_str::<WorkerMsg>(&line) {
+            Ok(WorkerMsg::Progress {
+                received: now,
+                latency,
+            }) => {
+                shared
+                    .received
+                    .fetch_add(now.saturating_sub(received), Ordering::Relaxed);
+                received = now;
+                if let Some(h) = lock(&shared.remote_latency).get_mut(slot) {
+                    *h = from_pairs(&latency);
+                }
             }
-        } else if let Some(d) = v.get("done") {
-            let _ = done.send(d.clone());
-            return;
+            Ok(d @ WorkerMsg::Done { .. }) => {
+                let _ = done.send(d);
+                return;
+            }
+            _ => {}
         }
     }
 }
@@ -357,7 +396,11 @@ pub(super) async fn stop_all(connected: &mut Connected, shared: &Shared) -> Vec<
             (n > 0).then_some((k, n))
         })
         .collect();
-    let stop = json!({"user_published": per_user}).to_string() + "\n";
+    let stop = serde_json::to_string(&StopMsg {
+        user_published: per_user,
+    })
+    .unwrap_or_default()
+        + "\n";
     let mut outcomes = Vec::new();
     let mut lost_workers = Vec::new();
     for worker in &mut connected.workers {
@@ -369,30 +412,28 @@ pub(super) async fn stop_all(connected: &mut Connected, shared: &Shared) -> Vec<
             Some(done) => tokio::time::timeout(Duration::from_secs(120), done).await,
             None => continue,
         };
-        let Ok(Ok(d)) = done else {
+        let Ok(Ok(WorkerMsg::Done {
+            outcomes: mut these,
+            latency,
+            node_latency,
+            user_latency,
+            replayed_latency,
+            last_recipient,
+        })) = done
+        else {
             let status = worker.child.try_wait().ok().flatten();
             lost_workers.push((worker.index, worker.opened, status));
             continue;
         };
-        if let Ok(mut these) = serde_json::from_value::<Vec<ConnOutcome>>(d["outcomes"].clone()) {
-            outcomes.append(&mut these);
-        }
-        let _ = lock(&shared.latency[0]).add(from_pairs(&d["latency"]));
-        let _ = lock(&shared.user_latency).add(from_pairs(&d["user_latency"]));
-        let _ = lock(&shared.replayed_latency).add(from_pairs(&d["replayed_latency"]));
-        for (h, p) in shared
-            .node_latency
-            .iter()
-            .zip(d["node_latency"].as_array().into_iter().flatten())
-        {
+        outcomes.append(&mut these);
+        let _ = lock(&shared.latency[0]).add(from_pairs(&latency));
+        let _ = lock(&shared.user_latency).add(from_pairs(&user_latency));
+        let _ = lock(&shared.replayed_latency).add(from_pairs(&replayed_latency));
+        for (h, p) in shared.node_latency.iter().zip(&node_latency) {
             let _ = lock(h).add(from_pairs(p));
         }
-        for pair in d["last_recipient"].as_array().into_iter().flatten() {
-            if let (Some(n), Some(us)) = (pair[0].as_u64(), pair[1].as_u64())
-                && let Some(slot) = usize::try_from(n)
-                    .ok()
-                    .and_then(|n| shared.last_recipient.get(n))
-            {
+        for (n, us) in last_recipient {
+            if let Some(slot) = shared.last_recipient.get(n) {
                 slot.fetch_max(us, Ordering::Relaxed);
             }
         }
