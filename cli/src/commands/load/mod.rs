@@ -39,6 +39,26 @@ use crate::output;
 
 pub use self::args::LoadArgs;
 
+/// What this process is in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcessRole {
+    /// It runs the test: publishes, reports, and holds the connections
+    /// itself or through `--workers`.
+    Coordinator,
+    /// Worker `index` of `--workers`: holds its share of the connections
+    /// and reports to the coordinator on stdout.
+    Worker { index: u64 },
+}
+
+impl LoadArgs {
+    fn role(&self) -> ProcessRole {
+        match self.worker_index {
+            Some(index) => ProcessRole::Worker { index },
+            None => ProcessRole::Coordinator,
+        }
+    }
+}
+
 /// The event type the load test publishes.
 const EVENT_TYPE: &str = "load.tick";
 /// The type of its user-channel events (a seed type that goes to users).
@@ -205,7 +225,7 @@ impl Plan {
                 .collect::<anyhow::Result<_>>()?
         };
         let run_id = args.run_id.clone().unwrap_or_else(|| crate::random_hex(3));
-        if args.worker_index.is_none() {
+        if args.role() == ProcessRole::Coordinator {
             workers::check_open_files(args)?;
         }
         let orgs = (0..args.orgs)
@@ -259,7 +279,7 @@ struct Published {
 }
 
 pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStatus> {
-    if let Some(index) = args.worker_index {
+    if let ProcessRole::Worker { index } = args.role() {
         return workers::run_worker(&args, global, index).await;
     }
     let plan = Plan::new(&args, global)?;
@@ -414,7 +434,7 @@ impl<'a> Run<'a> {
             accepted_ns: per_event_slots(args, plan.total_events),
         });
         let progress = if args.no_progress
-            || args.worker_index.is_some()
+            || args.role() != ProcessRole::Coordinator
             || !std::io::stderr().is_terminal()
         {
             MultiProgress::with_draw_target(ProgressDrawTarget::hidden())
@@ -433,7 +453,7 @@ impl<'a> Run<'a> {
 
     /// A line of progress: above the bars, or on stderr when they are hidden.
     fn say(&self, text: String) {
-        if self.args.worker_index.is_some() {
+        if self.args.role() != ProcessRole::Coordinator {
             // A worker's stdout is its report to the parent; it says nothing.
         } else if self.progress.is_hidden() {
             output::note(&text);
@@ -446,15 +466,15 @@ impl<'a> Run<'a> {
     /// arrives until stopped.
     async fn connect(&mut self) -> anyhow::Result<Connected> {
         let args = self.args;
-        if args.workers > 1 && args.worker_index.is_none() {
+        if args.workers > 1 && args.role() == ProcessRole::Coordinator {
             return self.connect_workers().await;
         }
         // A worker opens its share: every index ≡ its own, mod --workers.
-        let mine: Vec<u64> = match args.worker_index {
-            Some(w) => (0..args.connections)
-                .filter(|k| k % args.workers == w)
+        let mine: Vec<u64> = match args.role() {
+            ProcessRole::Worker { index } => (0..args.connections)
+                .filter(|k| k % args.workers == index)
                 .collect(),
-            None => (0..args.connections).collect(),
+            ProcessRole::Coordinator => (0..args.connections).collect(),
         };
         let count = mine.len() as u64;
         self.say(format!(
@@ -476,9 +496,9 @@ impl<'a> Run<'a> {
         let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
         let started = Instant::now();
         // A worker opens its share at its share of --connect-rate.
-        let rate = match args.worker_index {
-            Some(_) => (args.connect_rate as f64 / args.workers as f64).max(1.0),
-            None => args.connect_rate as f64,
+        let rate = match args.role() {
+            ProcessRole::Worker { .. } => (args.connect_rate as f64 / args.workers as f64).max(1.0),
+            ProcessRole::Coordinator => args.connect_rate as f64,
         };
         let spacing = Duration::from_secs_f64(1.0 / rate);
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
