@@ -636,16 +636,23 @@ impl<'a> Run<'a> {
                     humantime::format_duration(args.duration),
                     args.batch
                 ));
-                let in_flight = Arc::new(Semaphore::new(
-                    usize::try_from(args.publishers).unwrap_or(16),
-                ));
-                let mut requests = JoinSet::new();
-                let mut sent = 0u64;
-                let (mut user_sent, mut user_rng) = (0u64, Rng::new(0x05EE));
+                let mut publishing = Publishing {
+                    token,
+                    in_flight: Arc::new(Semaphore::new(
+                        usize::try_from(args.publishers).unwrap_or(16),
+                    )),
+                    requests: JoinSet::new(),
+                    failures: failures.clone(),
+                    per_org: per_org.clone(),
+                    started,
+                    sent: 0,
+                    user_sent: 0,
+                    user_rng: Rng::new(0x05EE),
+                };
                 let mut tick = tokio::time::interval(Duration::from_millis(2));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut last_status = Instant::now();
-                while sent < total {
+                while publishing.sent < total {
                     tokio::select! {
                         biased;
                         () = self.interrupt.recv() => {
@@ -654,68 +661,15 @@ impl<'a> Run<'a> {
                         }
                         _ = tick.tick() => {}
                     }
-                    // User events, one per request, to random connections.
-                    let user_due = (started.elapsed().as_secs_f64() * args.user_rate) as u64;
-                    while user_sent < user_due && !self.shared.user_published.is_empty() {
-                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                            break;
-                        };
-                        let k = user_rng.below(self.shared.user_published.len() as u64);
-                        let api = &self.plan.apis
-                            [usize::try_from(user_sent).unwrap_or(0) % self.plan.apis.len()];
-                        requests.spawn(publish_user(
-                            api.clone(),
-                            token.clone(),
-                            json!({
-                                "type": USER_EVENT_TYPE,
-                                "user_id": self.plan.user_of(k),
-                                "payload": {"sent_ns": unix_nanos(), "load": self.plan.run_id},
-                            }),
-                            (k, self.shared.clone()),
-                            failures.clone(),
-                            permit,
-                        ));
-                        user_sent += 1;
-                    }
-                    let due = ((started.elapsed().as_secs_f64() * args.rate) as u64).min(total);
-                    while sent < due {
-                        let n = args.batch.min(total - sent);
-                        // Wait for a full batch to be due, except for the last one.
-                        if sent + n > due && sent + n < total {
-                            break;
-                        }
-                        let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                            break;
-                        };
-                        let api = &self.plan.apis[usize::try_from(sent / args.batch).unwrap_or(0)
-                            % self.plan.apis.len()];
-                        let sent_ns = unix_nanos();
-                        for i in sent..sent + n {
-                            if let Some(slot) = usize::try_from(i)
-                                .ok()
-                                .and_then(|i| self.shared.sent_ns.get(i))
-                            {
-                                slot.store(sent_ns, Ordering::Relaxed);
-                            }
-                        }
-                        requests.spawn(publish_batch(
-                            api.clone(),
-                            token.clone(),
-                            batch_body(sent, n, &self.plan.orgs, args.payload_bytes, sent_ns),
-                            (sent, n, self.shared.clone()),
-                            per_org.clone(),
-                            failures.clone(),
-                            permit,
-                        ));
-                        sent += n;
-                        bar.set_position(sent);
-                    }
-                    while requests.try_join_next().is_some() {}
+                    publishing.user_events(self).await;
+                    publishing.batches(self, &bar).await;
+                    while publishing.requests.try_join_next().is_some() {}
                     if last_status.elapsed() >= Duration::from_millis(250) {
                         last_status = Instant::now();
                         bar.set_message(live_status(&self.shared, started));
                     }
                 }
+                let mut requests = publishing.requests;
                 tokio::select! {
                     () = self.interrupt.recv() => self.interrupted = true,
                     _ = async { while requests.join_next().await.is_some() {} } => {}
