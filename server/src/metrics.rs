@@ -33,6 +33,9 @@ pub const STATS_TYPES: usize = 1000;
 
 /// The event types that get a label of their own; every other type is
 /// `other`. *compat*: the seed's six.
+/// Counters per type: the seed types, then `other`.
+const TYPES: usize = LABELLED_TYPES.len() + 1;
+
 pub const LABELLED_TYPES: [&str; 6] = [
     "entity.created",
     "entity.updated",
@@ -149,27 +152,7 @@ impl Metrics {
             "WebSocket connections accepted",
             Counter::default(),
         );
-        let published_family = registered(
-            &mut r,
-            "events_published",
-            "Events published through this node, by type (seed types, else other)",
-            Family::<TypeLabel, Counter>::default(),
-        );
-        let delivered_family = registered(
-            &mut r,
-            "events_delivered",
-            "Event frames handed to connections of this node, by type (seed types, else other)",
-            Family::<TypeLabel, Counter>::default(),
-        );
-        // One counter per label, created up front: the hot path indexes
-        // an array instead of hashing a label set.
-        let label = |i: usize| TypeLabel {
-            r#type: LABELLED_TYPES.get(i).copied().unwrap_or("other"),
-        };
-        let published: [Counter; LABELLED_TYPES.len() + 1] =
-            std::array::from_fn(|i| published_family.get_or_create(&label(i)).clone());
-        let delivered: [Counter; LABELLED_TYPES.len() + 1] =
-            std::array::from_fn(|i| delivered_family.get_or_create(&label(i)).clone());
+        let (published, delivered) = type_counters(&mut r);
         let task_restarts = registered(
             &mut r,
             "task_restarts",
@@ -224,21 +207,7 @@ impl Metrics {
             "Admin watch connections (orgs=, such as hrrt dash), counted apart from the orgs",
             Gauge::default(),
         );
-        let write_timeouts_family = registered(
-            &mut r,
-            "write_timeouts",
-            "Connections closed because the client took none of the server's bytes for \
-             --write-timeout, by kind (http, websocket)",
-            Family::<KindLabel, Counter>::default(),
-        );
-        // One statement each: `get_or_create` answers a read guard, and a
-        // second call while it is held would wait for it for ever.
-        let http = write_timeouts_family
-            .get_or_create(&KindLabel { kind: "http" })
-            .clone();
-        let websocket = write_timeouts_family
-            .get_or_create(&KindLabel { kind: "websocket" })
-            .clone();
+        let write_timeouts = write_timeout_counters(&mut r);
         Self {
             registry: r,
             connections,
@@ -252,7 +221,7 @@ impl Metrics {
             task_restarts,
             closes,
             slow_consumer_closes,
-            write_timeouts: [http, websocket],
+            write_timeouts,
             history_events,
             watchers,
             by_type: Mutex::default(),
@@ -406,6 +375,52 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
     }
+}
+
+/// The published and delivered counters, one per seed type and `other`.
+fn type_counters(r: &mut Registry) -> ([Counter; TYPES], [Counter; TYPES]) {
+    let published_family = registered(
+        r,
+        "events_published",
+        "Events published through this node, by type (seed types, else other)",
+        Family::<TypeLabel, Counter>::default(),
+    );
+    let delivered_family = registered(
+        r,
+        "events_delivered",
+        "Event frames handed to connections of this node, by type (seed types, else other)",
+        Family::<TypeLabel, Counter>::default(),
+    );
+    // One counter per label, created up front: the hot path indexes
+    // an array instead of hashing a label set.
+    let label = |i: usize| TypeLabel {
+        r#type: LABELLED_TYPES.get(i).copied().unwrap_or("other"),
+    };
+    let published: [Counter; TYPES] =
+        std::array::from_fn(|i| published_family.get_or_create(&label(i)).clone());
+    let delivered: [Counter; TYPES] =
+        std::array::from_fn(|i| delivered_family.get_or_create(&label(i)).clone());
+    (published, delivered)
+}
+
+/// The write-timeout counters: HTTP, then WebSocket.
+fn write_timeout_counters(r: &mut Registry) -> [Counter; 2] {
+    let write_timeouts_family = registered(
+        r,
+        "write_timeouts",
+        "Connections closed because the client took none of the server's bytes for \
+         --write-timeout, by kind (http, websocket)",
+        Family::<KindLabel, Counter>::default(),
+    );
+    // One statement each: `get_or_create` answers a read guard, and a
+    // second call while it is held would wait for it for ever.
+    let http = write_timeouts_family
+        .get_or_create(&KindLabel { kind: "http" })
+        .clone();
+    let websocket = write_timeouts_family
+        .get_or_create(&KindLabel { kind: "websocket" })
+        .clone();
+    [http, websocket]
 }
 
 /// Registers `metric` under `name` and answers it (the registry holds a

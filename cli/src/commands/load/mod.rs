@@ -283,17 +283,7 @@ pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStat
         return workers::run_worker(&args, global, index).await;
     }
     let plan = Plan::new(&args, global)?;
-    // A report file that cannot be written is found now, not after the run;
-    // opened without truncating, so a run that then fails leaves the last
-    // report as it was.
-    for path in [&args.report, &args.per_event].into_iter().flatten() {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    check_report_files(&args)?;
     raise_open_files(args.connections.div_ceil(args.workers));
     let mut run = Run::new(&args, plan)?;
     let server_before = args.server_pid.map(ProcSample::read);
@@ -375,7 +365,33 @@ pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStat
         },
     };
     let report = report::build(measured, &run.plan.thresholds);
-    let json = || serde_json::to_string_pretty(&report).context("encoding the report");
+    write_reports(&args, &run, &report)?;
+    Ok(if report.passed {
+        ExitStatus::Ok
+    } else {
+        ExitStatus::Failed
+    })
+}
+
+/// A report file that cannot be written is found before the run, not
+/// after it; opened without truncating, so a run that then fails leaves
+/// the last report as it was.
+fn check_report_files(args: &LoadArgs) -> anyhow::Result<()> {
+    for path in [&args.report, &args.per_event].into_iter().flatten() {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// The report on stdout (lines, or JSON with `--json`), and in the files
+/// `--report` and `--per-event` name.
+fn write_reports(args: &LoadArgs, run: &Run<'_>, report: &report::Report) -> anyhow::Result<()> {
+    let json = || serde_json::to_string_pretty(report).context("encoding the report");
     if args.json {
         output::line(&json()?)?;
     } else {
@@ -396,11 +412,7 @@ pub async fn run(args: LoadArgs, global: &ServerArgs) -> anyhow::Result<ExitStat
         )
         .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(if report.passed {
-        ExitStatus::Ok
-    } else {
-        ExitStatus::Failed
-    })
+    Ok(())
 }
 
 impl<'a> Run<'a> {

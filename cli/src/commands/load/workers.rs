@@ -233,6 +233,30 @@ pub(super) struct Worker {
 }
 
 impl Run<'_> {
+    /// Starts every worker: this program again, with the same arguments
+    /// and its index.
+    fn spawn_workers(&self, exe: &std::path::Path) -> anyhow::Result<Vec<(u64, Child)>> {
+        (0..self.args.workers)
+            .map(|index| {
+                let child = Command::new(exe)
+                    .args(std::env::args_os().skip(1))
+                    .args([
+                        "--worker-index",
+                        &index.to_string(),
+                        "--run-id",
+                        &self.plan.run_id,
+                    ])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .with_context(|| format!("starting worker {index}"))?;
+                Ok((index, child))
+            })
+            .collect()
+    }
+
     /// Starts the workers and waits until each has opened its share.
     pub(super) async fn connect_workers(&mut self) -> anyhow::Result<Connected> {
         let args = self.args;
@@ -256,24 +280,7 @@ impl Run<'_> {
         let mut remote = Vec::new();
         // All start at once, then each is waited for (a worker opens its
         // share at --connect-rate / N).
-        let mut spawned = Vec::new();
-        for index in 0..args.workers {
-            let child = Command::new(&exe)
-                .args(std::env::args_os().skip(1))
-                .args([
-                    "--worker-index",
-                    &index.to_string(),
-                    "--run-id",
-                    &self.plan.run_id,
-                ])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .with_context(|| format!("starting worker {index}"))?;
-            spawned.push((index, child));
-        }
+        let spawned = self.spawn_workers(&exe)?;
         // Generous: a server slower than --connect-rate stretches the phase;
         // a worker that is merely slow must not be taken for a dead one.
         let limit = Duration::from_secs_f64(
