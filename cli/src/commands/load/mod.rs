@@ -57,6 +57,21 @@ impl LoadArgs {
             None => ProcessRole::Coordinator,
         }
     }
+
+    /// The connections this process opens, and at what rate a second: a
+    /// worker every index ≡ its own mod --workers, at its share of
+    /// --connect-rate.
+    fn share(&self) -> (Vec<u64>, f64) {
+        match self.role() {
+            ProcessRole::Worker { index } => (
+                (0..self.connections)
+                    .filter(|k| k % self.workers == index)
+                    .collect(),
+                (self.connect_rate as f64 / self.workers as f64).max(1.0),
+            ),
+            ProcessRole::Coordinator => ((0..self.connections).collect(), self.connect_rate as f64),
+        }
+    }
 }
 
 /// The event type the load test publishes.
@@ -481,13 +496,7 @@ impl<'a> Run<'a> {
         if args.workers > 1 && args.role() == ProcessRole::Coordinator {
             return self.connect_workers().await;
         }
-        // A worker opens its share: every index ≡ its own, mod --workers.
-        let mine: Vec<u64> = match args.role() {
-            ProcessRole::Worker { index } => (0..args.connections)
-                .filter(|k| k % args.workers == index)
-                .collect(),
-            ProcessRole::Coordinator => (0..args.connections).collect(),
-        };
+        let (mine, rate) = args.share();
         let count = mine.len() as u64;
         self.say(format!(
             "connecting {} over {} to {} ({}/s)",
@@ -507,11 +516,6 @@ impl<'a> Run<'a> {
         let mut tasks = JoinSet::new();
         let permits = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
         let started = Instant::now();
-        // A worker opens its share at its share of --connect-rate.
-        let rate = match args.role() {
-            ProcessRole::Worker { .. } => (args.connect_rate as f64 / args.workers as f64).max(1.0),
-            ProcessRole::Coordinator => args.connect_rate as f64,
-        };
         let spacing = Duration::from_secs_f64(1.0 / rate);
         let mut failures: BTreeMap<String, u64> = BTreeMap::new();
         let mut opened = 0u64;

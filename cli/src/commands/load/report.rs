@@ -143,25 +143,9 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
             *closed_early.entry(why.clone()).or_default() += 1;
         }
     }
-    let per_second = |n: f64, seconds: f64| if seconds > 0.0 { n / seconds } else { 0.0 };
-    let server = m.server.map(|s| {
-        let [before, connected, end] = s.rss_kib;
-        let cpu = s.cpu_seconds[2] - s.cpu_seconds[1];
-        ServerReport {
-            pid: s.pid,
-            rss_kib_before: before,
-            rss_kib_connected: connected,
-            rss_kib_end: end,
-            rss_per_connection_kib: if m.opened > 0 {
-                (connected as f64 - before as f64) / m.opened as f64
-            } else {
-                0.0
-            },
-            cpu_seconds: cpu,
-            deliveries_per_cpu_second: per_second(events.delivered as f64, cpu),
-            connect_cpu_seconds: s.cpu_seconds[1] - s.cpu_seconds[0],
-        }
-    });
+    let server = m
+        .server
+        .map(|s| server_report(&s, m.opened, events.delivered));
     let requested = m.config.connections;
     let mut report = Report {
         run_id: m.run_id,
@@ -195,6 +179,31 @@ pub fn build(m: Measured, thresholds: &[Threshold]) -> Report {
     report.thresholds = thresholds.iter().map(|t| t.check(&report)).collect();
     report.passed = report.clean();
     report
+}
+
+fn per_second(n: f64, seconds: f64) -> f64 {
+    if seconds > 0.0 { n / seconds } else { 0.0 }
+}
+
+/// What the server's /proc samples say: memory per connection, and the
+/// CPU the publish phase (and the connects) cost.
+fn server_report(s: &ServerSamples, opened: u64, delivered: u64) -> ServerReport {
+    let [before, connected, end] = s.rss_kib;
+    let cpu = s.cpu_seconds[2] - s.cpu_seconds[1];
+    ServerReport {
+        pid: s.pid,
+        rss_kib_before: before,
+        rss_kib_connected: connected,
+        rss_kib_end: end,
+        rss_per_connection_kib: if opened > 0 {
+            (connected as f64 - before as f64) / opened as f64
+        } else {
+            0.0
+        },
+        cpu_seconds: cpu,
+        deliveries_per_cpu_second: per_second(delivered as f64, cpu),
+        connect_cpu_seconds: s.cpu_seconds[1] - s.cpu_seconds[0],
+    }
 }
 
 /// Everything one run measured.

@@ -189,6 +189,12 @@ pub(super) async fn run_worker(
     for outcome in &mut outcomes {
         outcome.user_published = user.get(&outcome.index).copied().unwrap_or(0);
     }
+    emit(&done_message(outcomes, &run.shared))?;
+    Ok(ExitStatus::Ok)
+}
+
+/// A worker's last report: every connection's outcome and its histograms.
+fn done_message(outcomes: Vec<ConnOutcome>, shared: &Shared) -> WorkerMsg {
     let merged = |shards: &[std::sync::Mutex<Histogram<u64>>]| {
         let mut h = histogram().unwrap_or_else(|_| unreachable_histogram());
         for shard in shards {
@@ -196,8 +202,7 @@ pub(super) async fn run_worker(
         }
         pairs(&h)
     };
-    let last_recipient: Vec<(usize, u64)> = run
-        .shared
+    let last_recipient: Vec<(usize, u64)> = shared
         .last_recipient
         .iter()
         .enumerate()
@@ -206,20 +211,18 @@ pub(super) async fn run_worker(
             (us > 0).then_some((n, us))
         })
         .collect();
-    emit(&WorkerMsg::Done {
+    WorkerMsg::Done {
         outcomes,
-        latency: merged(&run.shared.latency),
-        node_latency: run
-            .shared
+        latency: merged(&shared.latency),
+        node_latency: shared
             .node_latency
             .iter()
             .map(|h| pairs(&lock(h)))
             .collect(),
-        user_latency: pairs(&lock(&run.shared.user_latency)),
-        replayed_latency: pairs(&lock(&run.shared.replayed_latency)),
+        user_latency: pairs(&lock(&shared.user_latency)),
+        replayed_latency: pairs(&lock(&shared.replayed_latency)),
         last_recipient,
-    })?;
-    Ok(ExitStatus::Ok)
+    }
 }
 
 /// One worker process, as the parent holds it.
