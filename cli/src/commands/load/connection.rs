@@ -33,37 +33,17 @@ pub(super) async fn connection(
     mut stop: watch::Receiver<bool>,
     permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Option<ConnOutcome> {
-    let started = Instant::now();
-    let target = &targets[spec.node % targets.len()];
-    let first = open(&spec, target, Cursor::default()).await;
-    drop(permit);
-    let (connection, start, user_start, mut epoch) = match first {
-        Ok(pair) => pair,
-        // With several nodes, the failure names its node.
-        Err(e) if targets.len() > 1 => {
-            let _ = opened.send(Opened::Failed(format!("{}: {e}", target.http)));
-            return None;
-        }
-        Err(e) => {
-            let _ = opened.send(Opened::Failed(e));
-            return None;
-        }
-    };
-    let _ = opened.send(Opened::Ok {
-        connect: started.elapsed(),
-        org: spec.org,
-        node: spec.node,
-    });
-    drop(opened);
+    let (connection, start, user_start, mut epoch) =
+        first_open(&spec, &targets, opened, permit).await?;
 
     let mut tally = Tally::new(start);
     let mut user_tally = Tally::new(user_start);
-    let shard = &shared.latency[usize::try_from(spec.index).unwrap_or(0) % SHARDS];
-    let mut samples: Vec<u64> = Vec::with_capacity(64);
-    // Samples reach the shared histogram every 64, or every 250 ms: a
-    // connection that gets a few events a second must still show in the
-    // live p99 (it read 0.00 all through a run of sparse connections).
-    let mut flushed = Instant::now();
+    let mut samples = Samples {
+        buf: Vec::with_capacity(64),
+        flushed: Instant::now(),
+        shard: &shared.latency[usize::try_from(spec.index).unwrap_or(0) % SHARDS],
+        shared: &shared,
+    };
     let mut node = spec.node;
     let (mut resumes, mut resyncs) = (0u64, BTreeMap::<String, u64>::new());
     let mut rng = crate::commands::load::Rng::new(spec.index);
@@ -76,22 +56,6 @@ pub(super) async fn connection(
         .churn
         .get(usize::try_from(spec.index).unwrap_or(usize::MAX))
         .unwrap_or(&idle);
-    let flush = |samples: &mut Vec<u64>, node: usize| {
-        let mut h = lock(shard);
-        let node_shard = &shared.node_latency[node % shared.node_latency.len().max(1)];
-        let mut n = (shared.node_latency.len() > 1).then(|| lock(node_shard));
-        for s in samples.drain(..) {
-            let _ = h.record(s.max(1));
-            if let Some(n) = n.as_mut() {
-                let _ = n.record(s.max(1));
-            }
-        }
-    };
-    enum Step {
-        Stop,
-        Churn,
-        Got(RawReceived),
-    }
     let mut current = Some(connection);
     let closed_early = loop {
         let Some(connection) = current.as_mut() else {
@@ -112,18 +76,11 @@ pub(super) async fn connection(
                 if let Some(old) = current.take() {
                     old.close().await;
                 }
-                flush(&mut samples, node);
+                samples.flush(node);
                 tokio::time::sleep(Duration::from_millis(rng.below(1000))).await;
                 node = usize::try_from(rng.below(targets.len() as u64)).unwrap_or(0);
                 resumed_ns = unix_nanos();
-                let cursor = Cursor {
-                    epoch: epoch.clone(),
-                    positions: [
-                        (spec.org_channel.clone(), tally.last() + skip),
-                        (spec.user_channel.clone(), user_tally.last()),
-                    ]
-                    .into(),
-                };
+                let cursor = resume_cursor(&spec, epoch.clone(), (&tally, &user_tally), skip);
                 match open(&spec, &targets[node], cursor).await {
                     Ok((again, _, _, e)) => {
                         current = Some(again);
@@ -138,63 +95,19 @@ pub(super) async fn connection(
         match received {
             RawReceived::Text(text) => {
                 let Some(LoadEvent { seq, sent_ns, n }) = parse_event(&text) else {
-                    if let Some((seq, sent_ns)) = parse_user_event(&text) {
-                        user_tally.observe(seq);
-                        shared.received.fetch_add(1, Ordering::Relaxed);
-                        let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
-                        let into = if sent_ns < resumed_ns {
-                            &shared.replayed_latency
-                        } else {
-                            &shared.user_latency
-                        };
-                        let _ = lock(into).record(latency.max(1));
-                        continue;
-                    }
-                    if let Ok(ServerFrame::Resync { payload, .. }) = ServerFrame::decode(&text)
-                        && (payload.channel.as_str() == spec.org_channel
-                            || payload.channel.as_str() == spec.user_channel)
-                    {
-                        let reason = serde_json::to_value(payload.reason)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_owned))
-                            .unwrap_or_default();
-                        *resyncs.entry(reason).or_default() += 1;
-                        // What the server could not replay is not lost.
-                        let which = if payload.channel.as_str() == spec.org_channel {
-                            &mut tally
-                        } else {
-                            &mut user_tally
-                        };
-                        which.cover(payload.requested + 1, payload.oldest.saturating_sub(1));
-                    }
+                    let tallies = (&mut tally, &mut user_tally);
+                    other_frame(&text, &spec, &shared, tallies, &mut resyncs, resumed_ns);
                     continue;
                 };
                 tally.observe(seq);
-                let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
-                shared.received.fetch_add(1, Ordering::Relaxed);
-                if sent_ns < resumed_ns {
-                    let _ = lock(&shared.replayed_latency).record(latency.max(1));
-                    continue;
-                }
-                samples.push(latency);
-                if let Some(slot) = usize::try_from(n)
-                    .ok()
-                    .and_then(|n| shared.last_recipient.get(n))
-                {
-                    slot.fetch_max(latency.max(1), Ordering::Relaxed);
-                }
-                if samples.len() == samples.capacity()
-                    || flushed.elapsed() >= Duration::from_millis(250)
-                {
-                    flush(&mut samples, node);
-                    flushed = Instant::now();
-                }
+                let live = sent_ns >= resumed_ns;
+                samples.event(n, unix_nanos().saturating_sub(sent_ns) / 1000, live, node);
             }
             RawReceived::Closed(close) => break Some(close.to_string()),
             RawReceived::Lost(why) => break Some(format!("connection lost: {why}")),
         }
     };
-    flush(&mut samples, node);
+    samples.flush(node);
     if let Some(connection) = current {
         connection.close().await;
     }
@@ -209,6 +122,155 @@ pub(super) async fn connection(
         tally,
         closed_early,
     })
+}
+
+/// What woke a load connection.
+enum Step {
+    Stop,
+    Churn,
+    Got(RawReceived),
+}
+
+/// The first connect of a load connection, reported to the coordinator
+/// (`opened`) either way; with several nodes a failure names its node.
+async fn first_open(
+    spec: &ConnectionSpec,
+    targets: &[Target],
+    opened: mpsc::UnboundedSender<Opened>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Option<(Connection, u64, u64, Option<String>)> {
+    let started = Instant::now();
+    let target = &targets[spec.node % targets.len()];
+    let first = open(spec, target, Cursor::default()).await;
+    drop(permit);
+    match first {
+        Ok(first) => {
+            let _ = opened.send(Opened::Ok {
+                connect: started.elapsed(),
+                org: spec.org,
+                node: spec.node,
+            });
+            Some(first)
+        }
+        Err(e) if targets.len() > 1 => {
+            let _ = opened.send(Opened::Failed(format!("{}: {e}", target.http)));
+            None
+        }
+        Err(e) => {
+            let _ = opened.send(Opened::Failed(e));
+            None
+        }
+    }
+}
+
+/// Live latencies on their way to the shared histograms: every 64, or
+/// every 250 ms, so that a connection getting a few events a second still
+/// shows in the live p99.
+struct Samples<'a> {
+    buf: Vec<u64>,
+    flushed: Instant,
+    shard: &'a Mutex<Histogram<u64>>,
+    shared: &'a Shared,
+}
+
+impl Samples<'_> {
+    /// Load event `n` arrived `latency` µs after it was sent: a replay
+    /// after a resume (`live` false) has a histogram of its own; a live
+    /// one counts in the latencies and its event's last recipient.
+    fn event(&mut self, n: u64, latency: u64, live: bool, node: usize) {
+        self.shared.received.fetch_add(1, Ordering::Relaxed);
+        if !live {
+            let _ = lock(&self.shared.replayed_latency).record(latency.max(1));
+            return;
+        }
+        if let Some(slot) = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.shared.last_recipient.get(n))
+        {
+            slot.fetch_max(latency.max(1), Ordering::Relaxed);
+        }
+        self.push(latency, node);
+    }
+
+    fn push(&mut self, latency: u64, node: usize) {
+        self.buf.push(latency);
+        if self.buf.len() == self.buf.capacity()
+            || self.flushed.elapsed() >= Duration::from_millis(250)
+        {
+            self.flush(node);
+            self.flushed = Instant::now();
+        }
+    }
+
+    /// Into this connection's shard, and its node's with several nodes.
+    fn flush(&mut self, node: usize) {
+        let mut h = lock(self.shard);
+        let nodes = &self.shared.node_latency;
+        let mut n = (nodes.len() > 1).then(|| lock(&nodes[node % nodes.len().max(1)]));
+        for s in self.buf.drain(..) {
+            let _ = h.record(s.max(1));
+            if let Some(n) = n.as_mut() {
+                let _ = n.record(s.max(1));
+            }
+        }
+    }
+}
+
+/// A text frame that is not a load event: a user event (counted, with its
+/// latency), or a resync of one of this connection's channels (what the
+/// server could not replay is not lost).
+fn other_frame(
+    text: &str,
+    spec: &ConnectionSpec,
+    shared: &Shared,
+    (tally, user_tally): (&mut Tally, &mut Tally),
+    resyncs: &mut BTreeMap<String, u64>,
+    resumed_ns: u64,
+) {
+    if let Some((seq, sent_ns)) = parse_user_event(text) {
+        user_tally.observe(seq);
+        shared.received.fetch_add(1, Ordering::Relaxed);
+        let latency = unix_nanos().saturating_sub(sent_ns) / 1000;
+        let into = if sent_ns < resumed_ns {
+            &shared.replayed_latency
+        } else {
+            &shared.user_latency
+        };
+        let _ = lock(into).record(latency.max(1));
+        return;
+    }
+    if let Ok(ServerFrame::Resync { payload, .. }) = ServerFrame::decode(text)
+        && (payload.channel.as_str() == spec.org_channel
+            || payload.channel.as_str() == spec.user_channel)
+    {
+        *resyncs
+            .entry(payload.reason.as_str().to_owned())
+            .or_default() += 1;
+        let which = if payload.channel.as_str() == spec.org_channel {
+            tally
+        } else {
+            user_tally
+        };
+        which.cover(payload.requested + 1, payload.oldest.saturating_sub(1));
+    }
+}
+
+/// Where a resume starts: what the connection holds (`skip` past it on
+/// the org channel, for the tests' loss fault).
+fn resume_cursor(
+    spec: &ConnectionSpec,
+    epoch: Option<String>,
+    (tally, user_tally): (&Tally, &Tally),
+    skip: u64,
+) -> Cursor {
+    Cursor {
+        epoch,
+        positions: [
+            (spec.org_channel.clone(), tally.last() + skip),
+            (spec.user_channel.clone(), user_tally.last()),
+        ]
+        .into(),
+    }
 }
 
 /// Connects from `spec.source` with small buffers (a load generator holds
