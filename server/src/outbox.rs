@@ -110,6 +110,22 @@ pub enum Route {
     Queue,
 }
 
+/// The session's right to write to its socket: what `take`,
+/// `position` and `set_position` ask for, and what `release` gives back.
+/// The fan-out never holds one (its direct write takes the state byte
+/// for one `send`), so the compiler keeps these to the session.
+#[derive(Debug)]
+#[must_use = "the write side is given back with Outbox::release"]
+pub struct WriteSide(());
+
+#[cfg(test)]
+impl WriteSide {
+    /// A write side for tests that take from a queue without a session.
+    pub(crate) fn for_test() -> Self {
+        Self(())
+    }
+}
+
 /// Frames and bytes queued for a connection and not yet written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Backlog {
@@ -145,6 +161,8 @@ pub struct Outbox {
     /// Whether `Queue::ping` holds a keep-alive: checked by the session
     /// before every write, without the lock.
     ping_due: AtomicBool,
+    /// Whether [`Outbox::first_side`] is still to be taken.
+    first_side: AtomicBool,
 }
 
 impl Outbox {
@@ -164,6 +182,7 @@ impl Outbox {
             direct_after: AtomicU64::new(0),
             wake: Notify::new(),
             ping_due: AtomicBool::new(false),
+            first_side: AtomicBool::new(true),
         }
     }
 
@@ -280,24 +299,34 @@ impl Outbox {
         self.state.fetch_or(PENDING, Ordering::Release);
     }
 
-    /// The session takes the socket's write side. `false` while a direct
+    /// The write side a new connection's session starts with: until it
+    /// first lets go, everything is queued (`connected` and the replay go
+    /// first). Once per outbox.
+    pub fn first_side(&self) -> Option<WriteSide> {
+        self.first_side
+            .swap(false, Ordering::AcqRel)
+            .then_some(WriteSide(()))
+    }
+
+    /// The session takes the socket's write side. `None` while a direct
     /// write holds it; that writer wakes the session when it lets go.
-    pub fn acquire(&self) -> bool {
-        self.state.fetch_or(WRITING | PENDING, Ordering::Acquire) & WRITING == 0
+    pub fn acquire(&self) -> Option<WriteSide> {
+        (self.state.fetch_or(WRITING | PENDING, Ordering::Acquire) & WRITING == 0)
+            .then_some(WriteSide(()))
     }
 
     /// The session wrote everything it had and hands the write side back,
-    /// reporting `written` (frames, bytes) taken earlier; `false`, keeping
+    /// reporting `written` (frames, bytes) taken earlier; `Err`, keeping
     /// it, if something was queued meanwhile.
-    pub fn release(&self, written: (usize, usize)) -> bool {
+    pub fn release(&self, side: WriteSide, written: (usize, usize)) -> Result<(), WriteSide> {
         let mut queue = self.lock();
         queue.frames = queue.frames.saturating_sub(written.0);
         queue.bytes = queue.bytes.saturating_sub(written.1);
         if queue.rest.is_some() || !queue.items.is_empty() || queue.ping.is_some() {
-            return false;
+            return Err(side);
         }
         self.state.store(0, Ordering::Release);
-        true
+        Ok(())
     }
 
     /// Whether the session has been asked to write: frames were queued.
@@ -313,6 +342,7 @@ impl Outbox {
     /// per batch for both.
     pub fn take(
         &self,
+        _side: &WriteSide,
         into: &mut VecDeque<Arc<Publication>>,
         written: (usize, usize),
     ) -> Option<Bytes> {
@@ -358,14 +388,12 @@ impl Outbox {
     }
 
     /// The last seq written on the channel at `slot` (see `positions`).
-    /// Only for the holder of the write side.
-    pub fn position(&self, slot: usize) -> Option<u64> {
+    pub fn position(&self, _side: &WriteSide, slot: usize) -> Option<u64> {
         self.positions.get(slot).map(|p| p.load(Ordering::Relaxed))
     }
 
-    /// Records `seq` as written on the channel at `slot`. Only for the
-    /// holder of the write side.
-    pub fn set_position(&self, slot: usize, seq: u64) {
+    /// Records `seq` as written on the channel at `slot`.
+    pub fn set_position(&self, _side: &WriteSide, slot: usize, seq: u64) {
         if let Some(position) = self.positions.get(slot) {
             position.store(seq, Ordering::Relaxed);
         }
@@ -375,14 +403,14 @@ impl Outbox {
     /// direct write in progress, which lets go within one `send` and wakes
     /// the one waiter. The session must hold no other wake-up future: the
     /// fan-out wakes one waiter, and a stale one would take it.
-    pub async fn seal(&self) {
+    pub async fn seal(&self) -> WriteSide {
         loop {
             let mut woken = std::pin::pin!(self.wake.notified());
             // Registered before the check, so a release between the two
             // is not missed.
             woken.as_mut().enable();
-            if self.acquire() {
-                return;
+            if let Some(side) = self.acquire() {
+                return side;
             }
             woken.await;
         }
@@ -448,13 +476,13 @@ mod tests {
             Offered::Queued
         );
         let mut taken = VecDeque::new();
-        assert!(out.acquire());
-        assert_eq!(out.take(&mut taken, (0, 0)), None);
+        let side = out.acquire().expect("the write side");
+        assert_eq!(out.take(&side, &mut taken, (0, 0)), None);
         assert_eq!(taken.len(), 1);
         let first = taken.pop_front().unwrap();
         server.try_write(&first.wire).unwrap();
-        out.set_position(0, 1);
-        assert!(out.release((1, first.wire.len())));
+        out.set_position(&side, 0, 1);
+        assert!(out.release(side, (1, first.wire.len())).is_ok());
         assert_eq!(out.backlog(), Backlog::default());
 
         // Idle: written by the fan-out, nothing queued.
@@ -470,9 +498,9 @@ mod tests {
             Offered::Queued
         );
         let mut dup = VecDeque::new();
-        assert!(out.acquire());
-        out.take(&mut dup, (0, 0));
-        assert!(out.release((1, dup[0].wire.len())));
+        let side = out.acquire().expect("the write side");
+        out.take(&side, &mut dup, (0, 0));
+        assert!(out.release(side, (1, dup[0].wire.len())).is_ok());
 
         // Big frames to a client that does not read: the first is begun
         // directly and its end queued; every later one queues behind it.
@@ -494,9 +522,11 @@ mod tests {
             client.read_to_end(&mut all).await.unwrap();
             all
         });
-        assert!(out.acquire());
+        let side = out.acquire().expect("the write side");
         let mut queued = VecDeque::new();
-        let rest = out.take(&mut queued, (0, 0)).expect("the rest of frame 3");
+        let rest = out
+            .take(&side, &mut queued, (0, 0))
+            .expect("the rest of frame 3");
         let mut wire = vec![rest];
         wire.extend(queued.iter().map(|p| p.wire.clone()));
         for bytes in wire {
@@ -527,8 +557,8 @@ mod tests {
     async fn a_burst_for_one_connection_is_left_to_the_session() {
         let (server, _client) = pair().await;
         let out = Outbox::new(Some(server), 1, limits());
-        assert!(out.acquire());
-        assert!(out.release((0, 0)));
+        let side = out.acquire().expect("the write side");
+        assert!(out.release(side, (0, 0)).is_ok());
         let t = 5_000;
         assert_eq!(
             out.offer(&publication(1, 1), Some(0), Route::Direct { now: t }),
@@ -557,11 +587,14 @@ mod tests {
             Offered::Queued
         );
         let mut taken = VecDeque::new();
-        assert!(out.acquire());
-        out.take(&mut taken, (0, 0));
+        let side = out.acquire().expect("the write side");
+        out.take(&side, &mut taken, (0, 0));
         assert_eq!(taken.len(), 2);
-        out.set_position(0, 3);
-        assert!(out.release((2, taken.iter().map(|p| p.wire.len()).sum())));
+        out.set_position(&side, 0, 3);
+        assert!(
+            out.release(side, (2, taken.iter().map(|p| p.wire.len()).sum()))
+                .is_ok()
+        );
         // Past the gap, and when the hub asks for no direct writes.
         assert_eq!(
             out.offer(
@@ -589,8 +622,8 @@ mod tests {
                 bytes: 1 << 20,
             },
         );
-        assert!(out.acquire());
-        assert!(out.release((0, 0)));
+        let side = out.acquire().expect("the write side");
+        assert!(out.release(side, (0, 0)).is_ok());
         assert_eq!(
             out.offer(&publication(1, 1), Some(0), Route::Direct { now: 0 }),
             Offered::Queued
@@ -609,27 +642,27 @@ mod tests {
     async fn the_session_finds_the_socket_taken_and_is_woken_when_it_is_free() {
         let (server, _client) = pair().await;
         let out = Arc::new(Outbox::new(Some(server), 1, limits()));
-        assert!(out.acquire());
-        assert!(out.release((0, 0)));
+        let side = out.acquire().expect("the write side");
+        assert!(out.release(side, (0, 0)).is_ok());
         // A direct write in progress: the session must not write.
         assert!(
             out.state
                 .compare_exchange(0, WRITING, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
         );
-        assert!(!out.acquire());
+        assert!(out.acquire().is_none());
         let woken = out.woken();
         out.state.fetch_and(!WRITING, Ordering::Release);
         out.wake.notify_one();
         woken.await;
-        assert!(out.acquire());
+        let side = out.acquire().expect("the write side");
         // While the session holds it, events queue.
         assert_eq!(
             out.offer(&publication(1, 1), Some(0), Route::Direct { now: 0 }),
             Offered::Queued
         );
         assert!(
-            !out.release((0, 0)),
+            out.release(side, (0, 0)).is_err(),
             "queued meanwhile: the session keeps it"
         );
     }

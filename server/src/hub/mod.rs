@@ -578,7 +578,8 @@ mod tests {
 
     fn queued(conn: &Conn) -> Vec<Arc<Publication>> {
         let mut out = VecDeque::new();
-        conn.out.take(&mut out, (0, 0));
+        conn.out
+            .take(&crate::outbox::WriteSide::for_test(), &mut out, (0, 0));
         out.into_iter().collect()
     }
 
@@ -678,7 +679,8 @@ mod tests {
             }
         );
         let mut none = VecDeque::new();
-        c.out.take(&mut none, (1, one));
+        c.out
+            .take(&crate::outbox::WriteSide::for_test(), &mut none, (1, one));
         assert_eq!(hub.deliver(&publication("org:7", 3)), 1);
         assert!(c.close_reason().is_none());
         assert_eq!(hub.deliver(&publication("org:7", 4)), 0);

@@ -43,6 +43,7 @@ use crate::engine::Publication;
 use crate::engine::{Engine, EngineError, HistoryPage};
 use crate::hub::{CloseReason, Conn, Registration};
 use crate::metrics::ClosedBy;
+use crate::outbox::WriteSide;
 use crate::protocol::{
     self, ChannelName, ClientFrame, Resync, ResyncReason, WIRE_PING, error_code, wire_text,
 };
@@ -194,8 +195,10 @@ pub(super) struct Live {
     /// Taken frames (count, bytes) written and not yet reported to the
     /// queue's bounds.
     written: (usize, usize),
-    /// The session holds the socket's write side (see [`crate::outbox`]).
-    holding: bool,
+    /// The socket's write side, while the session holds it (see
+    /// [`crate::outbox`]); it starts with it, until `connected` and the
+    /// replay are out.
+    side: Option<WriteSide>,
     /// The oldest live event in `out` (latency metric).
     oldest: Option<Instant>,
     /// Running while the socket takes none of `out`; past
@@ -224,7 +227,7 @@ impl Live {
             out: VecDeque::new(),
             in_out: (0, 0),
             written: (0, 0),
-            holding: false,
+            side: Some(start.side),
             oldest: None,
             stalled: None,
             peer_code: None,
@@ -309,35 +312,58 @@ impl Live {
 
     /// Writes as much as the socket takes; `Ok(true)` if anything moved.
     fn write(&mut self, cx: &mut Context<'_>) -> Result<bool, WriteFailed> {
-        if !self.holding {
-            if !self.has_work() {
-                return Ok(false);
+        let side = match self.side.take() {
+            Some(side) => side,
+            None => {
+                if !self.has_work() {
+                    return Ok(false);
+                }
+                // `None`: a direct write holds the socket for one `send`;
+                // it wakes this task when it lets go.
+                let Some(side) = self.conn.out.acquire() else {
+                    return Ok(false);
+                };
+                side
             }
-            if !self.conn.out.acquire() {
-                // A direct write holds the socket for one `send`; it wakes
-                // this task when it lets go.
-                return Ok(false);
-            }
-            self.holding = true;
-        }
+        };
+        let (side, wrote) = self.write_holding(cx, side);
+        self.side = side;
+        wrote
+    }
+
+    /// [`Live::write`] with the write side in hand; answers it back unless
+    /// it was released.
+    fn write_holding(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut side: WriteSide,
+    ) -> (Option<WriteSide>, Result<bool, WriteFailed>) {
         let mut progress = false;
         for _ in 0..WRITES_PER_TURN {
             if self.out.is_empty() {
-                progress |= self.gather();
+                progress |= self.gather(&side);
                 if self.out.is_empty() {
                     if !self.is_idle() {
                         // A replay page is on its way; its future wakes us.
-                        return Ok(progress);
+                        return (Some(side), Ok(progress));
                     }
-                    if self.conn.out.release(std::mem::take(&mut self.written)) {
-                        self.holding = false;
-                        self.shrink();
-                        return Ok(progress);
+                    match self
+                        .conn
+                        .out
+                        .release(side, std::mem::take(&mut self.written))
+                    {
+                        Ok(()) => {
+                            self.shrink();
+                            return (None, Ok(progress));
+                        }
+                        // Queued meanwhile, and the pusher saw us holding
+                        // the socket, so it woke no one: keep it.
+                        Err(kept) => {
+                            side = kept;
+                            progress = true;
+                            continue;
+                        }
                     }
-                    // Queued meanwhile, and the pusher saw us holding the
-                    // socket, so it woke no one: take it now.
-                    progress = true;
-                    continue;
                 }
             }
             let before = (self.out.len(), self.out.front().map_or(0, Bytes::len));
@@ -347,14 +373,14 @@ impl Live {
                     self.stalled = None;
                     self.flushed();
                 }
-                Poll::Ready(Err(_)) => return Err(WriteFailed::PeerGone),
+                Poll::Ready(Err(_)) => return (Some(side), Err(WriteFailed::PeerGone)),
                 Poll::Pending => {
                     let moved = before != (self.out.len(), self.out.front().map_or(0, Bytes::len));
-                    return self.stall(cx, moved).map(|()| progress);
+                    return (Some(side), self.stall(cx, moved).map(|()| progress));
                 }
             }
         }
-        Ok(true)
+        (Some(side), Ok(true))
     }
 
     /// The socket is full: starts the write clock, or restarts it if some
@@ -399,12 +425,12 @@ impl Live {
 
     /// Gathers the next frames to write into `out`, which is empty, by
     /// priority. `true` if it started fetching a replay page.
-    fn gather(&mut self) -> bool {
+    fn gather(&mut self, side: &WriteSide) -> bool {
         if self.batch.is_empty() {
             // With the queue comes the end of a frame a direct write
             // began, if one did: it must be the next bytes on the wire.
             let written = std::mem::take(&mut self.written);
-            if let Some(rest) = self.conn.out.take(&mut self.batch, written) {
+            if let Some(rest) = self.conn.out.take(side, &mut self.batch, written) {
                 self.in_out.0 += 1;
                 self.in_out.1 += rest.len();
                 self.out.push_back(rest);
@@ -436,7 +462,7 @@ impl Live {
                 break;
             };
             let len = publication.wire.len();
-            if !self.sent.is_new(&self.conn, &publication) {
+            if !self.sent.is_new(&self.conn, side, &publication) {
                 // Replayed already: dropped, and off the queue's bounds.
                 self.written.0 += 1;
                 self.written.1 += len;
@@ -538,7 +564,7 @@ impl Live {
             state,
             conn,
             mut out,
-            holding,
+            side,
             peer_code,
             registration,
             ..
@@ -549,10 +575,11 @@ impl Live {
         // begun directly, or what the session was writing, goes first:
         // a frame on the wire is never cut.
         let seal = async {
-            if !holding {
-                conn.out.seal().await;
-            }
-            if let Some(rest) = conn.out.take(&mut VecDeque::new(), (0, 0)) {
+            let side = match side {
+                Some(side) => side,
+                None => conn.out.seal().await,
+            };
+            if let Some(rest) = conn.out.take(&side, &mut VecDeque::new(), (0, 0)) {
                 out.push_front(rest);
             }
             out

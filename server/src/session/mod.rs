@@ -41,6 +41,7 @@ use crate::hub::{
     CloseReason, Conn, ConnId, Interest, Limits, QueueLimits, Refused, Registration, TokenTimes,
 };
 use crate::metrics::ClosedBy;
+use crate::outbox::WriteSide;
 use crate::protocol::{self, ChannelName, Connected, OrgId, Resync, ResyncReason, close};
 use crate::state::AppState;
 
@@ -189,6 +190,9 @@ struct Start {
     /// `connected`, then the resyncs known at once, framed for the wire.
     first: VecDeque<Bytes>,
     replay: Replay,
+    /// The socket's write side, which the session holds until `first`
+    /// and the replay are written.
+    side: WriteSide,
 }
 
 /// Admits, registers and subscribes the connection and plans its first
@@ -246,7 +250,11 @@ async fn setup(
         CloseReason::ENGINE_UNAVAILABLE
     };
     let subscription = Subscription::new(state, &conn).await.map_err(engine_down)?;
-    let (sent, first, replay) = plan(state, &conn, &cursor, params.epoch.as_deref())
+    let Some(side) = conn.out.first_side() else {
+        tracing::error!(conn = id.0, "a new connection's write side was taken");
+        return Err(CloseReason::new(close::INTERNAL, "internal error"));
+    };
+    let (sent, first, replay) = plan(state, &conn, &side, &cursor, params.epoch.as_deref())
         .await
         .map_err(engine_down)?;
     tracing::info!(
@@ -265,6 +273,7 @@ async fn setup(
         sent,
         first,
         replay,
+        side,
     })
 }
 
@@ -397,9 +406,9 @@ struct Sent {
 impl Sent {
     /// The channel's sequence restarted (an epoch change): what follows
     /// `from` is new to the client.
-    fn restart(&mut self, conn: &Conn, channel: &ChannelName, from: u64) {
+    fn restart(&mut self, conn: &Conn, side: &WriteSide, channel: &ChannelName, from: u64) {
         match conn.slot(channel) {
-            Some(slot) => conn.out.set_position(slot, from),
+            Some(slot) => conn.out.set_position(side, slot, from),
             None if self.all => {
                 self.others.insert(channel.clone(), from);
             }
@@ -408,17 +417,17 @@ impl Sent {
     }
 
     /// Whether the client lacks this event; records it as sent.
-    fn is_new(&mut self, conn: &Conn, publication: &Publication) -> bool {
+    fn is_new(&mut self, conn: &Conn, side: &WriteSide, publication: &Publication) -> bool {
         let channel = &publication.channel;
         if publication.event_type.is_resync_marker() {
-            self.restart(conn, channel, publication.seq);
+            self.restart(conn, side, channel, publication.seq);
             return true;
         }
         if let Some(slot) = conn.slot(channel) {
-            if publication.seq <= conn.out.position(slot).unwrap_or(0) {
+            if publication.seq <= conn.out.position(side, slot).unwrap_or(0) {
                 return false;
             }
-            conn.out.set_position(slot, publication.seq);
+            conn.out.set_position(side, slot, publication.seq);
             return true;
         }
         let Some(last) = self.others.get_mut(channel) else {
@@ -452,6 +461,7 @@ fn replay_page_events(state: &AppState) -> usize {
 async fn plan(
     state: &AppState,
     conn: &Conn,
+    side: &WriteSide,
     cursor: &[(ChannelName, u64)],
     epoch: Option<&str>,
 ) -> Result<(Sent, VecDeque<Bytes>, Replay), EngineError> {
@@ -519,7 +529,7 @@ async fn plan(
     // the session first goes idle), so these are in place before any
     // event can go out.
     for (slot, (_, seq)) in fixed.iter().enumerate() {
-        conn.out.set_position(slot, *seq);
+        conn.out.set_position(side, slot, *seq);
     }
     let connection_id = format!("{}-{}", state.node_id, conn.id.0);
     let connected = protocol::connected_frame(&Connected {
