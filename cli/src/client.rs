@@ -159,7 +159,7 @@ impl TokenSource {
             && self.can_mint()
         {
             return format!(
-                "the server refused the token minted with --secret ({close}): {WRONG_SECRET}                  (or this machine's clock is ahead of the server's)"
+                "the server refused the token minted with --secret ({close}): {WRONG_SECRET} (or this machine's clock is ahead of the server's)"
             );
         }
         format!("the server closed the connection: {close}")
@@ -167,7 +167,7 @@ impl TokenSource {
 }
 
 /// The fix for a token minted with `--secret` that the server refuses.
-const WRONG_SECRET: &str = "--secret does not match the server's secret; pass the server's     (--secret or HRRT_JWT_SECRET; `hrrt serve --dev` prints its own)";
+const WRONG_SECRET: &str = "--secret does not match the server's secret; pass the server's (--secret or HRRT_JWT_SECRET; `hrrt serve --dev` prints its own)";
 
 pub use hrrt_protocol::Cursor;
 
@@ -626,7 +626,7 @@ pub fn explain(status: u16, body: &Value, role: &str, minted: bool) -> String {
     match status {
         // The server's word for a bad signature (AuthError::Invalid); a
         // token this command minted a moment ago has nothing else wrong.
-        401 if minted && message.starts_with("invalid token: not a JWT") => {
+        401 if minted && message == hrrt_protocol::AuthError::Invalid.detail() => {
             format!(
                 "401 unauthorized: the server refused the token minted with --secret: {WRONG_SECRET}"
             )

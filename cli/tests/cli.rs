@@ -1236,6 +1236,10 @@ async fn errors_name_the_cause_and_the_fix() {
             stderr.contains("--secret does not match the server's secret"),
             "{args:?}: {stderr}"
         );
+        assert!(
+            !stderr.contains("  "),
+            "one line, one space apart: {stderr}"
+        );
     }
     // A URL without a scheme is http://.
     let bare = server.url().replace("http://", "");
