@@ -85,13 +85,18 @@ pub fn parse_events(body: &[u8], max_payload: usize) -> Result<Batch, ApiError> 
         .iter()
         .find(|b| !b.is_ascii_whitespace())
         .is_some_and(|b| *b == b'[');
-    // A keyed batch is an object with `events`; an event never has one.
-    let keyed = !is_batch && body.windows(8).any(|w| w == b"\"events\"");
+    // A keyed batch is an object with a top-level `events`; an event has
+    // none, though its payload may. Only bodies that mention `"events"`
+    // pay for the second parse, and an event's own error is the one told.
+    let keyed = if is_batch || !body.windows(8).any(|w| w == b"\"events\"") {
+        None
+    } else {
+        serde_json::from_slice::<KeyedBatchIn>(body).ok()
+    };
     let mut batch_key = None;
     let raw: Vec<EventIn> = if is_batch {
         parse_json(body)?
-    } else if keyed {
-        let batch: KeyedBatchIn = parse_json(body)?;
+    } else if let Some(batch) = keyed {
         if batch.idempotency_key.is_empty() || batch.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
             return Err(ApiError::bad_event(format!(
                 "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY} bytes"
@@ -102,7 +107,7 @@ pub fn parse_events(body: &[u8], max_payload: usize) -> Result<Batch, ApiError> 
     } else {
         vec![parse_json(body)?]
     };
-    let is_batch = is_batch || keyed;
+    let is_batch = is_batch || batch_key.is_some();
     if raw.is_empty() {
         return Err(ApiError::bad_event("the batch is empty"));
     }

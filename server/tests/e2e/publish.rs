@@ -283,6 +283,15 @@ async fn a_batch_under_one_key_is_published_once_and_answered_again() {
     for seq in 1..=3 {
         assert_eq!(client.next_event().await["seq"], seq);
     }
+    // An event whose payload has an `events` key is an event.
+    let (status, one) = server
+        .publish(json!({"type": "entity.created", "org_id": "7", "payload": {"events": [1, 2]}}))
+        .await;
+    assert_eq!((status, one["seq"].as_u64()), (200, Some(4)), "{one}");
+    assert_eq!(
+        client.next_event().await["payload"]["events"],
+        json!([1, 2])
+    );
     for bad in [
         json!({"idempotency_key": "", "events": [{"type": "entity.created", "org_id": "7"}]}),
         json!({"idempotency_key": "k", "events": []}),
